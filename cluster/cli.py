@@ -1,0 +1,130 @@
+"""The `gearctl` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cluster.errors import GearctlError
+
+app = typer.Typer(help="High availability for Gearman job servers.", no_args_is_help=True)
+cluster_app = typer.Typer(help="A local cluster on this machine's loopback.", no_args_is_help=True)
+agent_app = typer.Typer(help="The per-node agent (what systemd runs).", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(agent_app, name="agent")
+
+DirOption = Annotated[
+    Path, typer.Option("--dir", help="Where the local cluster keeps its state and logs.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def fail(exc: GearctlError) -> typer.Exit:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+@cluster_app.command("up")
+def cluster_up(
+    nodes: Annotated[int, typer.Option(help="Number of nodes.")] = 3,
+    directory: DirOption = Path(".gearctl"),
+    port_base: Annotated[
+        int,
+        typer.Option(
+            help="0: standard ports (ZooKeeper 2181, gearmand 4730+i, memcached 11211+i); "
+            "N: ZooKeeper N, gearmand N+10+i, memcached N+110+i."
+        ),
+    ] = 0,
+) -> None:
+    """Start ZooKeeper and, per node, a memcached store and an agent running gearmand."""
+    from cluster import localcluster
+
+    try:
+        cluster = localcluster.up(directory, nodes, port_base, progress)
+    except GearctlError as exc:
+        raise fail(exc) from None
+    first = cluster.nodes[0].gearman.split(":")
+    typer.echo(f"cluster '{cluster.cluster}' is up: {len(cluster.nodes)} nodes serving")
+    typer.echo(f"  servers:   {','.join(n.gearman for n in cluster.nodes)}")
+    typer.echo(f"  zookeeper: {cluster.zookeeper}")
+    typer.echo("submit a job and run it:")
+    typer.echo(f"  gearman -h {first[0]} -p {first[1]} -b -f reverse 'hello'")
+    typer.echo(f"  gearman -h {first[0]} -p {first[1]} -w -c 1 -f reverse -- rev")
+    typer.echo(f"status: gearctl cluster status --dir {directory}")
+
+
+@cluster_app.command("status")
+def cluster_status(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
+    """Per node: addresses, pids, state, queued jobs and store items; store owners."""
+    from cluster.localcluster import LocalCluster
+    from cluster.localstatus import collect
+
+    try:
+        cluster = LocalCluster.load(directory)
+        if cluster is None:
+            raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
+        status = collect(cluster)
+    except GearctlError as exc:
+        raise fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    typer.echo(f"cluster {status['cluster']}  zookeeper {status['zookeeper']['address']}"
+               f" ({'reachable' if status['zookeeper']['reachable'] else 'UNREACHABLE'})")
+    header = ("node", "state", "gearman", "store", "agent", "gearmand", "queued", "items")
+    rows = [header] + [
+        (n["name"], n["state"], n["gearman"], n["store"], _text(n["agent_pid"]),
+         _text(n["gearmand_pid"]), _text(n["queued_jobs"]), _text(n["store_items"]))
+        for n in status["nodes"]
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for store in status["stores"]:
+        typer.echo(f"store {store['store']} ({store['address']}): epoch {_text(store['epoch'])},"
+                   f" owner {_text(store['owner'])}")
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+@cluster_app.command("down")
+def cluster_down(directory: DirOption = Path(".gearctl")) -> None:
+    """Stop every process `up` started, by PID."""
+    from cluster.localcluster import down
+
+    try:
+        cluster = down(directory, progress)
+    except GearctlError as exc:
+        raise fail(exc) from None
+    typer.echo("nothing to stop" if cluster is None else f"cluster '{cluster.cluster}' is down")
+
+
+@agent_app.command("run")
+def agent_run(
+    config: Annotated[Path, typer.Option("--config", help="The agent's TOML file.")],
+) -> None:
+    """Run the node agent in the foreground until SIGTERM."""
+    from cluster.agent import Agent
+    from cluster.config import load_config
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        agent = Agent(load_config(config))
+    except GearctlError as exc:
+        raise fail(exc) from None
+    raise typer.Exit(agent.run())

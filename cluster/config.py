@@ -1,0 +1,159 @@
+"""The node agent's configuration: one TOML file, every field validated with its name in the error.
+
+Example (deploy/agent.example.toml has the commented version):
+
+    [node]
+    name = "node1"
+    cluster = "main"
+
+    [gearmand]
+    listen = "10.0.0.11:4730"
+
+    [store]
+    address = "10.0.0.21:11211"
+
+    [zookeeper]
+    hosts = "10.0.0.31:2181,10.0.0.32:2181,10.0.0.33:2181"
+
+    [paths]
+    run_dir = "/var/lib/gearctl"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.endpoint import Endpoint
+from cluster.errors import ConfigError
+from cluster.gearmand_server import DEFAULT_EXPECTED_QUEUE_DEPTH
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    cluster: str
+    gearman: Endpoint
+    store: Endpoint
+    zookeeper_hosts: str
+    session_timeout: float
+    run_dir: Path
+    threads: int
+    expected_queue_depth: int
+    check_interval: float
+    check_timeout: float
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "log"
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate an agent TOML file; ConfigError names the file and the field."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_config(raw: dict[str, Any]) -> AgentConfig:
+    fields = _Fields(raw)
+    config = AgentConfig(
+        node=fields.name("node.name"),
+        cluster=fields.name("node.cluster", default="main"),
+        gearman=fields.endpoint("gearmand.listen", default_port=4730),
+        store=fields.endpoint("store.address", default_port=11211),
+        zookeeper_hosts=fields.zookeeper_hosts("zookeeper.hosts"),
+        session_timeout=fields.number("zookeeper.session_timeout", default=4.0, low=1.0, high=60),
+        run_dir=Path(fields.text("paths.run_dir", default="/var/lib/gearctl")),
+        threads=int(fields.number("gearmand.threads", default=0, low=0, high=64)),
+        expected_queue_depth=int(
+            fields.number(
+                "gearmand.expected_queue_depth",
+                default=DEFAULT_EXPECTED_QUEUE_DEPTH,
+                low=1,
+                high=100_000_000,
+            )
+        ),
+        check_interval=fields.number("watchdog.check_interval", default=0.2, low=0.01, high=60),
+        check_timeout=fields.number("watchdog.check_timeout", default=1.0, low=0.05, high=60),
+    )
+    fields.reject_unknown()
+    return config
+
+
+class _Fields:
+    """Typed look-ups of dotted keys in a parsed TOML document; remembers what was read."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.read: set[str] = set()
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        self.read.add(dotted)
+        section, _, key = dotted.partition(".")
+        table = self.raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        if key not in table:
+            if default is None:
+                raise ConfigError(f"missing field {dotted}")
+            return default
+        return table[key]
+
+    def text(self, dotted: str, default: str | None = None) -> str:
+        value = self.get(dotted, default)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{dotted} must be a non-empty string, not {value!r}")
+        return value.strip()
+
+    def name(self, dotted: str, default: str | None = None) -> str:
+        value = self.text(dotted, default)
+        if not NAME_PATTERN.match(value):
+            raise ConfigError(
+                f"{dotted} = {value!r}: use letters, digits, '.', '_' or '-' (at most 63)"
+            )
+        return value
+
+    def endpoint(self, dotted: str, default_port: int) -> Endpoint:
+        try:
+            return Endpoint.parse(self.text(dotted), default_port=default_port)
+        except ConfigError as exc:
+            raise ConfigError(f"{dotted}: {exc}") from None
+
+    def zookeeper_hosts(self, dotted: str) -> str:
+        value = self.text(dotted)
+        for host in value.split(","):
+            try:
+                Endpoint.parse(host, default_port=2181)
+            except ConfigError as exc:
+                raise ConfigError(f"{dotted}: {exc}") from None
+        return value
+
+    def number(self, dotted: str, default: float, low: float, high: float) -> float:
+        value = self.get(dotted, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{dotted} must be a number, not {value!r}")
+        if not low <= value <= high:
+            raise ConfigError(f"{dotted} = {value} is outside {low}..{high}")
+        return float(value)
+
+    def reject_unknown(self) -> None:
+        """Catch typos: a field nobody reads is an error, not silently ignored."""
+        for section, table in self.raw.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"unknown top-level field {section!r}")
+            for key in table:
+                if f"{section}.{key}" not in self.read:
+                    raise ConfigError(f"unknown field {section}.{key}")

@@ -1,0 +1,261 @@
+"""`gearctl cluster up/down`: a whole cluster on this machine's loopback, for trying and testing.
+
+Layout of `--dir` (default `.gearctl`):
+    cluster.json            the plan (addresses) and the PIDs of every process `up` started
+    zookeeper/              data, zoo.cfg and log of the standalone ZooKeeper
+    <node>/agent.toml       the node agent's configuration
+    <node>/log/             agent, gearmand and memcached logs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError, LaunchError
+from cluster.localstatus import wait_serving
+from cluster.memcached_server import DEFAULT_MEMORY_MB, start_memcached
+from cluster.process import (
+    ProcessRef,
+    is_program_on,
+    read_pidfile,
+    require_binary,
+    spawn,
+    stop_pid,
+)
+from cluster.zookeeper_server import JARS, ZooKeeperLaunch, start_zookeeper
+
+LOCAL_HOST = "127.0.0.1"
+CLUSTER_NAME = "local"
+SESSION_TIMEOUT = 4.0
+STANDARD_PORTS = {"zookeeper": 2181, "gearman": 4730, "store": 11211}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class NodePlan:
+    name: str
+    gearman: str
+    store: str
+
+
+@dataclass
+class LocalCluster:
+    """The plan of a local cluster and the PIDs of what runs it, saved in `cluster.json`."""
+
+    dir: Path
+    cluster: str
+    zookeeper: str
+    nodes: list[NodePlan]
+    processes: dict[str, ProcessRef] = field(default_factory=dict)
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "cluster.json"
+
+    def node_dir(self, node: str) -> Path:
+        return self.dir / node
+
+    def save(self) -> None:
+        data = {
+            "cluster": self.cluster,
+            "zookeeper": self.zookeeper,
+            "nodes": [asdict(n) for n in self.nodes],
+            "processes": {k: asdict(ref) for k, ref in self.processes.items()},
+        }
+        with tempfile.NamedTemporaryFile("w", dir=self.dir, delete=False) as tmp:
+            json.dump(data, tmp, indent=2)
+        Path(tmp.name).replace(self.state_file)
+
+    @classmethod
+    def load(cls, directory: Path) -> LocalCluster | None:
+        path = directory / "cluster.json"
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                dir=directory,
+                cluster=data["cluster"],
+                zookeeper=data["zookeeper"],
+                nodes=[NodePlan(**n) for n in data["nodes"]],
+                processes={k: ProcessRef(**v) for k, v in data.get("processes", {}).items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GearctlError(f"{path} is damaged ({exc}); remove it to start afresh") from None
+
+    @classmethod
+    def plan(cls, directory: Path, nodes: int, port_base: int) -> LocalCluster:
+        """Addresses for a new cluster: standard ports, or a block from `port_base`."""
+
+        def port(kind: str, index: int) -> int:
+            if port_base:
+                offset = {"zookeeper": 0, "gearman": 10, "store": 110}[kind]
+                return port_base + offset + index
+            return STANDARD_PORTS[kind] + index
+
+        return cls(
+            dir=directory,
+            cluster=CLUSTER_NAME,
+            zookeeper=f"{LOCAL_HOST}:{port('zookeeper', 0)}",
+            nodes=[
+                NodePlan(
+                    name=f"node{i + 1}",
+                    gearman=f"{LOCAL_HOST}:{port('gearman', i)}",
+                    store=f"{LOCAL_HOST}:{port('store', i)}",
+                )
+                for i in range(nodes)
+            ],
+        )
+
+    def running(self, key: str) -> bool:
+        ref = self.processes.get(key)
+        return ref is not None and ref.alive()
+
+    def stop(self, key: str, progress: Progress, what: str) -> None:
+        ref = self.processes.pop(key, None)
+        if ref is not None and ref.alive():
+            progress(f"stopping {what} pid {ref.pid}")
+            ref.stop()
+
+
+def check_prerequisites() -> None:
+    """Fail before starting anything when a service's package is missing."""
+    require_binary("gearmand", "gearman-job-server")
+    require_binary("memcached", "memcached")
+    require_binary("java", "default-jre-headless")
+    missing = [jar for jar in JARS if not Path(jar).exists()]
+    if missing:
+        raise LaunchError(f"{', '.join(missing)} missing; install: apt-get install -y zookeeper")
+
+
+def prepare_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise GearctlError(f"--dir {directory} is not writable: {exc.strerror}") from None
+
+
+def up(directory: Path, nodes: int, port_base: int, progress: Progress) -> LocalCluster:
+    """Start whatever part of the cluster is not running; return once every node serves."""
+    if nodes < 1:
+        raise GearctlError(f"--nodes must be at least 1, not {nodes}")
+    if port_base and not 1024 <= port_base <= 65000:
+        raise GearctlError(f"--port-base must be 0 or within 1024..65000, not {port_base}")
+    prepare_dir(directory)
+    check_prerequisites()
+    cluster = LocalCluster.load(directory)
+    if cluster is None:
+        cluster = LocalCluster.plan(directory, nodes, port_base)
+    elif len(cluster.nodes) != nodes:
+        raise GearctlError(
+            f"{directory} holds a {len(cluster.nodes)}-node cluster; "
+            f"run `gearctl cluster down --dir {directory}` and remove it to change the size"
+        )
+    started: list[str] = []
+    try:
+        _start_missing(cluster, started, progress)
+        wait_serving(cluster, progress)
+    except BaseException:
+        progress("start-up failed; stopping what this run started")
+        for key in reversed(started):
+            cluster.stop(key, progress, key)
+        cluster.save()
+        raise
+    return cluster
+
+
+def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress) -> None:
+    def record(key: str, pid: int) -> None:
+        cluster.processes[key] = ProcessRef.of(pid)
+        started.append(key)
+        cluster.save()
+
+    zk = Endpoint.parse(cluster.zookeeper)
+    if not cluster.running("zookeeper"):
+        progress(f"starting ZooKeeper on {zk}")
+        zk_dir = cluster.dir / "zookeeper"
+        proc = start_zookeeper(
+            ZooKeeperLaunch(
+                endpoint=zk,
+                data_dir=zk_dir / "data",
+                log_path=zk_dir / "zookeeper.log",
+                pid_path=zk_dir / "zookeeper.pid",
+            )
+        )
+        record("zookeeper", proc.pid)
+    for node in cluster.nodes:
+        node_dir = cluster.node_dir(node.name)
+        if not cluster.running(f"store:{node.name}"):
+            progress(f"{node.name}: starting memcached store on {node.store}")
+            proc = start_memcached(
+                Endpoint.parse(node.store),
+                memory_mb=DEFAULT_MEMORY_MB,
+                log_path=node_dir / "log" / "memcached.log",
+                pid_path=node_dir / "memcached.pid",
+            )
+            record(f"store:{node.name}", proc.pid)
+        if not cluster.running(f"agent:{node.name}"):
+            progress(f"{node.name}: starting agent (gearmand on {node.gearman})")
+            config = write_agent_config(cluster, node)
+            proc = spawn(
+                [sys.executable, "-m", "cluster", "agent", "run", "--config", str(config)],
+                log_path=node_dir / "log" / "agent.log",
+                pid_path=node_dir / "agent.pid",
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            record(f"agent:{node.name}", proc.pid)
+
+
+def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
+    path = cluster.node_dir(node.name) / "agent.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "\n".join(
+            [
+                "[node]",
+                f'name = "{node.name}"',
+                f'cluster = "{cluster.cluster}"',
+                "[gearmand]",
+                f'listen = "{node.gearman}"',
+                "[store]",
+                f'address = "{node.store}"',
+                "[zookeeper]",
+                f'hosts = "{cluster.zookeeper}"',
+                f"session_timeout = {SESSION_TIMEOUT}",
+                "[paths]",
+                f'run_dir = "{cluster.node_dir(node.name).resolve()}"',
+                "",
+            ]
+        )
+    )
+    return path
+
+
+def down(directory: Path, progress: Progress) -> LocalCluster | None:
+    """Stop every process `up` started, by PID: agents (and their gearmand), stores, ZooKeeper."""
+    cluster = LocalCluster.load(directory)
+    if cluster is None:
+        return None
+    for node in cluster.nodes:
+        cluster.stop(f"agent:{node.name}", progress, f"{node.name} agent")
+        # An agent killed with SIGKILL leaves its gearmand behind: stop that one too.
+        pid = read_pidfile(cluster.node_dir(node.name) / "gearmand.pid")
+        port = Endpoint.parse(node.gearman).port
+        if pid and is_program_on(pid, "gearmand", port):
+            progress(f"stopping {node.name} gearmand pid {pid} (its agent was gone)")
+            stop_pid(pid)
+    for node in cluster.nodes:
+        cluster.stop(f"store:{node.name}", progress, f"{node.name} memcached")
+    cluster.stop("zookeeper", progress, "ZooKeeper")
+    cluster.save()
+    return cluster

@@ -1,0 +1,179 @@
+"""`gearctl cluster status` of a local cluster: processes, ZooKeeper records, live counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+
+from cluster import membership
+from cluster.admin import AdminClient
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError, LaunchError
+from cluster.membership import MemberRecord
+from cluster.process import log_tail
+from cluster.store import Store
+from cluster.zkpaths import ClusterPaths
+
+if TYPE_CHECKING:
+    from cluster.localcluster import LocalCluster
+
+PROBE_TIMEOUT = 1.0
+SERVING_TIMEOUT = 30.0
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    gearman: str
+    store: str
+    agent_pid: int | None
+    gearmand_pid: int | None
+    state: str
+    queued_jobs: int | None
+    store_items: int | None
+    restarts: int
+
+
+def connect(cluster: LocalCluster, timeout: float = 2.0) -> KazooClient | None:
+    """A started kazoo client, or None when ZooKeeper does not answer within `timeout`."""
+    zk = KazooClient(hosts=cluster.zookeeper, timeout=4.0)
+    try:
+        zk.start(timeout=timeout)
+    except Exception:  # noqa: BLE001 - kazoo raises its own timeout type
+        zk.close()
+        return None
+    return zk
+
+
+def read_members(zk: KazooClient | None, paths: ClusterPaths) -> dict[str, MemberRecord]:
+    if zk is None:
+        return {}
+    members: dict[str, MemberRecord] = {}
+    try:
+        names = zk.get_children(paths.members)
+    except NoNodeError:
+        return {}
+    for name in names:
+        try:
+            data, _ = zk.get(paths.member(name))
+            members[name] = MemberRecord.decode(data)
+        except (NoNodeError, ValueError, TypeError):
+            continue  # the member left while we looked, or wrote a record we cannot read
+    return members
+
+
+def node_status(cluster: LocalCluster, node_name: str, member: MemberRecord | None) -> NodeStatus:
+    node = next(n for n in cluster.nodes if n.name == node_name)
+    agent_key = f"agent:{node.name}"
+    agent_alive = cluster.running(agent_key)
+    if not agent_alive:
+        state = membership.DOWN
+    elif member is None:
+        state = membership.STARTING
+    else:
+        state = member.state
+    return NodeStatus(
+        name=node.name,
+        gearman=node.gearman,
+        store=node.store,
+        agent_pid=cluster.processes[agent_key].pid if agent_alive else None,
+        gearmand_pid=member.gearmand_pid if member and agent_alive else None,
+        state=state,
+        queued_jobs=_queued_jobs(Endpoint.parse(node.gearman)),
+        store_items=_store_items(Endpoint.parse(node.store)),
+        restarts=member.restarts if member else 0,
+    )
+
+
+def _queued_jobs(endpoint: Endpoint) -> int | None:
+    try:
+        return sum(f.queued for f in AdminClient(endpoint, timeout=PROBE_TIMEOUT).status())
+    except GearctlError:
+        return None
+
+
+def _store_items(endpoint: Endpoint) -> int | None:
+    try:
+        return Store(endpoint, timeout=PROBE_TIMEOUT).curr_items()
+    except GearctlError:
+        return None
+
+
+def collect(cluster: LocalCluster) -> dict[str, Any]:
+    """The whole status as a JSON-ready dict (the `--json` schema documented in the README)."""
+    paths = ClusterPaths(cluster.cluster)
+    zk = connect(cluster)
+    try:
+        members = read_members(zk, paths)
+        stores = [_store_status(zk, paths, node.name, node.store) for node in cluster.nodes]
+    finally:
+        if zk is not None:
+            zk.stop()
+            zk.close()
+    return {
+        "cluster": cluster.cluster,
+        "zookeeper": {"address": cluster.zookeeper, "reachable": zk is not None},
+        "nodes": [asdict(node_status(cluster, n.name, members.get(n.name))) for n in cluster.nodes],
+        "stores": stores,
+        "takeovers": [],
+    }
+
+
+def _store_status(
+    zk: KazooClient | None, paths: ClusterPaths, store: str, address: str
+) -> dict[str, Any]:
+    epoch: int | None = None
+    owner: str | None = None
+    if zk is not None:
+        try:
+            epoch = int(zk.get(paths.store_epoch(store))[0] or b"0")
+        except (NoNodeError, ValueError, KazooException):
+            pass
+        try:
+            owner = zk.get(paths.store_owner(store))[0].decode() or None
+        except (NoNodeError, KazooException):
+            pass
+    return {"store": store, "address": address, "owner": owner, "epoch": epoch}
+
+
+def wait_serving(
+    cluster: LocalCluster, progress: Callable[[str], None], timeout: float = SERVING_TIMEOUT
+) -> None:
+    """Return once every node's agent reports `serving`; fail with the agent's log otherwise."""
+    paths = ClusterPaths(cluster.cluster)
+    zk = connect(cluster, timeout=timeout)
+    if zk is None:
+        raise LaunchError(f"ZooKeeper {cluster.zookeeper} does not answer")
+    try:
+        deadline = time.monotonic() + timeout
+        waiting = {n.name for n in cluster.nodes}
+        while waiting:
+            members = read_members(zk, paths)
+            for name in sorted(waiting):
+                if not cluster.running(f"agent:{name}"):
+                    raise LaunchError(_agent_failure(cluster, name, "the agent exited"))
+                member = members.get(name)
+                if member is not None and member.state == membership.SERVING:
+                    progress(f"{name}: serving on {member.gearman}")
+                    waiting.discard(name)
+            if waiting and time.monotonic() > deadline:
+                name = sorted(waiting)[0]
+                raise LaunchError(_agent_failure(cluster, name, f"not serving after {timeout:.0f}s"))
+            time.sleep(0.05)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def _agent_failure(cluster: LocalCluster, node: str, reason: str) -> str:
+    agent_log = cluster.node_dir(node) / "log" / "agent.log"
+    gearmand_log = cluster.node_dir(node) / "log" / "gearmand.log"
+    return (
+        f"{node}: {reason}\nlast lines of {agent_log}:\n{log_tail(agent_log)}"
+        f"\nlast lines of {gearmand_log}:\n{log_tail(gearmand_log, 5)}"
+    )

@@ -1,0 +1,214 @@
+"""Start, find and stop the service processes gearctl owns: always by PID, never by name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from cluster.endpoint import Endpoint
+from cluster.errors import LaunchError
+
+
+def require_binary(name: str, debian_package: str) -> str:
+    """Return the path of `name`, or fail naming the Debian package that provides it."""
+    path = shutil.which(name)
+    if path is None:
+        raise LaunchError(
+            f"{name} is not installed; install it with: apt-get install -y {debian_package}"
+        )
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_holder(port: int) -> str | None:
+    """Describe the process listening on `port` (`name (pid N)`), if psutil can tell."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid is None:
+                return "an unknown process"
+            try:
+                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
+            except psutil.Error:
+                return f"pid {conn.pid}"
+    return None
+
+
+def ensure_port_free(endpoint: Endpoint, what: str) -> None:
+    """Raise LaunchError if `endpoint` cannot be bound, naming who holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((endpoint.host, endpoint.port))
+        except OSError as exc:
+            holder = port_holder(endpoint.port) or "another process"
+            raise LaunchError(
+                f"cannot start {what}: port {endpoint} is in use by {holder} ({exc.strerror})"
+            ) from None
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    pid_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session, output appended to `log_path`, PID written to `pid_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            raise LaunchError(f"cannot run {argv[0]}: {exc}") from exc
+    if pid_path is not None:
+        write_pidfile(pid_path, proc.pid)
+    return proc
+
+
+def write_pidfile(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(path)
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The PID stored in `path`, or None when the file is missing or not a number."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_running(pid: int | None) -> bool:
+    """True if `pid` is a live process (a zombie counts as dead)."""
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A PID plus its start time, so a recycled PID is never taken for our process."""
+
+    pid: int
+    started: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef:
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            return cls(pid, 0.0)
+
+    def alive(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.create_time() == self.started and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            stop_pid(self.pid, timeout=timeout)
+
+
+def is_program_on(pid: int, program: str, port: int) -> bool:
+    """True if `pid` runs `program` with `port` on its command line (checks a pidfile's claim)."""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+    return bool(cmdline) and Path(cmdline[0]).name == program and str(port) in cmdline
+
+
+def stop_pid(pid: int | None, *, timeout: float = 10.0) -> None:
+    """SIGTERM `pid`, wait up to `timeout`, then SIGKILL. Quietly done if it is already gone."""
+    if not is_running(pid):
+        return
+    assert pid is not None
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        raise LaunchError(f"process {pid} did not exit after SIGKILL") from None
+
+
+def kill_pid(pid: int) -> None:
+    """SIGKILL `pid` now (used for fencing); quietly done if it is already gone."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    alive: Callable[[], bool] | None = None,
+    log_path: Path | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Poll `check` until it is true; fail early if `alive` turns false, with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return
+        if alive is not None and not alive():
+            reason = f"{what}: the process exited"
+            break
+        if time.monotonic() >= deadline:
+            reason = f"{what}: not ready after {timeout:.0f}s"
+            break
+        time.sleep(interval)
+    tail = f"\nlast lines of {log_path}:\n{log_tail(log_path)}" if log_path else ""
+    raise LaunchError(reason + tail)

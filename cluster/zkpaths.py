@@ -1,0 +1,48 @@
+"""Where gearctl keeps its state in ZooKeeper (one tree per cluster).
+
+    /gearctl/<cluster>/members/<node>        ephemeral: the live agent's member record
+    /gearctl/<cluster>/stores/<node>/epoch   persistent: incarnation counter of the node's store
+    /gearctl/<cluster>/stores/<node>/owner   ephemeral: who serves or drains the store now
+    /gearctl/<cluster>/functions/<name>      persistent: function names seen, to split keys
+    /gearctl/<cluster>/takeovers/<seq>       persistent: take-over history
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROOT = "/gearctl"
+
+
+@dataclass(frozen=True)
+class ClusterPaths:
+    cluster: str
+
+    @property
+    def root(self) -> str:
+        return f"{ROOT}/{self.cluster}"
+
+    @property
+    def members(self) -> str:
+        return f"{self.root}/members"
+
+    def member(self, node: str) -> str:
+        return f"{self.members}/{node}"
+
+    @property
+    def stores(self) -> str:
+        return f"{self.root}/stores"
+
+    def store_epoch(self, store: str) -> str:
+        return f"{self.stores}/{store}/epoch"
+
+    def store_owner(self, store: str) -> str:
+        return f"{self.stores}/{store}/owner"
+
+    @property
+    def functions(self) -> str:
+        return f"{self.root}/functions"
+
+    @property
+    def takeovers(self) -> str:
+        return f"{self.root}/takeovers"
