@@ -1,9 +1,15 @@
-"""The node agent: runs one gearmand on the node's store and keeps it serving.
+"""The node agent: keeps one gearmand serving the node's store, and only while it owns the store.
 
-One agent per node (systemd runs it in production, `gearctl cluster up` locally). It
-- starts gearmand on the node's memcached store with a fresh incarnation key prefix,
-- registers the node in ZooKeeper as an ephemeral member record (addresses, pids, state),
-- restarts gearmand when it exits, and stops it when the agent is told to stop.
+One agent per node (systemd runs it in production, `gearctl cluster up` locally). Its loop:
+
+    connect ZooKeeper -> register member -> own the store (wait while a peer drains it)
+      -> count the store's jobs (gearmand is down, so the store is quiescent)
+      -> start gearmand with a fresh key prefix g<epoch>_ (its own lossy replay loads nothing)
+      -> restore every job stored under older prefixes (cluster.restore) -> serving
+      -> health checks; on death or hang: back to "count" (with backoff)
+
+A `SessionGuard` thread fences (kills gearmand) when the ZooKeeper session may be lost; once the
+session is back the loop restarts from "own the store".
 """
 
 from __future__ import annotations
@@ -18,21 +24,27 @@ from pathlib import Path
 from types import FrameType
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
-from kazoo.protocol.states import KazooState
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
 from cluster import membership
-from cluster.admin import is_serving
+from cluster.admin import AdminClient, is_serving
+from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
-from cluster.errors import LaunchError
+from cluster.errors import GearctlError, LaunchError
+from cluster.functions import FunctionRegistry
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
+from cluster.health import Health, check_gearmand
+from cluster.lease import SERVE, Owner, SessionGuard, StoreLease
 from cluster.membership import MemberRecord
-from cluster.process import is_program_on, is_running, read_pidfile, stop_pid, wait_until
+from cluster.process import is_program_on, kill_pid, log_tail, read_pidfile, stop_pid, wait_until
+from cluster.restore import RestoreReport, restore
+from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
 
 log = logging.getLogger("gearctl.agent")
 
 GEARMAND_READY_TIMEOUT = 10.0
+FUNCTIONS_EVERY = 5.0  # seconds between publications of gearmand's function names
 
 
 class Agent:
@@ -40,8 +52,18 @@ class Agent:
         self.config = config
         self.paths = ClusterPaths(config.cluster)
         self.stopping = threading.Event()
+        self.fenced = threading.Event()
+        self.session_renewed = threading.Event()  # set when a LOST session was replaced
+        self.gearmand_lock = threading.Lock()
         self.gearmand: subprocess.Popen[bytes] | None = None
+        self.policy = RestartPolicy()
+        self.store = Store(config.store, timeout=config.check_timeout * 2)
         self.zk = KazooClient(hosts=config.zookeeper_hosts, timeout=config.session_timeout)
+        self.guard = SessionGuard(
+            config.session_timeout, config.safety_margin, self._fence, self._on_reconnected
+        )
+        self.lease = StoreLease(self.zk, self.paths.store_owner(config.node), config.node, SERVE)
+        self.functions = FunctionRegistry(self.zk, self.paths.functions)
         self.record = MemberRecord(
             node=config.node,
             gearman=str(config.gearman),
@@ -61,16 +83,19 @@ class Agent:
         """Serve until SIGTERM/SIGINT; returns the process exit status."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.config.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover_gearmand()
         self._connect_zookeeper()
+        self.guard.start()
         try:
             self._register()
             while not self.stopping.is_set():
-                if self.gearmand is None or self.gearmand.poll() is not None:
-                    self._restart_gearmand()
-                self.stopping.wait(self.config.check_interval)
+                try:
+                    self._serve_once()
+                except (GearctlError, KazooException) as exc:
+                    # ZooKeeper or the store went away mid-step: report, wait, start over.
+                    log.error("%s: %s", type(exc).__name__, exc)
+                    self.stopping.wait(1.0)
         finally:
             self._shutdown()
         return 0
@@ -80,30 +105,48 @@ class Agent:
         self.stopping.set()
 
     def _shutdown(self) -> None:
-        if self.gearmand is not None:
-            stop_pid(self.gearmand.pid)
-            self.gearmand.wait()
+        self.guard.stop()
+        self._stop_gearmand()
         try:
+            self.lease.release()
             self.zk.stop()  # closing the session removes the ephemeral member record
             self.zk.close()
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:
             log.exception("closing the ZooKeeper session failed")
         log.info("agent %s stopped", self.config.node)
 
-    # -- gearmand -----------------------------------------------------------------------------
+    # -- one incarnation of gearmand ----------------------------------------------------------
 
-    def _stop_leftover_gearmand(self) -> None:
-        """A gearmand left by an earlier agent on this node must not keep serving beside ours."""
-        pid = read_pidfile(self.gearmand_pid_path)
-        if pid and is_running(pid) and is_program_on(pid, "gearmand", self.config.gearman.port):
-            log.warning("stopping gearmand pid %d left by an earlier agent", pid)
-            stop_pid(pid)
+    def _serve_once(self) -> None:
+        """Own the store, start gearmand, restore, then watch it until it dies or is fenced."""
+        if self.fenced.is_set():
+            self._wait_unfenced()
+            return
+        if not self._own_store():
+            return
+        try:
+            expected = self.store.curr_items()
+        except GearctlError as exc:
+            self._failed(f"store {self.config.store} unreachable: {exc}")
+            return
+        proc, prefix = self._start_gearmand()
+        if proc is None:
+            return
+        try:
+            self._restore(expected, prefix)
+        except GearctlError as exc:
+            log.error("restore interrupted: %s", exc)
+        self._watch(proc)
 
-    def _restart_gearmand(self) -> None:
-        if self.gearmand is not None:
-            status = self.gearmand.returncode
-            log.warning("gearmand pid %d exited with status %s", self.gearmand.pid, status)
-            self._update(state=membership.RESTARTING, restarts=self.record.restarts + 1)
+    def _own_store(self) -> bool:
+        def waiting(owner: Owner) -> None:
+            log.warning("store %s is held by %s (%s); waiting", self.config.node, owner.node,
+                        owner.purpose)  # fmt: skip
+            self._update(state=membership.WAITING)
+
+        return self.lease.acquire(self.stopping, waiting) and not self.fenced.is_set()
+
+    def _start_gearmand(self) -> tuple[subprocess.Popen[bytes] | None, str]:
         epoch = self._next_epoch()
         launch = GearmandLaunch(
             endpoint=self.config.gearman,
@@ -115,8 +158,10 @@ class Agent:
             buckets=hashtable_buckets(self.config.expected_queue_depth),
         )
         try:
-            self.gearmand = start_gearmand(launch)
-            proc = self.gearmand
+            with self.gearmand_lock:
+                if self.fenced.is_set():
+                    return None, launch.prefix
+                proc = self.gearmand = start_gearmand(launch)
             wait_until(
                 lambda: is_serving(self.config.gearman, self.config.check_timeout),
                 timeout=GEARMAND_READY_TIMEOUT,
@@ -125,32 +170,140 @@ class Agent:
                 log_path=launch.log_path,
             )
         except LaunchError as exc:
-            log.error("%s", exc)
-            self._update(state=membership.FAILED, gearmand_pid=None)
-            self.stopping.wait(1.0)
+            self._stop_gearmand()
+            self._failed(str(exc))
+            return None, launch.prefix
+        log.info("gearmand pid %d serving on %s, prefix %s", proc.pid, launch.endpoint,
+                 launch.prefix)  # fmt: skip
+        return proc, launch.prefix
+
+    def _restore(self, expected: int, prefix: str) -> None:
+        self._update(state=membership.RESTORING, gearmand_pid=self.gearmand_pid)
+        if expected:
+            log.info("restoring %d stored jobs", expected)
+
+            def progress(report: RestoreReport) -> None:
+                log.info("restore: %d of %d jobs moved (%.0f jobs/s)", report.moved, expected,
+                         report.moved / max(report.seconds, 1e-6))  # fmt: skip
+
+            report = restore(
+                self.store,
+                self.config.gearman,
+                expected=expected,
+                keep_prefix=prefix,
+                known_functions=self.functions.known(),
+                progress=progress,
+            )
+            log.info("restored %d jobs in %.2fs (%d passes, %d skipped, %d guessed names)",
+                     report.moved, report.seconds, report.passes, len(report.skipped),
+                     report.guessed_splits)  # fmt: skip
+        self._update(state=membership.SERVING)
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
+        failures = 0
+        next_functions = 0.0
+        while not self.stopping.is_set() and not self.fenced.is_set():
+            health = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+            if health is Health.GONE:
+                break
+            failures = 0 if health is Health.SERVING else failures + 1
+            if failures >= self.config.hang_checks:
+                log.error("gearmand pid %d is %s after %d checks; killing it", proc.pid,
+                          health.value, failures)  # fmt: skip
+                break
+            if health is Health.SERVING and time.monotonic() >= next_functions:
+                self._publish_functions()
+                next_functions = time.monotonic() + FUNCTIONS_EVERY
+            self.stopping.wait(self.config.check_interval)
+        if self.stopping.is_set() or self.fenced.is_set():
             return
-        log.info("gearmand pid %d serving on %s, prefix %s", proc.pid, launch.endpoint, launch.prefix)
-        self._update(state=membership.SERVING, gearmand_pid=proc.pid)
+        self._stop_gearmand(kill=True)
+        delay = self.policy.record_death(time.monotonic())
+        log.warning("gearmand pid %d died (status %s); restarting in %.2fs", proc.pid,
+                    proc.returncode, delay)  # fmt: skip
+        if self.policy.crash_looping:
+            self._failed(f"gearmand crash loop: {len(self.policy.deaths)} deaths")
+        self._update(state=membership.RESTARTING, restarts=self.record.restarts + 1,
+                     gearmand_pid=None)  # fmt: skip
+        self.stopping.wait(delay)
+
+    def _publish_functions(self) -> None:
+        try:
+            names = [f.name for f in AdminClient(self.config.gearman).status()]
+            self.functions.publish(names)
+        except Exception as exc:
+            log.warning("could not publish function names: %s", exc)
+
+    @property
+    def gearmand_pid(self) -> int | None:
+        return self.gearmand.pid if self.gearmand is not None else None
+
+    def _stop_gearmand(self, kill: bool = False) -> None:
+        with self.gearmand_lock:
+            proc, self.gearmand = self.gearmand, None
+        if proc is None:
+            return
+        if kill:
+            kill_pid(proc.pid)
+        else:
+            stop_pid(proc.pid)
+        proc.wait()
+
+    def _stop_leftover_gearmand(self) -> None:
+        """A gearmand left by an earlier agent on this node must not keep serving beside ours."""
+        pid = read_pidfile(self.gearmand_pid_path)
+        if pid and is_program_on(pid, "gearmand", self.config.gearman.port):
+            log.warning("stopping gearmand pid %d left by an earlier agent", pid)
+            stop_pid(pid)
+
+    def _failed(self, reason: str) -> None:
+        tail = log_tail(self.config.log_dir / "gearmand.log", 5)
+        log.error("%s\nlast lines of gearmand.log:\n%s", reason, tail)
+        self._update(state=membership.FAILED, gearmand_pid=None)
+        self.stopping.wait(self.policy.max_delay if self.policy.crash_looping else 1.0)
+
+    # -- fencing ------------------------------------------------------------------------------
+
+    def _fence(self, reason: str) -> None:
+        """Called by the SessionGuard thread: stop serving the store before a peer may own it."""
+        with self.gearmand_lock:
+            self.fenced.set()
+            if self.gearmand is not None:
+                kill_pid(self.gearmand.pid)
+        log.error("fenced (%s): gearmand killed", reason)
+        self.record = self.record.with_changes(state=membership.FENCED, gearmand_pid=None)
+
+    def _on_reconnected(self, session_was_lost: bool) -> None:
+        if session_was_lost:
+            self.session_renewed.set()
+        self.fenced.clear()
+
+    def _wait_unfenced(self) -> None:
+        self._stop_gearmand(kill=True)
+        while self.fenced.is_set() and not self.stopping.is_set():
+            self.stopping.wait(0.1)
+        if self.session_renewed.is_set() and not self.stopping.is_set():
+            self.session_renewed.clear()
+            log.info("new ZooKeeper session: registering again")
+            self._register()
+        self._update(state=membership.STARTING)
 
     # -- ZooKeeper ----------------------------------------------------------------------------
 
     def _connect_zookeeper(self) -> None:
         """Connect, retrying with backoff: ZooKeeper being down is not a reason to crash."""
-        self.zk.add_listener(self._on_zk_state)
+        self.zk.add_listener(self.guard.listener)
         delay = 0.5
         while not self.stopping.is_set():
             try:
                 self.zk.start(timeout=max(5.0, self.config.session_timeout))
                 return
-            except Exception as exc:  # noqa: BLE001 - kazoo raises its own timeout type
-                log.error("ZooKeeper %s unreachable (%s); retrying", self.config.zookeeper_hosts, exc)
+            except Exception as exc:
+                log.error("ZooKeeper %s unreachable (%s); retrying in %.1fs",
+                          self.config.zookeeper_hosts, exc, delay)  # fmt: skip
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
-
-    def _on_zk_state(self, state: str) -> None:
-        # kazoo calls this on its own thread: log only, never block here.
-        if state != KazooState.CONNECTED:
-            log.warning("ZooKeeper session %s", state.lower())
 
     def _register(self) -> None:
         """Create our ephemeral member record, waiting out one left by an earlier session."""
@@ -162,13 +315,16 @@ class Agent:
             except NodeExistsError:
                 log.warning("member %s still held by an earlier session; waiting", path)
                 self.stopping.wait(self.config.session_timeout / 4)
+            except Exception as exc:
+                log.error("cannot register member %s: %s", path, exc)
+                self.stopping.wait(1.0)
 
     def _update(self, **changes: object) -> None:
         self.record = self.record.with_changes(**changes)
         try:
             self.zk.set(self.paths.member(self.config.node), self.record.encode())
-        except Exception:  # noqa: BLE001 - the watchdog goes on without ZooKeeper
-            log.exception("could not update the member record")
+        except Exception as exc:
+            log.warning("could not update the member record: %s", exc)
 
     def _next_epoch(self) -> int:
         """Increment the store's incarnation counter (compare-and-set) and return it."""
@@ -188,4 +344,3 @@ class Agent:
                 return epoch
             except BadVersionError:
                 time.sleep(0.01)
-

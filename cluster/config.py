@@ -47,6 +47,8 @@ class AgentConfig:
     expected_queue_depth: int
     check_interval: float
     check_timeout: float
+    hang_checks: int
+    safety_margin: float
 
     @property
     def log_dir(self) -> Path:
@@ -88,8 +90,15 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
         ),
         check_interval=fields.number("watchdog.check_interval", default=0.2, low=0.01, high=60),
         check_timeout=fields.number("watchdog.check_timeout", default=1.0, low=0.05, high=60),
+        hang_checks=int(fields.number("watchdog.hang_checks", default=3, low=1, high=100)),
+        safety_margin=fields.number("zookeeper.safety_margin", default=0.3, low=0.0, high=20),
     )
     fields.reject_unknown()
+    if config.safety_margin >= config.session_timeout / 3:
+        raise ConfigError(
+            f"zookeeper.safety_margin = {config.safety_margin} must be below a third of "
+            f"zookeeper.session_timeout ({config.session_timeout / 3:.2f})"
+        )
     return config
 
 

@@ -14,6 +14,7 @@ SERVING = "serving"
 RESTORING = "restoring"
 RESTARTING = "restarting"
 FENCED = "fenced"
+WAITING = "waiting"  # for the store: a peer owns it (draining it)
 FAILED = "failed"
 DOWN = "down"
 

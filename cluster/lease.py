@@ -1,0 +1,172 @@
+"""Store ownership in ZooKeeper, and the fencing rule that keeps it safe.
+
+A store's owner is an ephemeral znode `stores/<store>/owner`: it belongs to one ZooKeeper session
+and vanishes when that session ends, which is what lets a peer take the store over. Whether a
+znode is ours is decided by its `ephemeralOwner` (the session id), never by the data in it.
+
+Fencing (design invariant 4): an agent that may have lost its session must stop its gearmand
+before a peer can take the store over. kazoo declares SUSPENDED once it has heard nothing for
+its read timeout, 2/3 of the session timeout; the server expires the session one full timeout
+after it last heard from us. So after SUSPENDED only about a third of the timeout is left, and
+`SessionGuard` fences once `session_timeout / 3 - safety_margin` has passed without a reconnect
+(and at once on LOST).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.protocol.states import KazooState
+
+log = logging.getLogger("gearctl.lease")
+
+SERVE = "serve"
+DRAIN = "drain"
+
+
+@dataclass(frozen=True)
+class Owner:
+    node: str
+    purpose: str
+    session: int
+
+    def encode(self) -> bytes:
+        record = {"node": self.node, "purpose": self.purpose, "session": f"{self.session:#x}",
+                  "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}  # fmt: skip
+        return json.dumps(record).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, session: int) -> Owner:
+        raw = json.loads(data.decode() or "{}")
+        return cls(node=str(raw.get("node", "?")), purpose=str(raw.get("purpose", "?")),
+                   session=session)  # fmt: skip
+
+
+class StoreLease:
+    """Ownership of one store by this ZooKeeper session."""
+
+    def __init__(self, zk: KazooClient, path: str, node: str, purpose: str) -> None:
+        self.zk = zk
+        self.path = path
+        self.node = node
+        self.purpose = purpose
+
+    def current_owner(self) -> Owner | None:
+        try:
+            data, stat = self.zk.get(self.path)
+        except NoNodeError:
+            return None
+        return Owner.decode(data, stat.ephemeralOwner)
+
+    def held(self) -> bool:
+        owner = self.current_owner()
+        return owner is not None and owner.session == self.zk.client_id[0]
+
+    def try_acquire(self) -> Owner | None:
+        """Take the lease if it is free or already ours; otherwise return who holds it."""
+        me = Owner(self.node, self.purpose, self.zk.client_id[0])
+        try:
+            self.zk.create(self.path, me.encode(), ephemeral=True, makepath=True)
+            return None
+        except NodeExistsError:
+            owner = self.current_owner()
+            if owner is None or owner.session == me.session:
+                return None if owner else self.try_acquire()
+            return owner
+
+    def acquire(self, stop: threading.Event, on_wait: Callable[[Owner], None]) -> bool:
+        """Block until the lease is ours (True) or `stop` is set (False)."""
+        while not stop.is_set():
+            holder = self.try_acquire()
+            if holder is None:
+                return True
+            on_wait(holder)
+            released = threading.Event()
+            if self.zk.exists(self.path, watch=lambda _event: released.set()) is None:
+                continue
+            released.wait(1.0)
+        return False
+
+    def release(self) -> None:
+        """Delete the lease if this session holds it."""
+        try:
+            _, stat = self.zk.get(self.path)
+            if stat.ephemeralOwner == self.zk.client_id[0]:
+                self.zk.delete(self.path, version=stat.version)
+        except NoNodeError:
+            pass
+
+
+class SessionGuard:
+    """Watches kazoo's connection state and calls `fence` before our session may expire.
+
+    kazoo calls `listener` on its own thread, which must never block: it only records the state;
+    a small thread of ours decides and fences.
+    """
+
+    def __init__(
+        self,
+        session_timeout: float,
+        safety_margin: float,
+        fence: Callable[[str], None],
+        reconnected: Callable[[bool], None],
+    ) -> None:
+        self.fence_after = max(0.0, session_timeout / 3 - safety_margin)
+        self.fence = fence
+        self.reconnected = reconnected
+        self.state = KazooState.CONNECTED
+        self.since = time.monotonic()
+        self.session_lost = False
+        self.fenced = False
+        self.changed = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="session-guard", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.changed.set()
+
+    def listener(self, state: str) -> None:
+        if state == KazooState.LOST:
+            self.session_lost = True
+        self.state = state
+        self.since = time.monotonic()
+        self.changed.set()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self.changed.wait(0.05)
+            self.changed.clear()
+            state, since = self.state, self.since
+            if state == KazooState.CONNECTED:
+                if self.fenced:
+                    self.fenced = False
+                    lost, self.session_lost = self.session_lost, False
+                    self.reconnected(lost)
+                continue
+            if self.fenced:
+                continue
+            if state == KazooState.LOST:
+                self._fence("ZooKeeper session lost")
+            elif time.monotonic() - since >= self.fence_after:
+                self._fence(f"ZooKeeper suspended for {time.monotonic() - since:.1f}s")
+
+    def _fence(self, reason: str) -> None:
+        self.fenced = True
+        log.error("fencing: %s", reason)
+        try:
+            self.fence(reason)
+        except Exception:
+            log.exception("fencing failed")

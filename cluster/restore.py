@@ -1,0 +1,154 @@
+"""Restore: move every job stored under an old key prefix back into a live gearmand, exactly once.
+
+One routine serves both cases of design §4:
+- after a restart, the node's own store holds jobs under older incarnation prefixes while the new
+  gearmand persists under a fresh one (`keep_prefix`); those old jobs come back here;
+- on take-over, a dead peer's store is drained (nothing in it is kept) into a survivor's gearmand.
+
+The caller counts the jobs to move while the store is quiescent (no gearmand writes it:
+`stats curr_items`), because nothing but this routine removes old-prefix keys. One metadump pass
+is not proof (it misses items moving between LRU segments), so passes repeat until every expected
+key has been seen. Keys are then moved in `cas` order, which is the order they were stored in, so
+each priority keeps its FIFO order. A key is deleted only after gearmand acknowledged its job
+(JOB_CREATED), so a crash at any point leaves the key for the next restore; a job present under two
+prefixes is coalesced by gearmand's unique while queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.jobkey import JobKey, JobKeyError, parse_job_key
+from cluster.protocol import GearmanConnection
+from cluster.store import Store, StoredItem
+
+log = logging.getLogger("gearctl.restore")
+
+PRIORITY_BY_FLAGS = {0: "high", 1: "normal", 2: "low"}
+BATCH = 2000
+STALE_PASSES = 40  # metadump passes that find nothing new before the search gives up
+
+
+class RestoreIncomplete(GearctlError):
+    """Some expected jobs were not found or could not be moved; the report says how many."""
+
+    def __init__(self, message: str, report: RestoreReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class RestoreReport:
+    expected: int
+    moved: int = 0
+    skipped: list[str] = field(default_factory=list)  # keys that are not gearmand jobs
+    vanished: int = 0  # keys that disappeared between listing and reading
+    guessed_splits: int = 0  # keys split at the first '-' (function name unknown)
+    passes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.expected - self.moved - len(self.skipped) - self.vanished
+
+
+Progress = Callable[[RestoreReport], None]
+
+
+def restore(
+    source: Store,
+    target: Endpoint,
+    *,
+    expected: int,
+    keep_prefix: str | None,
+    known_functions: Collection[str],
+    progress: Progress | None = None,
+    read_timeout: float = 10.0,
+) -> RestoreReport:
+    """Move `expected` jobs from `source` (all keys but `keep_prefix`'s) into gearmand `target`."""
+    report = RestoreReport(expected=expected)
+    started = time.monotonic()
+    items = find_old_items(source, keep_prefix, expected, report)
+    with GearmanConnection(target, read_timeout=read_timeout) as gearman:
+        for start in range(0, len(items), BATCH):
+            _move_batch(source, gearman, items[start : start + BATCH], known_functions, report)
+            report.seconds = time.monotonic() - started
+            if progress is not None:
+                progress(report)
+    report.seconds = time.monotonic() - started
+    if report.remaining > 0:
+        raise RestoreIncomplete(
+            f"restore found {expected - report.remaining} of {expected} jobs "
+            f"after {report.passes} passes; {report.remaining} are still in the store",
+            report,
+        )
+    return report
+
+
+def find_old_items(
+    source: Store, keep_prefix: str | None, expected: int, report: RestoreReport
+) -> list[StoredItem]:
+    """Repeat metadump passes until `expected` distinct old keys were seen; sorted by cas."""
+    seen: dict[str, StoredItem] = {}
+    stale = 0
+    while len(seen) < expected and stale < STALE_PASSES:
+        before = len(seen)
+        for item in source.items():
+            if keep_prefix is None or not item.key.startswith(keep_prefix):
+                seen.setdefault(item.key, item)
+        report.passes += 1
+        stale = stale + 1 if len(seen) == before else 0
+        if stale:
+            time.sleep(min(0.01 * stale, 0.2))
+    if len(seen) < expected:
+        log.warning("found %d of %d old keys after %d passes", len(seen), expected, report.passes)
+    return sorted(seen.values(), key=lambda item: item.cas)
+
+
+def _move_batch(
+    source: Store,
+    gearman: GearmanConnection,
+    items: list[StoredItem],
+    known_functions: Collection[str],
+    report: RestoreReport,
+) -> None:
+    values = source.get_many([item.key for item in items])
+    jobs: list[tuple[str, str, bytes, str]] = []
+    keys: list[str] = []
+    for item in items:
+        stored = values.get(item.key)
+        if stored is None:
+            report.vanished += 1
+            continue
+        parsed = _parse(item.key, known_functions, report)
+        if parsed is None:
+            continue
+        payload, flags = stored
+        jobs.append((parsed.function, parsed.unique, payload, PRIORITY_BY_FLAGS.get(flags, "normal")))
+        keys.append(item.key)
+    if jobs:
+        gearman.submit_background_many(jobs)
+        source.delete_many(keys)
+        report.moved += len(jobs)
+
+
+def _parse(key: str, known_functions: Collection[str], report: RestoreReport) -> JobKey | None:
+    try:
+        parsed = parse_job_key(key, known_functions)
+    except JobKeyError as exc:
+        log.warning("skipping key %r: %s", key, exc)
+        report.skipped.append(key)
+        return None
+    if parsed.method == "first-dash":
+        report.guessed_splits += 1
+        log.warning(
+            "key %r: function name unknown, guessed %r (split at the first '-')",
+            key,
+            parsed.function,
+        )
+    return parsed

@@ -1,0 +1,100 @@
+"""Shared fixtures: real memcached, gearmand and ZooKeeper processes on free loopback ports."""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cluster.admin import is_serving
+from cluster.endpoint import Endpoint
+from cluster.gearmand_server import GearmandLaunch, start_gearmand
+from cluster.memcached_server import start_memcached
+from cluster.process import free_port, stop_pid, wait_until
+from cluster.zookeeper_server import ZooKeeperLaunch, start_zookeeper
+
+HOST = "127.0.0.1"
+
+
+def free_port_block(size: int) -> int:
+    """A base port such that base .. base+size-1 are all free on loopback right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - size)
+        if all(_bindable(base + i) for i in range(size)):
+            return base
+    raise RuntimeError(f"no block of {size} free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def memcached(tmp_path: Path) -> Iterator[Endpoint]:
+    endpoint = Endpoint(HOST, free_port())
+    proc = start_memcached(
+        endpoint,
+        memory_mb=256,
+        log_path=tmp_path / "memcached.log",
+        pid_path=tmp_path / "memcached.pid",
+    )
+    yield endpoint
+    stop_pid(proc.pid)
+    proc.wait()
+
+
+@dataclass
+class RunningGearmand:
+    endpoint: Endpoint
+    store: Endpoint
+    prefix: str
+    pid: int
+
+
+@pytest.fixture
+def gearmand(memcached: Endpoint, tmp_path: Path) -> Iterator[RunningGearmand]:
+    """A gearmand persisting to the `memcached` fixture under prefix `g1_`."""
+    launch = GearmandLaunch(
+        endpoint=Endpoint(HOST, free_port()),
+        store=memcached,
+        prefix="g1_",
+        log_path=tmp_path / "gearmand.log",
+        pid_path=tmp_path / "gearmand.pid",
+        threads=1,
+        buckets=200003,
+    )
+    proc = start_gearmand(launch)
+    wait_until(
+        lambda: is_serving(launch.endpoint, 0.5),
+        timeout=10,
+        what="gearmand",
+        alive=lambda: proc.poll() is None,
+        log_path=launch.log_path,
+    )
+    yield RunningGearmand(launch.endpoint, memcached, launch.prefix, proc.pid)
+    stop_pid(proc.pid)
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    directory = tmp_path_factory.mktemp("zookeeper")
+    launch = ZooKeeperLaunch(
+        endpoint=Endpoint(HOST, free_port()),
+        data_dir=directory / "data",
+        log_path=directory / "zookeeper.log",
+        pid_path=directory / "zookeeper.pid",
+    )
+    proc = start_zookeeper(launch)
+    yield launch.endpoint
+    stop_pid(proc.pid)
+    proc.wait()

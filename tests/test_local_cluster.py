@@ -1,0 +1,159 @@
+"""`gearctl cluster up/status/down` end to end, with the real gearman command-line tools."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import HOST, free_port_block
+
+pytestmark = pytest.mark.integration
+
+
+def gearctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cluster_pids(directory: Path) -> list[int]:
+    """Every PID the cluster's state file names, plus the gearmands the agents started."""
+    state = json.loads((directory / "cluster.json").read_text())
+    pids = [ref["pid"] for ref in state["processes"].values()]
+    for node in state["nodes"]:
+        pidfile = directory / node["name"] / "gearmand.pid"
+        if pidfile.exists():
+            pids.append(int(pidfile.read_text()))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path):
+    """A 3-node cluster brought up by the CLI, always brought down again."""
+    directory = tmp_path / "cluster"
+    base = free_port_block(120)
+    result = gearctl("cluster", "up", "--nodes", "3", "--dir", str(directory),
+                     "--port-base", str(base))  # fmt: skip
+    try:
+        assert result.returncode == 0, result.stderr
+        yield directory
+    finally:
+        gearctl("cluster", "down", "--dir", str(directory))
+
+
+def status_json(directory: Path) -> dict:
+    result = gearctl("cluster", "status", "--dir", str(directory), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path) -> None:
+    status = status_json(cluster_dir)
+    assert [n["state"] for n in status["nodes"]] == ["serving"] * 3
+    assert status["zookeeper"]["reachable"] is True
+    for node in status["nodes"]:
+        assert set(node) >= {"name", "gearman", "store", "agent_pid", "gearmand_pid",
+                             "state", "queued_jobs", "store_items"}  # fmt: skip
+        assert alive(node["agent_pid"]) and alive(node["gearmand_pid"])
+        host, port = node["gearman"].split(":")
+        worker = subprocess.Popen(
+            ["gearman", "-h", host, "-p", port, "-w", "-c", "1", "-f", "reverse", "--", "rev"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = subprocess.run(
+                ["gearman", "-h", host, "-p", port, "-f", "reverse", f"hello {node['name']}"],
+                capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            assert client.stdout.strip() == f"{node['name']} olleh"
+            assert worker.wait(timeout=30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+    pids = cluster_pids(cluster_dir)
+    assert len(pids) == 1 + 3 + 3 + 3  # ZooKeeper, stores, agents, gearmands
+    result = gearctl("cluster", "down", "--dir", str(cluster_dir))
+    assert result.returncode == 0, result.stderr
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_background_job_is_persisted_in_the_node_store(cluster_dir: Path) -> None:
+    node = status_json(cluster_dir)["nodes"][1]
+    host, port = node["gearman"].split(":")
+    subprocess.run(["gearman", "-h", host, "-p", port, "-b", "-f", "img-resize", "-u", "j1", "x"],
+                   check=True, timeout=30)  # fmt: skip
+    after = status_json(cluster_dir)["nodes"][1]
+    assert after["queued_jobs"] == 1
+    assert after["store_items"] == 1
+
+
+def test_up_again_is_idempotent(cluster_dir: Path) -> None:
+    before = cluster_pids(cluster_dir)
+    result = gearctl("cluster", "up", "--nodes", "3", "--dir", str(cluster_dir))
+    assert result.returncode == 0, result.stderr
+    assert cluster_pids(cluster_dir) == before
+
+
+def test_agent_restarts_gearmand_after_kill(cluster_dir: Path) -> None:
+    node = status_json(cluster_dir)["nodes"][0]
+    psutil.Process(node["gearmand_pid"]).kill()
+    for _ in range(200):
+        current = status_json(cluster_dir)["nodes"][0]
+        if current["state"] == "serving" and current["gearmand_pid"] != node["gearmand_pid"]:
+            break
+    else:
+        pytest.fail(f"gearmand was not restarted: {current}")
+    assert current["restarts"] == 1
+
+
+def test_up_rejects_zero_nodes(tmp_path: Path) -> None:
+    result = gearctl("cluster", "up", "--nodes", "0", "--dir", str(tmp_path / "c"))
+    assert result.returncode != 0
+    assert "--nodes must be at least 1" in result.stderr
+
+
+def test_up_rejects_unwritable_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = gearctl("cluster", "up", "--dir", str(blocker / "sub"))
+    assert result.returncode != 0
+    assert "not writable" in result.stderr
+
+
+def test_port_in_use_is_named_and_nothing_is_left_running(tmp_path: Path) -> None:
+    base = free_port_block(120)
+    directory = tmp_path / "c"
+    with socket.socket() as squatter:
+        squatter.bind((HOST, base + 111))  # node2's store port
+        squatter.listen()
+        result = gearctl("cluster", "up", "--nodes", "3", "--dir", str(directory),
+                         "--port-base", str(base))  # fmt: skip
+    assert result.returncode != 0
+    assert f"{HOST}:{base + 111} is in use by" in result.stderr
+    assert "stopping what this run started" in result.stderr
+    listening = [
+        conn.laddr.port
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and base <= conn.laddr.port < base + 120
+    ]
+    assert listening == []
