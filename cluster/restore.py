@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.jobkey import JobKey, JobKeyError, parse_job_key
-from cluster.protocol import GearmanConnection
+from cluster.protocol import BatchSubmitError, GearmanConnection, Priority
 from cluster.store import Store, StoredItem
 
 log = logging.getLogger("gearctl.restore")
 
-PRIORITY_BY_FLAGS = {0: "high", 1: "normal", 2: "low"}
 BATCH = 2000
 STALE_PASSES = 40  # metadump passes that find nothing new before the search gives up
 
@@ -129,12 +128,27 @@ def _move_batch(
         if parsed is None:
             continue
         payload, flags = stored
-        jobs.append((parsed.function, parsed.unique, payload, PRIORITY_BY_FLAGS.get(flags, "normal")))
+        jobs.append((parsed.function, parsed.unique, payload, _priority(item.key, flags)))
         keys.append(item.key)
-    if jobs:
+    if not jobs:
+        return
+    try:
         gearman.submit_background_many(jobs)
-        source.delete_many(keys)
-        report.moved += len(jobs)
+    except BatchSubmitError as exc:
+        # Delete exactly what gearmand acknowledged; the rest stays for the next attempt.
+        source.delete_many(keys[: exc.acknowledged])
+        report.moved += exc.acknowledged
+        raise
+    source.delete_many(keys)
+    report.moved += len(jobs)
+
+
+def _priority(key: str, flags: int) -> str:
+    try:
+        return Priority.from_flags(flags).value
+    except ValueError:
+        log.warning("key %r has flags %d, not a gearmand priority; restoring as normal", key, flags)
+        return Priority.NORMAL.value
 
 
 def _parse(key: str, known_functions: Collection[str], report: RestoreReport) -> JobKey | None:

@@ -1,0 +1,552 @@
+"""Gearman binary protocol: packet framing and a blocking client/worker connection.
+
+Framing follows the public protocol document (gearman.org/protocol): a 12-byte header (magic
+`\\0REQ` or `\\0RES`, big-endian type, big-endian data size) then the data, which is the packet's
+arguments joined by NUL. Each type has a fixed number of arguments; only the last one may contain
+NUL bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum, IntEnum, StrEnum
+
+from cluster.endpoint import Endpoint
+from cluster.errors import (
+    GearctlError,
+    GearmanConnectionError,
+    GearmanServerError,
+    ProtocolError,
+)
+
+HEADER = struct.Struct(">4sII")
+HEADER_SIZE = HEADER.size
+MAX_PACKET_SIZE = 64 * 1024 * 1024
+"""Largest data size `decode` accepts; a bigger declared size means a corrupt or hostile peer."""
+RECV_SIZE = 256 * 1024
+BATCH_BYTES = 1024 * 1024
+"""A pipelined batch is sent once it holds this many bytes, whatever its job count."""
+
+
+class Magic(bytes, Enum):
+    REQ = b"\0REQ"
+    RES = b"\0RES"
+
+
+class PacketType(IntEnum):
+    CAN_DO = 1
+    CANT_DO = 2
+    RESET_ABILITIES = 3
+    PRE_SLEEP = 4
+    NOOP = 6
+    SUBMIT_JOB = 7
+    JOB_CREATED = 8
+    GRAB_JOB = 9
+    NO_JOB = 10
+    JOB_ASSIGN = 11
+    WORK_STATUS = 12
+    WORK_COMPLETE = 13
+    WORK_FAIL = 14
+    GET_STATUS = 15
+    ECHO_REQ = 16
+    ECHO_RES = 17
+    SUBMIT_JOB_BG = 18
+    ERROR = 19
+    STATUS_RES = 20
+    SUBMIT_JOB_HIGH = 21
+    SET_CLIENT_ID = 22
+    CAN_DO_TIMEOUT = 23
+    ALL_YOURS = 24
+    WORK_EXCEPTION = 25
+    OPTION_REQ = 26
+    OPTION_RES = 27
+    WORK_DATA = 28
+    WORK_WARNING = 29
+    GRAB_JOB_UNIQ = 30
+    JOB_ASSIGN_UNIQ = 31
+    SUBMIT_JOB_HIGH_BG = 32
+    SUBMIT_JOB_LOW = 33
+    SUBMIT_JOB_LOW_BG = 34
+    SUBMIT_JOB_SCHED = 35
+    SUBMIT_JOB_EPOCH = 36
+    SUBMIT_REDUCE_JOB = 37
+    SUBMIT_REDUCE_JOB_BACKGROUND = 38
+    GRAB_JOB_ALL = 39
+    JOB_ASSIGN_ALL = 40
+    GET_STATUS_UNIQUE = 41
+    STATUS_RES_UNIQUE = 42
+
+
+T = PacketType
+ARG_COUNTS: dict[PacketType, int] = {
+    T.CAN_DO: 1,  # function
+    T.CANT_DO: 1,  # function
+    T.RESET_ABILITIES: 0,
+    T.PRE_SLEEP: 0,
+    T.NOOP: 0,
+    T.SUBMIT_JOB: 3,  # function, unique, payload (same for every SUBMIT_JOB_* below)
+    T.JOB_CREATED: 1,  # handle
+    T.GRAB_JOB: 0,
+    T.NO_JOB: 0,
+    T.JOB_ASSIGN: 3,  # handle, function, payload
+    T.WORK_STATUS: 3,  # handle, numerator, denominator
+    T.WORK_COMPLETE: 2,  # handle, data
+    T.WORK_FAIL: 1,  # handle
+    T.GET_STATUS: 1,  # handle
+    T.ECHO_REQ: 1,  # payload
+    T.ECHO_RES: 1,  # payload
+    T.SUBMIT_JOB_BG: 3,
+    T.ERROR: 2,  # code, text
+    T.STATUS_RES: 5,  # handle, known, running, numerator, denominator
+    T.SUBMIT_JOB_HIGH: 3,
+    T.SET_CLIENT_ID: 1,  # client id
+    T.CAN_DO_TIMEOUT: 2,  # function, timeout
+    T.ALL_YOURS: 0,
+    T.WORK_EXCEPTION: 2,  # handle, data
+    T.OPTION_REQ: 1,  # option name
+    T.OPTION_RES: 1,  # option name
+    T.WORK_DATA: 2,  # handle, data
+    T.WORK_WARNING: 2,  # handle, data
+    T.GRAB_JOB_UNIQ: 0,
+    T.JOB_ASSIGN_UNIQ: 4,  # handle, function, unique, payload
+    T.SUBMIT_JOB_HIGH_BG: 3,
+    T.SUBMIT_JOB_LOW: 3,
+    T.SUBMIT_JOB_LOW_BG: 3,
+    T.SUBMIT_JOB_SCHED: 8,  # function, unique, minute, hour, mday, month, wday, payload
+    T.SUBMIT_JOB_EPOCH: 4,  # function, unique, epoch, payload
+    T.SUBMIT_REDUCE_JOB: 4,  # function, unique, reducer, payload
+    T.SUBMIT_REDUCE_JOB_BACKGROUND: 4,
+    T.GRAB_JOB_ALL: 0,
+    T.JOB_ASSIGN_ALL: 5,  # handle, function, unique, reducer, payload
+    T.GET_STATUS_UNIQUE: 1,  # unique
+    T.STATUS_RES_UNIQUE: 6,  # unique, known, running, numerator, denominator, waiting clients
+}
+del T
+_RES = Magic.RES.value
+_MAGICS = {magic.value: magic for magic in Magic}
+_TYPES = {int(type_): type_ for type_ in PacketType}
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    magic: Magic
+    type: PacketType
+    args: tuple[bytes, ...] = ()
+
+
+def request(type_: PacketType, *args: bytes) -> Packet:
+    return Packet(Magic.REQ, type_, args)
+
+
+def encode(packet: Packet) -> bytes:
+    """Frame a packet; raise ProtocolError if its arguments do not fit its type."""
+    expected = ARG_COUNTS[packet.type]
+    if len(packet.args) != expected:
+        raise ProtocolError(
+            f"{packet.type.name} takes {expected} arguments, got {len(packet.args)}"
+        )
+    if any(b"\0" in arg for arg in packet.args[:-1]):
+        raise ProtocolError(f"{packet.type.name}: only the last argument may contain NUL bytes")
+    data = b"\0".join(packet.args)
+    if len(data) > MAX_PACKET_SIZE:
+        raise ProtocolError(f"{packet.type.name}: {len(data)} bytes exceed {MAX_PACKET_SIZE}")
+    return HEADER.pack(packet.magic.value, packet.type, len(data)) + data
+
+
+def decode(buffer: bytes | bytearray | memoryview) -> tuple[Packet, int] | None:
+    """Decode the packet at the start of `buffer`: (packet, bytes consumed), or None if incomplete.
+
+    Raises ProtocolError for bad magic, an unknown type, a size above MAX_PACKET_SIZE or a
+    wrong number of arguments. Header errors are raised as soon as the 12 header bytes arrive.
+    """
+    if len(buffer) < HEADER_SIZE:
+        return None
+    raw_magic, raw_type, size = HEADER.unpack_from(buffer)
+    magic = _MAGICS.get(raw_magic)
+    if magic is None:
+        raise ProtocolError(f"bad packet magic {raw_magic!r} (expected \\0REQ or \\0RES)")
+    type_ = _TYPES.get(raw_type)
+    if type_ is None:
+        raise ProtocolError(f"unknown packet type {raw_type}")
+    if size > MAX_PACKET_SIZE:
+        raise ProtocolError(
+            f"{type_.name} declares {size} bytes, above the {MAX_PACKET_SIZE} limit"
+        )
+    end = HEADER_SIZE + size
+    if len(buffer) < end:
+        return None
+    data = bytes(buffer[HEADER_SIZE:end])
+    expected = ARG_COUNTS[type_]
+    args = tuple(data.split(b"\0", expected - 1)) if expected else ()
+    if len(args) != expected or (not expected and data):
+        raise ProtocolError(
+            f"{type_.name} must carry {expected} arguments; got {size} bytes: {data[:80]!r}"
+        )
+    return Packet(magic, type_, args), end
+
+
+class Priority(StrEnum):
+    """Job priority; `flags` is how gearmand's libmemcached queue stores it."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def flags(self) -> int:
+        return _FLAGS[self]
+
+    @classmethod
+    def from_flags(cls, flags: int) -> Priority:
+        for priority, value in _FLAGS.items():
+            if value == flags:
+                return priority
+        raise ValueError(f"memcached flags {flags} are no gearmand priority (0, 1 or 2)")
+
+    @classmethod
+    def parse(cls, value: str | Priority) -> Priority:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"priority {value!r} is not one of high, normal, low") from None
+
+
+_FLAGS = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+_BACKGROUND: dict[str, PacketType] = {
+    Priority.HIGH: PacketType.SUBMIT_JOB_HIGH_BG,
+    Priority.NORMAL: PacketType.SUBMIT_JOB_BG,
+    Priority.LOW: PacketType.SUBMIT_JOB_LOW_BG,
+}
+_FOREGROUND: dict[str, PacketType] = {
+    Priority.HIGH: PacketType.SUBMIT_JOB_HIGH,
+    Priority.NORMAL: PacketType.SUBMIT_JOB,
+    Priority.LOW: PacketType.SUBMIT_JOB_LOW,
+}
+
+
+def background_submit_type(priority: str | Priority) -> PacketType:
+    # Priority is a StrEnum: "high" and Priority.HIGH are the same dict key.
+    type_ = _BACKGROUND.get(priority)
+    return type_ if type_ is not None else _BACKGROUND[Priority.parse(priority)]
+
+
+def foreground_submit_type(priority: str | Priority) -> PacketType:
+    type_ = _FOREGROUND.get(priority)
+    return type_ if type_ is not None else _FOREGROUND[Priority.parse(priority)]
+
+
+class BatchSubmitError(GearmanServerError):
+    """gearmand refused a job in a pipelined batch; the first `acknowledged` jobs were accepted."""
+
+    def __init__(self, code: str, text: str, acknowledged: int) -> None:
+        super().__init__(code, text)
+        self.acknowledged = acknowledged
+        self.args = (f"{self.args[0]} (after {acknowledged} jobs of the batch were acknowledged)",)
+
+
+class JobFailedError(GearctlError):
+    """A foreground job ended with WORK_FAIL or WORK_EXCEPTION (`data` holds the exception)."""
+
+    def __init__(self, handle: bytes, data: bytes | None = None) -> None:
+        detail = f": {data.decode(errors='replace')}" if data is not None else ""
+        super().__init__(f"job {handle.decode(errors='replace')} failed{detail}")
+        self.handle = handle
+        self.data = data
+
+
+@dataclass(frozen=True, slots=True)
+class JobAssignment:
+    handle: bytes
+    function: str
+    unique: str
+    payload: bytes
+
+
+def _text(value: str) -> bytes:
+    # surrogateescape: names read from a peer as str go back out byte for byte.
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _str(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+class GearmanConnection:
+    """A blocking connection to one gearmand, usable as a client and as a minimal worker.
+
+    Connects lazily on first use. Every socket operation is bounded: `connect_timeout` for the
+    TCP connect, `read_timeout` for each send and for each `receive()` as a whole. Any socket
+    failure closes the connection and raises GearmanConnectionError; the next call reconnects
+    and re-registers the functions given to `can_do`.
+    """
+
+    def __init__(
+        self, endpoint: Endpoint, *, connect_timeout: float = 2.0, read_timeout: float = 5.0
+    ) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+        self._offset = 0
+        self._abilities: set[str] = set()
+
+    def __enter__(self) -> GearmanConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        if self._sock is not None:
+            return
+        try:
+            sock = socket.create_connection(
+                (self.endpoint.host, self.endpoint.port), timeout=self.connect_timeout
+            )
+        except OSError as exc:
+            raise GearmanConnectionError(
+                f"cannot connect to gearmand at {self.endpoint}: {exc}"
+            ) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.read_timeout)
+        self._sock = sock
+        self._buffer.clear()
+        self._offset = 0
+        if self._abilities:
+            self.send_many(request(PacketType.CAN_DO, _text(f)) for f in sorted(self._abilities))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def send(self, packet: Packet) -> None:
+        self._send_bytes(encode(packet))
+
+    def send_many(self, packets: Iterable[Packet]) -> None:
+        """Send packets with one sendall."""
+        self._send_bytes(b"".join(map(encode, packets)))
+
+    def _send_bytes(self, data: bytes) -> None:
+        self.connect()
+        assert self._sock is not None
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise GearmanConnectionError(
+                f"sending to gearmand at {self.endpoint} failed: {exc}"
+            ) from exc
+
+    def receive(self) -> Packet:
+        """The next packet from the server, waiting at most `read_timeout` for it."""
+        deadline: float | None = None
+        while True:
+            try:
+                with memoryview(self._buffer) as view, view[self._offset :] as unread:
+                    decoded = decode(unread)
+            except ProtocolError as exc:
+                self.close()
+                raise ProtocolError(f"gearmand at {self.endpoint}: {exc}") from exc
+            if decoded is not None:
+                packet, size = decoded
+                self._offset += size
+                if self._offset == len(self._buffer):
+                    self._buffer.clear()
+                    self._offset = 0
+                return packet
+            if deadline is None:
+                deadline = time.monotonic() + self.read_timeout
+            self._fill(deadline)
+
+    def _fill(self, deadline: float) -> None:
+        """Read more bytes into the buffer before `deadline`."""
+        if self._sock is None:
+            raise GearmanConnectionError(
+                f"connection to gearmand at {self.endpoint} is closed: nothing to receive"
+            )
+        if self._offset:
+            del self._buffer[: self._offset]
+            self._offset = 0
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            self._sock.settimeout(remaining)
+            chunk = self._sock.recv(RECV_SIZE)
+        except OSError as exc:
+            self.close()
+            raise GearmanConnectionError(
+                f"no answer from gearmand at {self.endpoint} within {self.read_timeout}s: {exc}"
+            ) from exc
+        if not chunk:
+            self.close()
+            raise GearmanConnectionError(f"gearmand at {self.endpoint} closed the connection")
+        self._buffer += chunk
+
+    def _expect(self, *types: PacketType) -> Packet:
+        """Receive one packet of one of `types`; ERROR raises GearmanServerError."""
+        packet = self.receive()
+        if packet.type in types:
+            return packet
+        if packet.type is PacketType.ERROR:
+            raise GearmanServerError(_str(packet.args[0]), _str(packet.args[1]))
+        self.close()
+        wanted = " or ".join(t.name for t in types)
+        raise ProtocolError(
+            f"gearmand at {self.endpoint} sent {packet.type.name}, expected {wanted}"
+        )
+
+    # Client helpers.
+
+    def echo(self, data: bytes) -> bytes:
+        self.send(request(PacketType.ECHO_REQ, data))
+        return self._expect(PacketType.ECHO_RES).args[0]
+
+    def submit_background(
+        self, function: str, payload: bytes, *, unique: str = "", priority: str = "normal"
+    ) -> bytes:
+        """Submit one background job; return its handle."""
+        type_ = background_submit_type(priority)
+        self.send(request(type_, _text(function), _text(unique), payload))
+        return self._expect(PacketType.JOB_CREATED).args[0]
+
+    def submit_background_many(
+        self, jobs: Iterable[tuple[str, str, bytes, str]], *, window: int = 1000
+    ) -> list[bytes]:
+        """Submit (function, unique, payload, priority) jobs pipelined; return handles in order.
+
+        At most `window` submits are in flight. If gearmand answers one with ERROR, raise
+        BatchSubmitError carrying how many jobs were acknowledged before it, and close the
+        connection (the answers still in flight are discarded).
+        """
+        handles: list[bytes] = []
+        in_flight: deque[int] = deque()  # job count of each sent batch not yet answered
+        for data, count in _batches(jobs, max(1, window // 2)):
+            while in_flight and sum(in_flight) + count > window:
+                self._collect(in_flight.popleft(), handles)
+            self._send_bytes(data)
+            in_flight.append(count)
+        for count in in_flight:
+            self._collect(count, handles)
+        return handles
+
+    def _collect(self, count: int, handles: list[bytes]) -> None:
+        """Read `count` answers to submits into `handles`.
+
+        The hot path of a restore: JOB_CREATED packets already buffered are sliced out in place;
+        anything else goes through `receive()`.
+        """
+        buffer, unpack, created = self._buffer, HEADER.unpack_from, int(PacketType.JOB_CREATED)
+        while count:
+            offset, available = self._offset, len(buffer)
+            while count and available - offset >= HEADER_SIZE:
+                magic, type_, size = unpack(buffer, offset)
+                end = offset + HEADER_SIZE + size
+                if magic != _RES or type_ != created or end > available:
+                    break
+                handles.append(bytes(buffer[offset + HEADER_SIZE : end]))
+                offset = end
+                count -= 1
+            self._offset = offset
+            if not count:
+                return
+            packet = self.receive()
+            buffer = self._buffer
+            count -= 1
+            if packet.type is PacketType.JOB_CREATED:
+                handles.append(packet.args[0])
+                continue
+            self.close()
+            if packet.type is PacketType.ERROR:
+                raise BatchSubmitError(_str(packet.args[0]), _str(packet.args[1]), len(handles))
+            raise ProtocolError(
+                f"gearmand at {self.endpoint} sent {packet.type.name} in answer to a submit"
+            )
+
+    def submit(
+        self, function: str, payload: bytes, *, unique: str = "", priority: str = "normal"
+    ) -> bytes:
+        """Run a foreground job and return its result.
+
+        Waits at most `read_timeout` between packets. WORK_FAIL and WORK_EXCEPTION raise
+        JobFailedError; progress packets (status, data, warning) are skipped.
+        """
+        type_ = foreground_submit_type(priority)
+        self.send(request(type_, _text(function), _text(unique), payload))
+        handle = self._expect(PacketType.JOB_CREATED).args[0]
+        while True:
+            packet = self._expect(
+                PacketType.WORK_COMPLETE,
+                PacketType.WORK_FAIL,
+                PacketType.WORK_EXCEPTION,
+                PacketType.WORK_STATUS,
+                PacketType.WORK_DATA,
+                PacketType.WORK_WARNING,
+            )
+            if packet.args[0] != handle:
+                continue
+            if packet.type is PacketType.WORK_COMPLETE:
+                return packet.args[1]
+            if packet.type is PacketType.WORK_FAIL:
+                raise JobFailedError(handle)
+            if packet.type is PacketType.WORK_EXCEPTION:
+                raise JobFailedError(handle, packet.args[1])
+
+    # Worker helpers.
+
+    def can_do(self, function: str) -> None:
+        self.send(request(PacketType.CAN_DO, _text(function)))
+        self._abilities.add(function)
+
+    def grab_job_uniq(self) -> JobAssignment | None:
+        """Ask for a job; None when the server has none (NO_JOB)."""
+        self.send(request(PacketType.GRAB_JOB_UNIQ))
+        while True:
+            packet = self._expect(PacketType.JOB_ASSIGN_UNIQ, PacketType.NO_JOB, PacketType.NOOP)
+            if packet.type is PacketType.NO_JOB:
+                return None
+            if packet.type is PacketType.JOB_ASSIGN_UNIQ:
+                handle, function, unique, payload = packet.args
+                return JobAssignment(handle, _str(function), _str(unique), payload)
+            # NOOP: a wake-up left over from an earlier PRE_SLEEP.
+
+    def pre_sleep(self) -> None:
+        """Tell the server to wake this worker with NOOP when a job arrives."""
+        self.send(request(PacketType.PRE_SLEEP))
+
+    def work_complete(self, handle: bytes, data: bytes = b"") -> None:
+        self.send(request(PacketType.WORK_COMPLETE, handle, data))
+
+    def work_fail(self, handle: bytes) -> None:
+        self.send(request(PacketType.WORK_FAIL, handle))
+
+
+def _batches(jobs: Iterable[tuple[str, str, bytes, str]], size: int) -> Iterator[tuple[bytes, int]]:
+    """Encoded background submits: (bytes, job count), at most `size` jobs or about
+    BATCH_BYTES per batch."""
+    pack, req = HEADER.pack, Magic.REQ.value
+    parts: list[bytes] = []
+    count = length = 0
+    for function, unique, payload, priority in jobs:
+        name, uniq = _text(function), _text(unique)
+        if b"\0" in name or b"\0" in uniq:
+            raise ProtocolError(f"function {function!r} or unique {unique!r} contains NUL")
+        data = b"%s\0%s\0%s" % (name, uniq, payload)
+        type_ = _BACKGROUND.get(priority) or background_submit_type(priority)
+        parts.append(pack(req, type_, len(data)))
+        parts.append(data)
+        count += 1
+        length += HEADER_SIZE + len(data)
+        if count == size or length >= BATCH_BYTES:
+            yield b"".join(parts), count
+            parts.clear()
+            count = length = 0
+    if count:
+        yield b"".join(parts), count
