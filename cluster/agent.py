@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -39,6 +40,7 @@ from cluster.membership import MemberRecord
 from cluster.process import is_program_on, kill_pid, log_tail, read_pidfile, stop_pid, wait_until
 from cluster.restore import RestoreReport, restore
 from cluster.store import Store
+from cluster.takeover import StoreRecord, TakeoverWatcher
 from cluster.zkpaths import ClusterPaths
 
 log = logging.getLogger("gearctl.agent")
@@ -64,6 +66,9 @@ class Agent:
         )
         self.lease = StoreLease(self.zk, self.paths.store_owner(config.node), config.node, SERVE)
         self.functions = FunctionRegistry(self.zk, self.paths.functions)
+        self.takeovers = TakeoverWatcher(
+            self.zk, self.paths, config.node, config.gearman, self._may_drain, self.stopping
+        )
         self.record = MemberRecord(
             node=config.node,
             gearman=str(config.gearman),
@@ -87,6 +92,7 @@ class Agent:
         self._stop_leftover_gearmand()
         self._connect_zookeeper()
         self.guard.start()
+        self.takeovers.start()
         try:
             self._register()
             while not self.stopping.is_set():
@@ -175,7 +181,19 @@ class Agent:
             return None, launch.prefix
         log.info("gearmand pid %d serving on %s, prefix %s", proc.pid, launch.endpoint,
                  launch.prefix)  # fmt: skip
+        self._describe_store(proc.pid)
         return proc, launch.prefix
+
+    def _describe_store(self, gearmand_pid: int) -> None:
+        """Tell peers where our store and gearmand are, for a take-over after our death."""
+        record = StoreRecord(address=str(self.config.store), gearman=str(self.config.gearman),
+                             host=socket.gethostname(), gearmand_pid=gearmand_pid)  # fmt: skip
+        self.zk.ensure_path(self.paths.store(self.config.node))
+        self.zk.set(self.paths.store(self.config.node), record.encode())
+
+    def _may_drain(self) -> bool:
+        """Peers' stores are drained only into a gearmand that serves, under a live session."""
+        return self.record.state == membership.SERVING and not self.fenced.is_set()
 
     def _restore(self, expected: int, prefix: str) -> None:
         self._update(state=membership.RESTORING, gearmand_pid=self.gearmand_pid)

@@ -90,8 +90,13 @@ def cluster_status(directory: DirOption = Path(".gearctl"), as_json: JsonOption 
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     for store in status["stores"]:
+        owner = store["owner"]
+        held = f"{owner['node']} ({owner['purpose']})" if owner else "nobody"
         typer.echo(f"store {store['store']} ({store['address']}): epoch {_text(store['epoch'])},"
-                   f" owner {_text(store['owner'])}")
+                   f" owned by {held}")
+    for takeover in status["takeovers"]:
+        typer.echo(f"take-over of store {takeover['store']} by {takeover['by']}: "
+                   f"{takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s")
 
 
 def _text(value: object) -> str:

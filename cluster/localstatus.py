@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -111,6 +112,7 @@ def collect(cluster: LocalCluster) -> dict[str, Any]:
     try:
         members = read_members(zk, paths)
         stores = [_store_status(zk, paths, node.name, node.store) for node in cluster.nodes]
+        takeovers = read_takeovers(zk, paths)
     finally:
         if zk is not None:
             zk.stop()
@@ -120,23 +122,41 @@ def collect(cluster: LocalCluster) -> dict[str, Any]:
         "zookeeper": {"address": cluster.zookeeper, "reachable": zk is not None},
         "nodes": [asdict(node_status(cluster, n.name, members.get(n.name))) for n in cluster.nodes],
         "stores": stores,
-        "takeovers": [],
+        "takeovers": takeovers,
     }
+
+
+def read_takeovers(zk: KazooClient | None, paths: ClusterPaths) -> list[dict[str, Any]]:
+    """Take-over history, oldest first (running ones have `outcome` "running")."""
+    if zk is None:
+        return []
+    try:
+        names = sorted(zk.get_children(paths.takeovers))
+    except NoNodeError:
+        return []
+    history = []
+    for name in names:
+        try:
+            history.append(json.loads(zk.get(f"{paths.takeovers}/{name}")[0]))
+        except (NoNodeError, ValueError):
+            continue
+    return history
 
 
 def _store_status(
     zk: KazooClient | None, paths: ClusterPaths, store: str, address: str
 ) -> dict[str, Any]:
     epoch: int | None = None
-    owner: str | None = None
+    owner: dict[str, str] | None = None
     if zk is not None:
         try:
             epoch = int(zk.get(paths.store_epoch(store))[0] or b"0")
         except (NoNodeError, ValueError, KazooException):
             pass
         try:
-            owner = zk.get(paths.store_owner(store))[0].decode() or None
-        except (NoNodeError, KazooException):
+            raw = json.loads(zk.get(paths.store_owner(store))[0] or b"{}")
+            owner = {"node": raw.get("node"), "purpose": raw.get("purpose")}
+        except (NoNodeError, KazooException, ValueError):
             pass
     return {"store": store, "address": address, "owner": owner, "epoch": epoch}
 

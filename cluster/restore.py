@@ -67,14 +67,22 @@ def restore(
     keep_prefix: str | None,
     known_functions: Collection[str],
     progress: Progress | None = None,
+    should_continue: Callable[[], bool] = lambda: True,
     read_timeout: float = 10.0,
 ) -> RestoreReport:
-    """Move `expected` jobs from `source` (all keys but `keep_prefix`'s) into gearmand `target`."""
+    """Move `expected` jobs from `source` (all keys but `keep_prefix`'s) into gearmand `target`.
+
+    `should_continue` is asked before each batch (a drainer that lost its lease must stop).
+    """
     report = RestoreReport(expected=expected)
     started = time.monotonic()
     items = find_old_items(source, keep_prefix, expected, report)
     with GearmanConnection(target, read_timeout=read_timeout) as gearman:
         for start in range(0, len(items), BATCH):
+            if not should_continue():
+                raise RestoreIncomplete(
+                    f"restore stopped after {report.moved} of {expected} jobs", report
+                )
             _move_batch(source, gearman, items[start : start + BATCH], known_functions, report)
             report.seconds = time.monotonic() - started
             if progress is not None:

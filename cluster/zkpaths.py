@@ -1,6 +1,7 @@
 """Where gearctl keeps its state in ZooKeeper (one tree per cluster).
 
     /gearctl/<cluster>/members/<node>        ephemeral: the live agent's member record
+    /gearctl/<cluster>/stores/<node>         persistent: store and gearmand addresses, for peers
     /gearctl/<cluster>/stores/<node>/epoch   persistent: incarnation counter of the node's store
     /gearctl/<cluster>/stores/<node>/owner   ephemeral: who serves or drains the store now
     /gearctl/<cluster>/functions/<name>      persistent: function names seen, to split keys
@@ -32,6 +33,9 @@ class ClusterPaths:
     @property
     def stores(self) -> str:
         return f"{self.root}/stores"
+
+    def store(self, store: str) -> str:
+        return f"{self.stores}/{store}"
 
     def store_epoch(self, store: str) -> str:
         return f"{self.stores}/{store}/epoch"

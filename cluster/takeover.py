@@ -1,0 +1,193 @@
+"""Orphan take-over: a surviving agent drains a dead node's store into its own gearmand, once.
+
+Every agent runs a `TakeoverWatcher` thread. About once a second it looks for orphaned stores:
+a store with jobs whose node has no member record and which nobody owns. The first survivor to
+create the store's owner znode (purpose `drain`) wins; the others see it owned and stay out.
+Before loading anything the winner fences the old server (design invariant 4): its gearmand
+must refuse connections, or its process must be gone (checked when it ran on this host). If
+neither can be established it waits and reports, and never drains.
+
+One survivor drains a whole store (rather than survivors sharing it): the restore then keeps the
+store's FIFO order per priority, and a drainer that dies leaves one store to resume, not pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import psutil
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.functions import FunctionRegistry
+from cluster.lease import DRAIN, StoreLease
+from cluster.restore import restore
+from cluster.store import Store
+from cluster.zkpaths import ClusterPaths
+
+log = logging.getLogger("gearctl.takeover")
+
+SCAN_EVERY = 1.0
+
+
+@dataclass(frozen=True)
+class StoreRecord:
+    """What peers need to know of a store to take it over: written by its owner at each start."""
+
+    address: str
+    gearman: str
+    host: str
+    gearmand_pid: int | None
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> StoreRecord:
+        raw = json.loads(data.decode())
+        return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"))
+
+
+@dataclass
+class Takeover:
+    store: str
+    by: str
+    started: float
+    finished: float | None = None
+    jobs: int = 0
+    seconds: float = 0.0
+    outcome: str = "running"
+
+
+def old_server_is_dead(record: StoreRecord, timeout: float = 1.0) -> tuple[bool, str]:
+    """Fencing check: (True, how) if the store's last gearmand is known dead, else (False, why)."""
+    if record.host == socket.gethostname() and record.gearmand_pid is not None:
+        try:
+            if psutil.Process(record.gearmand_pid).status() != psutil.STATUS_ZOMBIE:
+                return False, f"gearmand pid {record.gearmand_pid} is still running on this host"
+        except psutil.Error:
+            return True, f"gearmand pid {record.gearmand_pid} is gone"
+    endpoint = Endpoint.parse(record.gearman)
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout):
+            return False, f"gearmand {endpoint} still accepts connections"
+    except ConnectionRefusedError:
+        return True, f"gearmand {endpoint} refuses connections"
+    except OSError as exc:
+        return False, f"gearmand {endpoint} cannot be reached to confirm it is dead ({exc})"
+
+
+class TakeoverWatcher:
+    """Finds orphaned stores and drains them into `target` (this node's gearmand)."""
+
+    def __init__(
+        self,
+        zk: KazooClient,
+        paths: ClusterPaths,
+        node: str,
+        target: Endpoint,
+        may_drain: Callable[[], bool],
+        stopping: threading.Event,
+    ) -> None:
+        self.zk = zk
+        self.paths = paths
+        self.node = node
+        self.target = target
+        self.may_drain = may_drain
+        self.stopping = stopping
+        self.functions = FunctionRegistry(zk, paths.functions)
+        self.unfenced_reported: set[str] = set()
+        self.thread = threading.Thread(target=self._run, name="takeover", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(SCAN_EVERY):
+            if not self.may_drain():
+                continue
+            try:
+                for store in self._orphans():
+                    self._take_over(store)
+            except (GearctlError, KazooException) as exc:
+                log.warning("take-over scan failed: %s", exc)
+
+    def _orphans(self) -> list[str]:
+        try:
+            stores = self.zk.get_children(self.paths.stores)
+        except NoNodeError:
+            return []
+        members = set(self.zk.get_children(self.paths.members))
+        return [
+            store
+            for store in sorted(stores)
+            if store != self.node
+            and store not in members
+            and self.zk.exists(self.paths.store_owner(store)) is None
+        ]
+
+    def _take_over(self, store: str) -> None:
+        try:
+            record = StoreRecord.decode(self.zk.get(self.paths.store(store))[0])
+        except (NoNodeError, ValueError, KeyError):
+            return  # a store nobody ever described cannot be reached
+        source = Store(Endpoint.parse(record.address))
+        try:
+            if source.curr_items() == 0:
+                return
+        except GearctlError as exc:
+            log.warning("orphaned store %s (%s) unreachable: %s; will retry", store,
+                        record.address, exc)  # fmt: skip
+            return
+        lease = StoreLease(self.zk, self.paths.store_owner(store), self.node, DRAIN)
+        if lease.try_acquire() is not None:
+            return  # another survivor won
+        try:
+            dead, how = old_server_is_dead(record)
+            if not dead:
+                if store not in self.unfenced_reported:
+                    log.error("not draining store %s: %s", store, how)
+                    self.unfenced_reported.add(store)
+                return
+            self.unfenced_reported.discard(store)
+            self._drain(store, source, how, lease)
+        finally:
+            lease.release()
+
+    def _drain(self, store: str, source: Store, how: str, lease: StoreLease) -> None:
+        expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
+        takeover = Takeover(store=store, by=self.node, started=time.time())
+        path = self.zk.create(
+            f"{self.paths.takeovers}/t-", json.dumps(asdict(takeover)).encode(),
+            sequence=True, makepath=True,
+        )  # fmt: skip
+        log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected,
+                    self.target)  # fmt: skip
+        try:
+            report = restore(
+                source,
+                self.target,
+                expected=expected,
+                keep_prefix=None,
+                known_functions=self.functions.known(),
+                should_continue=lambda: self.may_drain() and lease.held(),
+            )
+            takeover.jobs, takeover.outcome = report.moved, "done"
+        except GearctlError as exc:
+            log.error("draining store %s stopped: %s", store, exc)
+            takeover.outcome = f"interrupted: {exc}"
+            report = getattr(exc, "report", None)
+            takeover.jobs = report.moved if report is not None else 0
+        takeover.finished = time.time()
+        takeover.seconds = takeover.finished - takeover.started
+        log.warning("take-over of store %s %s: %d jobs in %.2fs", store, takeover.outcome,
+                    takeover.jobs, takeover.seconds)  # fmt: skip
+        self.zk.set(path, json.dumps(asdict(takeover)).encode())
