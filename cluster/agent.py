@@ -28,7 +28,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
 from cluster import membership
-from cluster.admin import AdminClient, is_serving
+from cluster.admin import is_serving
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.errors import GearctlError, LaunchError
@@ -46,7 +46,6 @@ from cluster.zkpaths import ClusterPaths
 log = logging.getLogger("gearctl.agent")
 
 GEARMAND_READY_TIMEOUT = 10.0
-FUNCTIONS_EVERY = 5.0  # seconds between publications of gearmand's function names
 
 
 class Agent:
@@ -220,19 +219,16 @@ class Agent:
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
         failures = 0
-        next_functions = 0.0
         while not self.stopping.is_set() and not self.fenced.is_set():
-            health = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
-            if health is Health.GONE:
+            check = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+            if check.health is Health.GONE:
                 break
-            failures = 0 if health is Health.SERVING else failures + 1
+            failures = 0 if check.health is Health.SERVING else failures + 1
             if failures >= self.config.hang_checks:
                 log.error("gearmand pid %d is %s after %d checks; killing it", proc.pid,
-                          health.value, failures)  # fmt: skip
+                          check.health.value, failures)  # fmt: skip
                 break
-            if health is Health.SERVING and time.monotonic() >= next_functions:
-                self._publish_functions()
-                next_functions = time.monotonic() + FUNCTIONS_EVERY
+            self._publish_functions(check.functions)
             self.stopping.wait(self.config.check_interval)
         if self.stopping.is_set() or self.fenced.is_set():
             return
@@ -246,11 +242,11 @@ class Agent:
                      gearmand_pid=None)  # fmt: skip
         self.stopping.wait(delay)
 
-    def _publish_functions(self) -> None:
+    def _publish_functions(self, names: tuple[str, ...]) -> None:
+        """Record new function names in ZooKeeper (only names not published yet cost a write)."""
         try:
-            names = [f.name for f in AdminClient(self.config.gearman).status()]
             self.functions.publish(names)
-        except Exception as exc:
+        except KazooException as exc:
             log.warning("could not publish function names: %s", exc)
 
     @property

@@ -78,8 +78,10 @@ def cluster_status(directory: DirOption = Path(".gearctl"), as_json: JsonOption 
     if as_json:
         typer.echo(json.dumps(status, indent=2))
         return
-    typer.echo(f"cluster {status['cluster']}  zookeeper {status['zookeeper']['address']}"
-               f" ({'reachable' if status['zookeeper']['reachable'] else 'UNREACHABLE'})")
+    typer.echo(
+        f"cluster {status['cluster']}  zookeeper {status['zookeeper']['address']}"
+        f" ({'reachable' if status['zookeeper']['reachable'] else 'UNREACHABLE'})"
+    )
     header = ("node", "state", "gearman", "store", "agent", "gearmand", "queued", "items")
     rows = [header] + [
         (n["name"], n["state"], n["gearman"], n["store"], _text(n["agent_pid"]),
@@ -92,11 +94,15 @@ def cluster_status(directory: DirOption = Path(".gearctl"), as_json: JsonOption 
     for store in status["stores"]:
         owner = store["owner"]
         held = f"{owner['node']} ({owner['purpose']})" if owner else "nobody"
-        typer.echo(f"store {store['store']} ({store['address']}): epoch {_text(store['epoch'])},"
-                   f" owned by {held}")
+        typer.echo(
+            f"store {store['store']} ({store['address']}): epoch {_text(store['epoch'])},"
+            f" owned by {held}"
+        )
     for takeover in status["takeovers"]:
-        typer.echo(f"take-over of store {takeover['store']} by {takeover['by']}: "
-                   f"{takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s")
+        typer.echo(
+            f"take-over of store {takeover['store']} by {takeover['by']}: "
+            f"{takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s"
+        )
 
 
 def _text(value: object) -> str:

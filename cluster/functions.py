@@ -6,6 +6,7 @@ A key `P<function>-<unique>` is ambiguous when either part holds '-'; knowing th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
@@ -31,8 +32,6 @@ class FunctionRegistry:
     def publish(self, names: Iterable[str]) -> None:
         """Record names not recorded yet (one znode each; a name is never removed)."""
         for name in set(names) - self.published:
-            try:
+            with contextlib.suppress(NodeExistsError):
                 self.zk.create(f"{self.path}/{quote(name, safe='')}", makepath=True)
-            except NodeExistsError:
-                pass
             self.published.add(name)

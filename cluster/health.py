@@ -1,17 +1,20 @@
 """Is gearmand healthy? Process state first (cheap), then the admin `status` with a read timeout.
 
 A SIGSTOPped gearmand still accepts TCP connections and never answers, so only the read timeout
-or psutil's `stopped` state reveal it.
+or psutil's `stopped` state reveal it. The `status` answer also lists every function with jobs,
+which the agent publishes so that job keys can be split right after a crash.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import psutil
 
-from cluster.admin import is_serving
+from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
 
 
 class Health(enum.Enum):
@@ -21,13 +24,23 @@ class Health(enum.Enum):
     UNRESPONSIVE = "unresponsive"  # running, but `status` did not answer in time
 
 
-def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Health:
+@dataclass(frozen=True)
+class Check:
+    health: Health
+    functions: tuple[str, ...] = ()
+
+
+def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
     try:
         status = psutil.Process(pid).status()
     except psutil.Error:
-        return Health.GONE
+        return Check(Health.GONE)
     if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-        return Health.GONE
+        return Check(Health.GONE)
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
-        return Health.STOPPED
-    return Health.SERVING if is_serving(endpoint, timeout) else Health.UNRESPONSIVE
+        return Check(Health.STOPPED)
+    try:
+        functions = AdminClient(endpoint, timeout=timeout).status()
+    except GearctlError:
+        return Check(Health.UNRESPONSIVE)
+    return Check(Health.SERVING, tuple(f.name for f in functions))

@@ -58,9 +58,7 @@ def split_prefix(key: str) -> tuple[str, str] | None:
 
 def split_function_unique(rest: str, known_functions: Collection[str]) -> tuple[str, str, str]:
     """Split `<function>-<unique>` into (function, unique, method); JobKeyError if no '-'."""
-    best = max(
-        (f for f in known_functions if rest.startswith(f + "-")), key=len, default=None
-    )
+    best = max((f for f in known_functions if rest.startswith(f + "-")), key=len, default=None)
     if best is not None:
         return best, rest[len(best) + 1 :], KNOWN
     match = UUID_SUFFIX.search(rest)

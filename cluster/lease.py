@@ -40,8 +40,14 @@ class Owner:
     session: int
 
     def encode(self) -> bytes:
-        record = {"node": self.node, "purpose": self.purpose, "session": f"{self.session:#x}",
-                  "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}  # fmt: skip
+        record = {
+            "node": self.node,
+            "purpose": self.purpose,
+            "session": f"{self.session:#x}",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+        }
         return json.dumps(record).encode()
 
     @classmethod
@@ -91,7 +97,7 @@ class StoreLease:
                 return True
             on_wait(holder)
             released = threading.Event()
-            if self.zk.exists(self.path, watch=lambda _event: released.set()) is None:
+            if self.zk.exists(self.path, watch=_setter(released)) is None:
                 continue
             released.wait(1.0)
         return False
@@ -104,6 +110,11 @@ class StoreLease:
                 self.zk.delete(self.path, version=stat.version)
         except NoNodeError:
             pass
+
+
+def _setter(event: threading.Event) -> Callable[[object], None]:
+    """A kazoo watch callback that only sets `event` (watches must not block)."""
+    return lambda _watched: event.set()
 
 
 class SessionGuard:

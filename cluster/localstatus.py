@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def connect(cluster: LocalCluster, timeout: float = 2.0) -> KazooClient | None:
     zk = KazooClient(hosts=cluster.zookeeper, timeout=4.0)
     try:
         zk.start(timeout=timeout)
-    except Exception:  # noqa: BLE001 - kazoo raises its own timeout type
+    except Exception:
         zk.close()
         return None
     return zk
@@ -149,10 +150,8 @@ def _store_status(
     epoch: int | None = None
     owner: dict[str, str] | None = None
     if zk is not None:
-        try:
+        with contextlib.suppress(NoNodeError, ValueError, KazooException):
             epoch = int(zk.get(paths.store_epoch(store))[0] or b"0")
-        except (NoNodeError, ValueError, KazooException):
-            pass
         try:
             raw = json.loads(zk.get(paths.store_owner(store))[0] or b"{}")
             owner = {"node": raw.get("node"), "purpose": raw.get("purpose")}
@@ -182,8 +181,8 @@ def wait_serving(
                     progress(f"{name}: serving on {member.gearman}")
                     waiting.discard(name)
             if waiting and time.monotonic() > deadline:
-                name = sorted(waiting)[0]
-                raise LaunchError(_agent_failure(cluster, name, f"not serving after {timeout:.0f}s"))
+                reason = f"not serving after {timeout:.0f}s"
+                raise LaunchError(_agent_failure(cluster, sorted(waiting)[0], reason))
             time.sleep(0.05)
     finally:
         zk.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -174,10 +175,8 @@ def stop_pid(pid: int | None, *, timeout: float = 10.0) -> None:
 
 def kill_pid(pid: int) -> None:
     """SIGKILL `pid` now (used for fencing); quietly done if it is already gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

@@ -1,11 +1,11 @@
 """Where gearctl keeps its state in ZooKeeper (one tree per cluster).
 
-    /gearctl/<cluster>/members/<node>        ephemeral: the live agent's member record
-    /gearctl/<cluster>/stores/<node>         persistent: store and gearmand addresses, for peers
-    /gearctl/<cluster>/stores/<node>/epoch   persistent: incarnation counter of the node's store
-    /gearctl/<cluster>/stores/<node>/owner   ephemeral: who serves or drains the store now
-    /gearctl/<cluster>/functions/<name>      persistent: function names seen, to split keys
-    /gearctl/<cluster>/takeovers/<seq>       persistent: take-over history
+/gearctl/<cluster>/members/<node>        ephemeral: the live agent's member record
+/gearctl/<cluster>/stores/<node>         persistent: store and gearmand addresses, for peers
+/gearctl/<cluster>/stores/<node>/epoch   persistent: incarnation counter of the node's store
+/gearctl/<cluster>/stores/<node>/owner   ephemeral: who serves or drains the store now
+/gearctl/<cluster>/functions/<name>      persistent: function names seen, to split keys
+/gearctl/<cluster>/takeovers/<seq>       persistent: take-over history
 """
 
 from __future__ import annotations

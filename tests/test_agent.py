@@ -82,8 +82,10 @@ class AgentNode:
 
     def wait_serving(self, **conditions: object) -> dict:
         return self.wait_for(
-            lambda m: m["state"] == "serving"
-            and all(m.get(key) == value for key, value in conditions.items())
+            lambda m: (
+                m["state"] == "serving"
+                and all(m.get(key) == value for key, value in conditions.items())
+            )
         )
 
 
@@ -200,9 +202,7 @@ def test_sigstop_gearmand_is_detected_and_replaced(node: AgentNode) -> None:
     assert_every_job_once(node, 1000)
 
 
-def test_zookeeper_loss_fences_gearmand_and_recovers(
-    tmp_path: Path, memcached: Endpoint
-) -> None:
+def test_zookeeper_loss_fences_gearmand_and_recovers(tmp_path: Path, memcached: Endpoint) -> None:
     zk_dir = tmp_path / "zk"
     launch = ZooKeeperLaunch(Endpoint(HOST, free_port()), zk_dir / "data", zk_dir / "zk.log",
                              zk_dir / "zk.pid")  # fmt: skip

@@ -83,7 +83,7 @@ def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path)
                 ["gearman", "-h", host, "-p", port, "-f", "reverse", f"hello {node['name']}"],
                 capture_output=True, text=True, timeout=30, check=True,
             )  # fmt: skip
-            assert client.stdout.strip() == f"{node['name']} olleh"
+            assert client.stdout.strip() == f"hello {node['name']}"[::-1]
             assert worker.wait(timeout=30) == 0
         finally:
             if worker.poll() is None:

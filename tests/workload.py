@@ -77,11 +77,9 @@ def drain(
                 if job is None:
                     continue
                 got += 1
-                unique = job.unique.decode() if isinstance(job.unique, bytes) else job.unique
-                function = job.function.decode() if isinstance(job.function, bytes) else job.function
-                result.counts[unique] += 1
-                result.order.append((function, unique, str(endpoint)))
-                result.payloads[unique] = job.payload
+                result.counts[job.unique] += 1
+                result.order.append((job.function, job.unique, str(endpoint)))
+                result.payloads[job.unique] = job.payload
                 conn.work_complete(job.handle, b"")
             if got == 0:
                 idle_rounds += 1
