@@ -38,7 +38,7 @@ from cluster.health import Health, check_gearmand
 from cluster.lease import SERVE, Owner, SessionGuard, StoreLease
 from cluster.membership import MemberRecord
 from cluster.process import is_program_on, kill_pid, log_tail, read_pidfile, stop_pid, wait_until
-from cluster.restore import RestoreReport, restore
+from cluster.restore import RestoreIncomplete, RestoreReport, restore
 from cluster.store import Store
 from cluster.takeover import StoreRecord, TakeoverWatcher
 from cluster.zkpaths import ClusterPaths
@@ -137,11 +137,8 @@ class Agent:
         proc, prefix = self._start_gearmand()
         if proc is None:
             return
-        try:
-            self._restore(expected, prefix)
-        except GearctlError as exc:
-            log.error("restore interrupted: %s", exc)
-        self._watch(proc)
+        if self._restore(proc, expected, prefix):
+            self._watch(proc)
 
     def _own_store(self) -> bool:
         def waiting(owner: Owner) -> None:
@@ -194,27 +191,34 @@ class Agent:
         """Peers' stores are drained only into a gearmand that serves, under a live session."""
         return self.record.state == membership.SERVING and not self.fenced.is_set()
 
-    def _restore(self, expected: int, prefix: str) -> None:
-        self._update(state=membership.RESTORING, gearmand_pid=self.gearmand_pid)
-        if expected:
+    def _restore(self, proc: subprocess.Popen[bytes], expected: int, prefix: str) -> bool:
+        """Restore until every old job is back; False if gearmand died or we must stop."""
+        self._update(state=membership.RESTORING, gearmand_pid=proc.pid)
+        while expected:
             log.info("restoring %d stored jobs", expected)
-
-            def progress(report: RestoreReport) -> None:
-                log.info("restore: %d of %d jobs moved (%.0f jobs/s)", report.moved, expected,
-                         report.moved / max(report.seconds, 1e-6))  # fmt: skip
-
-            report = restore(
-                self.store,
-                self.config.gearman,
-                expected=expected,
-                keep_prefix=prefix,
-                known_functions=self.functions.known(),
-                progress=progress,
-            )
+            try:
+                report = restore(
+                    self.store,
+                    self.config.gearman,
+                    expected=expected,
+                    keep_prefix=prefix,
+                    known_functions=self.functions.known(),
+                    progress=_log_progress,
+                    should_continue=lambda: not (self.stopping.is_set() or self.fenced.is_set()),
+                )
+            except RestoreIncomplete as exc:
+                log.error("%s", exc)
+                if proc.poll() is not None or self.stopping.is_set() or self.fenced.is_set():
+                    return proc.poll() is not None  # a dead gearmand is handled by _watch
+                expected = exc.report.left_in_store
+                self.stopping.wait(0.5)
+                continue
             log.info("restored %d jobs in %.2fs (%d passes, %d skipped, %d guessed names)",
                      report.moved, report.seconds, report.passes, len(report.skipped),
                      report.guessed_splits)  # fmt: skip
+            break
         self._update(state=membership.SERVING)
+        return True
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
@@ -358,3 +362,8 @@ class Agent:
                 return epoch
             except BadVersionError:
                 time.sleep(0.01)
+
+
+def _log_progress(report: RestoreReport) -> None:
+    log.info("restore: %d of %d jobs moved (%.0f jobs/s)", report.moved, report.expected,
+             report.moved / max(report.seconds, 1e-6))  # fmt: skip

@@ -53,7 +53,13 @@ class RestoreReport:
 
     @property
     def remaining(self) -> int:
-        return self.expected - self.moved - len(self.skipped) - self.vanished
+        """Expected jobs neither moved nor accounted for (skipped, vanished)."""
+        return self.left_in_store - len(self.skipped)
+
+    @property
+    def left_in_store(self) -> int:
+        """Old keys still in the store: what a retry of the restore should expect."""
+        return self.expected - self.moved - self.vanished
 
 
 Progress = Callable[[RestoreReport], None]
@@ -76,17 +82,24 @@ def restore(
     """
     report = RestoreReport(expected=expected)
     started = time.monotonic()
-    items = find_old_items(source, keep_prefix, expected, report)
-    with GearmanConnection(target, read_timeout=read_timeout) as gearman:
-        for start in range(0, len(items), BATCH):
-            if not should_continue():
-                raise RestoreIncomplete(
-                    f"restore stopped after {report.moved} of {expected} jobs", report
-                )
-            _move_batch(source, gearman, items[start : start + BATCH], known_functions, report)
-            report.seconds = time.monotonic() - started
-            if progress is not None:
-                progress(report)
+    try:
+        items = find_old_items(source, keep_prefix, expected, report)
+        with GearmanConnection(target, read_timeout=read_timeout) as gearman:
+            for start in range(0, len(items), BATCH):
+                if not should_continue():
+                    raise RestoreIncomplete(
+                        f"restore stopped after {report.moved} of {expected} jobs", report
+                    )
+                _move_batch(source, gearman, items[start : start + BATCH], known_functions,
+                            report)  # fmt: skip
+                report.seconds = time.monotonic() - started
+                if progress is not None:
+                    progress(report)
+    except RestoreIncomplete:
+        raise
+    except GearctlError as exc:
+        raise RestoreIncomplete(f"restore interrupted after {report.moved} jobs: {exc}",
+                                report) from exc  # fmt: skip
     report.seconds = time.monotonic() - started
     if report.remaining > 0:
         raise RestoreIncomplete(

@@ -1,19 +1,28 @@
-"""One memcached store, as gearmand's libmemcached queue uses it.
+"""One memcached store, as gearmand's libmemcached queue writes it.
 
-Values and flags go through pymemcache (flags carry the job's priority). Two things pymemcache
-has no call for go over a raw text-protocol socket: `lru_crawler metadump all`, which lists keys
-with their `cas` (memcached's store order), and pipelined `delete ... noreply` batches closed by
-`mn` (meta no-op), which answers once every delete before it was processed.
+Single-key get/set/delete and `version` go through pymemcache (flags carry the job's priority).
+The rest goes over a raw text-protocol socket, because pymemcache has no call for it or loses
+something: `lru_crawler metadump all` (keys with their `cas`, memcached's store order), `stats`
+(exact strings), and pipelined meta commands for bulk reads and deletes. Meta commands carry keys
+base64-encoded, so any key memcached holds (a tab, non-UTF-8 bytes) can be read and deleted.
+
+Keys are `str`; bytes that are not UTF-8 are kept as surrogate escapes (`surrogateescape`), so a
+key read from metadump goes back to memcached byte for byte. Every socket has a connect and a read
+timeout. A Store is not thread-safe: give each thread its own.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from typing import BinaryIO
+from urllib.parse import unquote_to_bytes
 
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
@@ -23,35 +32,54 @@ from cluster.errors import StoreError
 
 log = logging.getLogger("gearctl.store")
 
-GET_BATCH = 500
-BUSY_RETRIES = 50
+BATCH_BYTES = 32 * 1024  # request bytes per pipelined batch: fits the socket buffers (no deadlock)
+BUSY_WAIT = 0.02  # seconds between tries while another lru_crawler job runs
+BUSY_TRIES = 100
+MAX_PASSES = 200
+STALE_PASSES = 8
+_METADUMP_LINE = re.compile(rb"key=(\S+) (?:\S+ )*?cas=(\d+) (?:\S+ )*?size=(\d+)")
+_ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
+
+
+class StoreClosed(StoreError):
+    """memcached closed the connection before its answer was complete."""
 
 
 @dataclass(frozen=True)
 class StoredItem:
     key: str
-    cas: int
-    size: int
+    cas: int  # memcached's store order: sorting by it restores FIFO order
+    size: int  # bytes memcached uses for the item (key, value and header)
+
+
+def encode_key(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def decode_key(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_metadump_line(line: bytes) -> StoredItem | None:
+    """One `key=<url-encoded> ... cas=N ... size=N` line; None (logged) when it does not parse."""
+    match = _METADUMP_LINE.match(line)
+    if match is None:
+        log.warning("skipping unreadable metadump line %r", line[:200])
+        return None
+    key, cas, size = match.groups()
+    if b"%" in key:
+        key = unquote_to_bytes(key)
+    return StoredItem(decode_key(key), int(cas), int(size))
 
 
 class _ValueAndFlags:
     """pymemcache serde that hands values over untouched, together with their flags."""
 
-    def serialize(self, _key: str, value: tuple[bytes, int]) -> tuple[bytes, int]:
+    def serialize(self, _key: bytes, value: tuple[bytes, int]) -> tuple[bytes, int]:
         return value
 
-    def deserialize(self, _key: str, value: bytes, flags: int) -> tuple[bytes, int]:
+    def deserialize(self, _key: bytes, value: bytes, flags: int) -> tuple[bytes, int]:
         return value, flags
-
-
-def parse_metadump_line(line: str) -> StoredItem | None:
-    """One `key=... cas=N ... size=N` line; None (and a log line) when it does not parse."""
-    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-    try:
-        return StoredItem(unquote(fields["key"]), int(fields["cas"]), int(fields.get("size", 0)))
-    except (KeyError, ValueError):
-        log.warning("skipping unreadable metadump line %r", line[:200])
-        return None
 
 
 class Store:
@@ -63,56 +91,92 @@ class Store:
             serde=_ValueAndFlags(),
             connect_timeout=timeout,
             timeout=timeout,
-            key_prefix=b"",
+            no_delay=True,
         )
+
+    def close(self) -> None:
+        self._client.close()
 
     def _fail(self, action: str, exc: Exception) -> StoreError:
         return StoreError(f"memcached store {self.endpoint}: {action} failed: {exc}")
 
-    # -- values -------------------------------------------------------------------------------
+    # -- single keys (pymemcache) --------------------------------------------------------------
 
     def get(self, key: str) -> tuple[bytes, int] | None:
+        """(value, flags) of `key`, or None when it does not exist."""
         try:
-            return self._client.get(key)
+            return self._client.get(encode_key(key))
         except (MemcacheError, OSError) as exc:
             raise self._fail(f"get {key!r}", exc) from None
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, tuple[bytes, int]]:
-        """Values and flags of the keys that exist, in multi-get batches."""
-        found: dict[str, tuple[bytes, int]] = {}
-        try:
-            for start in range(0, len(keys), GET_BATCH):
-                found.update(self._client.get_many(keys[start : start + GET_BATCH]))
-        except (MemcacheError, OSError) as exc:
-            raise self._fail("multi-get", exc) from None
-        return found
-
     def set(self, key: str, value: bytes, flags: int) -> None:
         try:
-            if not self._client.set(key, (value, flags), noreply=False):
-                raise StoreError(f"memcached store {self.endpoint} refused to store {key!r}")
+            stored = self._client.set(encode_key(key), (value, flags), noreply=False)
         except (MemcacheError, OSError) as exc:
             raise self._fail(f"set {key!r}", exc) from None
+        if not stored:
+            raise StoreError(f"memcached store {self.endpoint} refused to store {key!r}")
 
     def delete(self, key: str) -> bool:
+        """Delete `key`; False when it did not exist."""
         try:
-            return bool(self._client.delete(key, noreply=False))
+            return bool(self._client.delete(encode_key(key), noreply=False))
         except (MemcacheError, OSError) as exc:
             raise self._fail(f"delete {key!r}", exc) from None
 
-    def delete_many(self, keys: Iterable[str]) -> None:
-        """Delete pipelined (`noreply`), then wait until memcached has processed every delete."""
-        request = b"".join(f"delete {quote_key(key)} noreply\r\n".encode() for key in keys)
-        self._exchange(request + b"mn\r\n", b"MN\r\n", "delete batch")
+    def ping(self) -> bool:
+        try:
+            self._client.version()
+        except (MemcacheError, OSError):
+            return False
+        return True
 
-    # -- counters -----------------------------------------------------------------------------
+    # -- bulk (pipelined meta commands) --------------------------------------------------------
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, tuple[bytes, int]]:
+        """(value, flags) of every key that exists, read in pipelined `mg` batches."""
+        found: dict[str, tuple[bytes, int]] = {}
+        with self._connection("multi-get") as conn:
+            for batch, request in _batches(keys, b"mg %b b v f O%d q\r\n"):
+                conn.sendall(request)
+                for line in _replies(conn.reader, self.endpoint):
+                    if not line.startswith(b"VA "):
+                        raise StoreError(f"memcached store {self.endpoint}: mg answered {line!r}")
+                    size, flags, index = _value_header(line)
+                    data = conn.reader.read(size + 2)
+                    if len(data) != size + 2:
+                        raise StoreError(f"memcached store {self.endpoint} closed during mg")
+                    found[batch[index]] = (data[:size], flags)
+        return found
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete keys in pipelined `md` batches; each batch is confirmed before the next is sent.
+
+        Returns how many keys were deleted (keys already gone are not counted).
+        """
+        deleted = 0
+        with self._connection("delete batch") as conn:
+            for batch, request in _batches(keys, b"md %b b q O%d\r\n"):
+                conn.sendall(request)
+                deleted += len(batch)
+                for line in _replies(conn.reader, self.endpoint):
+                    if not line.startswith((b"NF", b"HD")):  # quiet mode may still send these
+                        raise StoreError(f"memcached store {self.endpoint}: md answered {line!r}")
+                    if line.startswith(b"NF"):
+                        deleted -= 1
+        return deleted
+
+    # -- counters ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, str]:
-        try:
-            raw = self._client.stats()
-        except (MemcacheError, OSError) as exc:
-            raise self._fail("stats", exc) from None
-        return {_text(k): _text(v) for k, v in raw.items()}
+        """memcached's general `stats`, values as memcached printed them."""
+        with self._connection("stats") as conn:
+            conn.sendall(b"stats\r\n")
+            stats: dict[str, str] = {}
+            while (line := _readline(conn.reader, self.endpoint, "stats")) != b"END":
+                _, name, value = line.decode(errors="replace").split(" ", 2)
+                stats[name] = value
+        return stats
 
     def curr_items(self) -> int:
         return int(self.stats()["curr_items"])
@@ -120,68 +184,135 @@ class Store:
     def bytes_used(self) -> int:
         return int(self.stats()["bytes"])
 
-    def ping(self) -> bool:
-        try:
-            self._client.version()
-            return True
-        except (MemcacheError, OSError):
-            return False
-
-    # -- enumeration --------------------------------------------------------------------------
+    # -- enumeration ---------------------------------------------------------------------------
 
     def items(self) -> list[StoredItem]:
         """One `lru_crawler metadump all` pass. Not an exact snapshot: it can miss items."""
-        for _ in range(BUSY_RETRIES):
-            text = self._exchange(b"lru_crawler metadump all\r\n", b"END\r\n", "metadump")
-            if not text.startswith("BUSY"):
-                break
-            time.sleep(0.02)  # another crawl is running
-        else:
-            raise StoreError(f"memcached store {self.endpoint}: lru_crawler stayed busy")
-        lines = text.splitlines()[:-1]  # the last line is END
-        return [item for line in lines if (item := parse_metadump_line(line)) is not None]
+        with self._connection("metadump") as conn:
+            for _ in range(BUSY_TRIES):
+                conn.sendall(b"lru_crawler metadump all\r\n")
+                line = _readline(conn.reader, self.endpoint, "metadump")
+                if not line.startswith(b"BUSY"):
+                    break
+                time.sleep(BUSY_WAIT)  # another lru_crawler job runs: try again shortly
+            else:
+                raise StoreError(f"memcached store {self.endpoint}: lru_crawler stayed busy")
+            items: list[StoredItem] = []
+            while line != b"END":
+                if line.startswith(_ERRORS):
+                    raise StoreError(f"memcached store {self.endpoint}: metadump: {line!r}")
+                if (item := parse_metadump_line(line)) is not None:
+                    items.append(item)
+                line = _readline(conn.reader, self.endpoint, "metadump")
+        return items
 
-    def snapshot(self, max_passes: int = 100) -> list[StoredItem]:
-        """Every key in a store nobody writes: passes repeat until the union of keys seen is as
-        large as `curr_items`. Sorted by cas (the order they were stored in)."""
+    def snapshot(
+        self,
+        predicate: Callable[[StoredItem], bool] | None = None,
+        *,
+        expected: int | None = None,
+        max_passes: int = MAX_PASSES,
+        stale_passes: int = STALE_PASSES,
+    ) -> list[StoredItem]:
+        """Every item of the store (those matching `predicate`), sorted by cas: the store order.
+
+        One metadump pass can miss items, so passes repeat and their union is kept until it holds
+        `curr_items` keys (or, with `expected`, that many keys matching `predicate`). It stops
+        early, with a warning, after `stale_passes` passes in a row found no new key or after
+        `max_passes`. Exact only for a store nobody writes meanwhile (or, with `expected`, a
+        subset that nobody but the caller changes): keys deleted between passes stay in the union.
+        """
         seen: dict[str, StoredItem] = {}
-        expected = self.curr_items()
-        for _ in range(max_passes):
+        stale = passes = 0
+        while True:
+            before = len(seen)
             for item in self.items():
                 seen.setdefault(item.key, item)
-            if len(seen) >= expected:
+            passes += 1
+            if expected is None:
+                found, target = len(seen), self.curr_items()
+            else:
+                found, target = sum(map(predicate or _any, seen.values())), expected
+            stale = stale + 1 if len(seen) == before else 0
+            if found >= target or stale >= stale_passes or passes >= max_passes:
                 break
-        else:
-            log.warning("store %s: saw %d of %d items after %d passes", self.endpoint,
-                        len(seen), expected, max_passes)  # fmt: skip
-        return sorted(seen.values(), key=lambda item: item.cas)
+            time.sleep(0.005 * stale)  # nothing new: give the LRU maintainer a moment
+        level = logging.DEBUG if found >= target else logging.WARNING
+        log.log(
+            level,
+            "store %s: %d of %d keys after %d metadump passes",
+            self.endpoint,
+            found,
+            target,
+            passes,
+        )
+        matching = seen.values() if predicate is None else filter(predicate, seen.values())
+        return sorted(matching, key=lambda item: item.cas)
 
-    def _exchange(self, request: bytes, terminator: bytes, action: str) -> str:
-        """Send a text-protocol request and read until the reply ends with `terminator`."""
+    # -- raw text protocol ---------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self, action: str) -> Iterator[_Connection]:
+        """A fresh socket for one exchange; socket errors become a StoreError naming `action`."""
         try:
             with socket.create_connection(
                 (self.endpoint.host, self.endpoint.port), timeout=self.timeout
             ) as sock:
-                sock.settimeout(self.timeout)
-                sock.sendall(request)
-                chunks = bytearray()
-                while not chunks.endswith(terminator) and not chunks.startswith(b"BUSY"):
-                    chunk = sock.recv(1 << 20)
-                    if not chunk:
-                        raise StoreError(f"memcached store {self.endpoint} closed during {action}")
-                    chunks += chunk
-                    if chunks.startswith((b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")):
-                        raise StoreError(f"memcached store {self.endpoint}: {action}: "
-                                         f"{bytes(chunks[:200])!r}")  # fmt: skip
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with sock.makefile("rb") as reader:
+                    yield _Connection(sock, reader)
         except OSError as exc:
             raise self._fail(action, exc) from None
-        return chunks.decode(errors="replace")
 
 
-def quote_key(key: str) -> str:
-    """A key as the text protocol needs it (metadump prints keys URL-encoded the same way)."""
-    return key if key.isprintable() and " " not in key else quote(key)
+@dataclass
+class _Connection:
+    sock: socket.socket
+    reader: BinaryIO
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
 
-def _text(value: bytes | str | int | float) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _any(_item: StoredItem) -> bool:
+    return True
+
+
+def _batches(keys: Iterable[str], template: bytes) -> Iterator[tuple[list[str], bytes]]:
+    """Group keys into pipelined requests of about BATCH_BYTES, each closed by `mn` (no-op)."""
+    batch: list[str] = []
+    lines: list[bytes] = []
+    size = 0
+    for key in keys:
+        line = template % (base64.b64encode(encode_key(key)), len(batch))
+        batch.append(key)
+        lines.append(line)
+        size += len(line)
+        if size >= BATCH_BYTES:
+            yield batch, b"".join(lines) + b"mn\r\n"
+            batch, lines, size = [], [], 0
+    if batch:
+        yield batch, b"".join(lines) + b"mn\r\n"
+
+
+def _replies(reader: BinaryIO, endpoint: Endpoint) -> Iterator[bytes]:
+    """Reply lines of one pipelined batch, up to its closing `MN`; errors become StoreError."""
+    while (line := _readline(reader, endpoint, "meta batch")) != b"MN":
+        if line.startswith(_ERRORS):
+            raise StoreError(f"memcached store {endpoint}: meta command failed: {line!r}")
+        yield line
+
+
+def _readline(reader: BinaryIO, endpoint: Endpoint, action: str) -> bytes:
+    """One reply line without its end (metadump ends its lines with a bare \\n)."""
+    line = reader.readline()
+    if not line.endswith(b"\n"):
+        raise StoreError(f"memcached store {endpoint} closed the connection during {action}")
+    return line.rstrip(b"\r\n")
+
+
+def _value_header(line: bytes) -> tuple[int, int, int]:
+    """(size, flags, opaque index) of an `mg` hit: `VA <size> f<flags> O<index>`."""
+    size, *tokens = line.split()[1:]
+    fields = {token[:1]: token[1:] for token in tokens}
+    return int(size), int(fields.get(b"f", b"0")), int(fields[b"O"])

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.clusterctl import gearctl, local_cluster, status_json
 from tests.conftest import HOST, free_port_block
 
 pytestmark = pytest.mark.integration
-
-
-def gearctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cluster", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def cluster_pids(directory: Path) -> list[int]:
@@ -45,23 +36,10 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def cluster_dir(tmp_path: Path):
+def cluster_dir(tmp_path: Path) -> Iterator[Path]:
     """A 3-node cluster brought up by the CLI, always brought down again."""
-    directory = tmp_path / "cluster"
-    base = free_port_block(120)
-    result = gearctl("cluster", "up", "--nodes", "3", "--dir", str(directory),
-                     "--port-base", str(base))  # fmt: skip
-    try:
-        assert result.returncode == 0, result.stderr
+    with local_cluster(tmp_path / "cluster") as directory:
         yield directory
-    finally:
-        gearctl("cluster", "down", "--dir", str(directory))
-
-
-def status_json(directory: Path) -> dict:
-    result = gearctl("cluster", "status", "--dir", str(directory), "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path) -> None:

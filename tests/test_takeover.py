@@ -1,0 +1,170 @@
+"""Orphan take-over on real 3-node clusters: every job of a dead node runs once, on a survivor.
+
+Each scenario ends like a drill: workers drain every server, and the ledger counts each unique.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.restore import BATCH
+from tests.clusterctl import gearman, kill_node, local_cluster, node, status_json, up_again
+from tests.clusterctl import wait_until as wait_status
+from tests.workload import FUNCTIONS, drain, numbered_jobs, submit
+
+pytestmark = pytest.mark.integration
+
+JOBS = 10_000
+
+
+@dataclass
+class Ledger:
+    attempted: int
+    acknowledged: int
+    executed: int
+    lost: int
+    duplicated: int
+    unexpected: int
+
+    def __str__(self) -> str:
+        return (f"attempted={self.attempted} acknowledged={self.acknowledged} "
+                f"executed={self.executed} lost={self.lost} duplicated={self.duplicated} "
+                f"unexpected={self.unexpected}")  # fmt: skip
+
+
+def run_to_completion(directory: Path, submitted: dict[str, int]) -> Ledger:
+    """Drain every live server and count each unique of the jobs submitted (prefix -> count)."""
+    status = status_json(directory)
+    servers = [gearman(n) for n in status["nodes"] if n["state"] == "serving"]
+    expected = {f"{prefix}-{n}" for prefix, count in submitted.items() for n in range(count)}
+    result = drain(servers, FUNCTIONS, len(expected))
+    ledger = Ledger(
+        attempted=len(expected),
+        acknowledged=len(expected),
+        executed=sum(result.counts.values()),
+        lost=len(expected - set(result.counts)),
+        duplicated=result.duplicates(),
+        unexpected=len(set(result.counts) - expected),
+    )
+    print(ledger)
+    return ledger
+
+
+def load(directory: Path, node_name: str, count: int = JOBS, prefix: str = "job") -> None:
+    target = gearman(node(status_json(directory), node_name))
+    assert submit(target, numbered_jobs(count, prefix)) == count
+
+
+def takeovers_done(status: dict[str, Any], count: int) -> bool:
+    return sum(t["outcome"] == "done" for t in status["takeovers"]) >= count
+
+
+def test_node_loss_is_drained_once_by_one_survivor(tmp_path: Path) -> None:
+    with local_cluster(tmp_path / "c") as directory:
+        load(directory, "node2")
+        kill_node(node(status_json(directory), "node2"))
+        status = wait_status(directory, lambda s: takeovers_done(s, 1))
+        (takeover,) = status["takeovers"]
+        assert takeover["store"] == "node2" and takeover["jobs"] == JOBS
+        assert takeover["by"] in ("node1", "node3")
+        assert node(status, "node2")["store_items"] == 0
+        ledger = run_to_completion(directory, {"job": JOBS})
+        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
+
+
+def test_dead_node_returning_never_loads_drained_jobs(tmp_path: Path) -> None:
+    with local_cluster(tmp_path / "c") as directory:
+        load(directory, "node2")
+        kill_node(node(status_json(directory), "node2"))
+        wait_status(directory, lambda s: any(t["store"] == "node2" for t in s["takeovers"]))
+        up_again(directory)  # node2's agent comes back while (or just after) a peer drains
+        status = wait_status(
+            directory,
+            lambda s: takeovers_done(s, 1) and node(s, "node2")["state"] == "serving",
+        )
+        assert node(status, "node2")["queued_jobs"] == 0
+        ledger = run_to_completion(directory, {"job": JOBS})
+        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
+
+
+def test_two_of_three_nodes_die_and_the_last_drains_both(tmp_path: Path) -> None:
+    with local_cluster(tmp_path / "c") as directory:
+        load(directory, "node1", prefix="a")
+        load(directory, "node2", prefix="b")
+        status = status_json(directory)
+        kill_node(node(status, "node1"))
+        kill_node(node(status, "node2"))
+        status = wait_status(directory, lambda s: takeovers_done(s, 2))
+        assert {t["by"] for t in status["takeovers"]} == {"node3"}
+        assert node(status, "node3")["queued_jobs"] == 2 * JOBS
+        ledger = run_to_completion(directory, {"a": JOBS, "b": JOBS})
+        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
+
+
+def test_restart_storm_loads_every_job_once(tmp_path: Path) -> None:
+    with local_cluster(tmp_path / "c") as directory:
+        names = ("node1", "node2", "node3")
+        for name in names:
+            load(directory, name, count=JOBS // 2, prefix=name)
+        for _ in range(3):
+            for n in status_json(directory)["nodes"]:
+                kill_node(n)
+            up_again(directory)
+        status = status_json(directory)
+        assert sum(n["queued_jobs"] for n in status["nodes"]) == 3 * (JOBS // 2)
+        ledger = run_to_completion(directory, dict.fromkeys(names, JOBS // 2))
+        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
+
+
+def test_drainer_killed_mid_drain_is_resumed_by_the_last_survivor(tmp_path: Path) -> None:
+    jobs = 60_000
+    with local_cluster(tmp_path / "c") as directory:
+        load(directory, "node2", count=jobs)
+        kill_node(node(status_json(directory), "node2"))
+        status = wait_status(
+            directory, lambda s: any(t["outcome"] == "running" for t in s["takeovers"]), 30
+        )
+        drainer = next(t["by"] for t in status["takeovers"] if t["outcome"] == "running")
+        kill_node(node(status, drainer))
+        survivor = ({"node1", "node3"} - {drainer}).pop()
+        wait_status(
+            directory,
+            lambda s: (
+                node(s, survivor)["queued_jobs"] is not None
+                and all(n["store_items"] == 0 for n in s["nodes"] if n["name"] != survivor)
+            ),
+            120,
+        )
+        ledger = run_to_completion(directory, {"job": jobs})
+        assert (ledger.lost, ledger.unexpected) == (0, 0)
+        assert ledger.duplicated <= BATCH, "only the in-flight batch may run twice"
+
+
+def test_unreachable_store_is_retried_until_it_returns(tmp_path: Path) -> None:
+    with local_cluster(tmp_path / "c") as directory:
+        load(directory, "node2")
+        state = status_json(directory)
+        store_pid = _store_pid(directory, "node2")
+        os.kill(store_pid, signal.SIGSTOP)  # the store hangs: reachable by TCP, never answers
+        try:
+            kill_node(node(state, "node2"))
+            time.sleep(8)  # past the session timeout: survivors try and fail to reach it
+            assert not takeovers_done(status_json(directory), 1)
+        finally:
+            os.kill(store_pid, signal.SIGCONT)
+        wait_status(directory, lambda s: takeovers_done(s, 1))
+        ledger = run_to_completion(directory, {"job": JOBS})
+        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
+
+
+def _store_pid(directory: Path, name: str) -> int:
+    state = json.loads((directory / "cluster.json").read_text())
+    return int(state["processes"][f"store:{name}"]["pid"])
