@@ -213,8 +213,8 @@ class Agent:
                 expected = exc.report.left_in_store
                 self.stopping.wait(0.5)
                 continue
-            log.info("restored %d jobs in %.2fs (%d passes, %d skipped, %d guessed names)",
-                     report.moved, report.seconds, report.passes, len(report.skipped),
+            log.info("restored %d jobs in %.2fs (%d skipped, %d guessed names)",
+                     report.moved, report.seconds, len(report.skipped),
                      report.guessed_splits)  # fmt: skip
             break
         self._update(state=membership.SERVING)

@@ -6,11 +6,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cluster.errors import GearctlError
+
+if TYPE_CHECKING:
+    from cluster.drill import DrillResult
 
 app = typer.Typer(help="High availability for Gearman job servers.", no_args_is_help=True)
 cluster_app = typer.Typer(help="A local cluster on this machine's loopback.", no_args_is_help=True)
@@ -119,6 +122,46 @@ def cluster_down(directory: DirOption = Path(".gearctl")) -> None:
     except GearctlError as exc:
         raise fail(exc) from None
     typer.echo("nothing to stop" if cluster is None else f"cluster '{cluster.cluster}' is down")
+
+
+@app.command("drill")
+def drill(
+    scenario: Annotated[str, typer.Argument(help="A scenario name, `list`, or `all`.")],
+    jobs: Annotated[int, typer.Option(min=1, help="Background jobs in the workload.")] = 5000,
+    as_json: JsonOption = False,
+) -> None:
+    """Failover drills on a fresh local cluster; exit 1 if any job is lost or doubled."""
+    from cluster.drill import SCENARIOS, run
+
+    if scenario == "list":
+        for item in SCENARIOS.values():
+            typer.echo(f"{item.name:28} {item.description}")
+        return
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        raise fail(GearctlError(f"unknown scenario {unknown[0]!r}; see `gearctl drill list`"))
+    results = []
+    for name in names:
+        say = (lambda _text: None) if as_json else (lambda text, n=name: progress(f"[{n}] {text}"))
+        try:
+            results.append(run(name, jobs, say))
+        except GearctlError as exc:
+            raise fail(exc) from None
+        if not as_json:
+            _print_ledger(results[-1])
+    if as_json:
+        typer.echo(json.dumps([r.as_json() for r in results], indent=2))
+    raise typer.Exit(0 if all(r.passed for r in results) else 1)
+
+
+def _print_ledger(result: DrillResult) -> None:
+    ledger = result.ledger
+    verdict = "PASS" if result.passed else "FAIL"
+    typer.echo(f"{verdict} {result.scenario}: attempted {ledger.attempted}, acknowledged "
+               f"{ledger.acknowledged}, executed {ledger.executed}, lost {ledger.lost}, "
+               f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), unexpected "
+               f"{ledger.unexpected}, recovered in {result.recovery_seconds:.2f}s")  # fmt: skip
 
 
 @agent_app.command("run")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,6 +35,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(size: int, host: str = "127.0.0.1") -> int:
+    """A base port such that base .. base+size-1 can all be bound on `host` right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - size)
+        if all(_bindable(host, base + i) for i in range(size)):
+            return base
+    raise LaunchError(f"no block of {size} free ports found on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def port_holder(port: int) -> str | None:

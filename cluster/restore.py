@@ -48,7 +48,6 @@ class RestoreReport:
     skipped: list[str] = field(default_factory=list)  # keys that are not gearmand jobs
     vanished: int = 0  # keys that disappeared between listing and reading
     guessed_splits: int = 0  # keys split at the first '-' (function name unknown)
-    passes: int = 0
     seconds: float = 0.0
 
     @property
@@ -83,7 +82,11 @@ def restore(
     report = RestoreReport(expected=expected)
     started = time.monotonic()
     try:
-        items = find_old_items(source, keep_prefix, expected, report)
+        items = source.snapshot(
+            lambda item: keep_prefix is None or not item.key.startswith(keep_prefix),
+            expected=expected,
+            stale_passes=STALE_PASSES,
+        )
         with GearmanConnection(target, read_timeout=read_timeout) as gearman:
             for start in range(0, len(items), BATCH):
                 if not should_continue():
@@ -103,31 +106,11 @@ def restore(
     report.seconds = time.monotonic() - started
     if report.remaining > 0:
         raise RestoreIncomplete(
-            f"restore found {expected - report.remaining} of {expected} jobs "
-            f"after {report.passes} passes; {report.remaining} are still in the store",
+            f"restore found {expected - report.remaining} of {expected} jobs; "
+            f"{report.remaining} are still in the store",
             report,
         )
     return report
-
-
-def find_old_items(
-    source: Store, keep_prefix: str | None, expected: int, report: RestoreReport
-) -> list[StoredItem]:
-    """Repeat metadump passes until `expected` distinct old keys were seen; sorted by cas."""
-    seen: dict[str, StoredItem] = {}
-    stale = 0
-    while len(seen) < expected and stale < STALE_PASSES:
-        before = len(seen)
-        for item in source.items():
-            if keep_prefix is None or not item.key.startswith(keep_prefix):
-                seen.setdefault(item.key, item)
-        report.passes += 1
-        stale = stale + 1 if len(seen) == before else 0
-        if stale:
-            time.sleep(min(0.01 * stale, 0.2))
-    if len(seen) < expected:
-        log.warning("found %d of %d old keys after %d passes", len(seen), expected, report.passes)
-    return sorted(seen.values(), key=lambda item: item.cas)
 
 
 def _move_batch(

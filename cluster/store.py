@@ -145,7 +145,7 @@ class Store:
                     size, flags, index = _value_header(line)
                     data = conn.reader.read(size + 2)
                     if len(data) != size + 2:
-                        raise StoreError(f"memcached store {self.endpoint} closed during mg")
+                        raise StoreClosed(f"memcached store {self.endpoint} closed during mg")
                     found[batch[index]] = (data[:size], flags)
         return found
 
@@ -219,16 +219,25 @@ class Store:
         One metadump pass can miss items, so passes repeat and their union is kept until it holds
         `curr_items` keys (or, with `expected`, that many keys matching `predicate`). It stops
         early, with a warning, after `stale_passes` passes in a row found no new key or after
-        `max_passes`. Exact only for a store nobody writes meanwhile (or, with `expected`, a
-        subset that nobody but the caller changes): keys deleted between passes stay in the union.
+        `max_passes`. A pass memcached hangs up on (StoreClosed) is retried; it is raised only if
+        it is the last pass. Exact only for a store nobody writes meanwhile (or, with `expected`,
+        a subset that nobody but the caller changes): keys deleted between passes stay in the
+        union.
         """
         seen: dict[str, StoredItem] = {}
         stale = passes = 0
         while True:
             before = len(seen)
-            for item in self.items():
-                seen.setdefault(item.key, item)
             passes += 1
+            try:
+                listed = self.items()
+            except StoreClosed as exc:  # memcached hung up mid-dump: this pass found nothing
+                if passes >= max_passes or stale + 1 >= stale_passes:
+                    raise
+                log.warning("%s; listing again", exc)
+                listed = []
+            for item in listed:
+                seen.setdefault(item.key, item)
             if expected is None:
                 found, target = len(seen), self.curr_items()
             else:
@@ -307,7 +316,7 @@ def _readline(reader: BinaryIO, endpoint: Endpoint, action: str) -> bytes:
     """One reply line without its end (metadump ends its lines with a bare \\n)."""
     line = reader.readline()
     if not line.endswith(b"\n"):
-        raise StoreError(f"memcached store {endpoint} closed the connection during {action}")
+        raise StoreClosed(f"memcached store {endpoint} closed the connection during {action}")
     return line.rstrip(b"\r\n")
 
 

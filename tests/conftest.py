@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,28 +12,11 @@ from cluster.admin import is_serving
 from cluster.endpoint import Endpoint
 from cluster.gearmand_server import GearmandLaunch, start_gearmand
 from cluster.memcached_server import start_memcached
-from cluster.process import free_port, stop_pid, wait_until
+from cluster.process import free_port, free_port_block, stop_pid, wait_until
 from cluster.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 
 HOST = "127.0.0.1"
-
-
-def free_port_block(size: int) -> int:
-    """A base port such that base .. base+size-1 are all free on loopback right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - size)
-        if all(_bindable(base + i) for i in range(size)):
-            return base
-    raise RuntimeError(f"no block of {size} free ports found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((HOST, port))
-            return True
-        except OSError:
-            return False
+__all__ = ["HOST", "free_port_block"]
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from cluster.endpoint import Endpoint
 from cluster.jobkey import parse_job_key
 from cluster.process import free_port, read_pidfile, stop_pid
 from cluster.store import Store
+from cluster.workload import FUNCTIONS, PRIORITIES, drain, numbered_jobs, submit
 from cluster.zkpaths import ClusterPaths
 from cluster.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 from tests.conftest import HOST
-from tests.workload import FUNCTIONS, PRIORITIES, drain, numbered_jobs, submit
 
 pytestmark = pytest.mark.integration
 

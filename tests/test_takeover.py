@@ -9,35 +9,19 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cluster.restore import BATCH
+from cluster.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
 from tests.clusterctl import gearman, kill_node, local_cluster, node, status_json, up_again
 from tests.clusterctl import wait_until as wait_status
-from tests.workload import FUNCTIONS, drain, numbered_jobs, submit
 
 pytestmark = pytest.mark.integration
 
 JOBS = 10_000
-
-
-@dataclass
-class Ledger:
-    attempted: int
-    acknowledged: int
-    executed: int
-    lost: int
-    duplicated: int
-    unexpected: int
-
-    def __str__(self) -> str:
-        return (f"attempted={self.attempted} acknowledged={self.acknowledged} "
-                f"executed={self.executed} lost={self.lost} duplicated={self.duplicated} "
-                f"unexpected={self.unexpected}")  # fmt: skip
 
 
 def run_to_completion(directory: Path, submitted: dict[str, int]) -> Ledger:
@@ -45,15 +29,7 @@ def run_to_completion(directory: Path, submitted: dict[str, int]) -> Ledger:
     status = status_json(directory)
     servers = [gearman(n) for n in status["nodes"] if n["state"] == "serving"]
     expected = {f"{prefix}-{n}" for prefix, count in submitted.items() for n in range(count)}
-    result = drain(servers, FUNCTIONS, len(expected))
-    ledger = Ledger(
-        attempted=len(expected),
-        acknowledged=len(expected),
-        executed=sum(result.counts.values()),
-        lost=len(expected - set(result.counts)),
-        duplicated=result.duplicates(),
-        unexpected=len(set(result.counts) - expected),
-    )
+    ledger = Ledger.count(len(expected), expected, drain(servers, FUNCTIONS, len(expected)))
     print(ledger)
     return ledger
 

@@ -1,4 +1,9 @@
-"""Test workloads: numbered background jobs in, a worker that counts each unique out."""
+"""Drill and test workloads: numbered background jobs in, a worker that counts each unique out.
+
+The ledger follows Jepsen's total-queue checker: every acknowledged job must be executed
+(else lost), once (else duplicated), and nothing must be executed that was not submitted
+(unexpected).
+"""
 
 from __future__ import annotations
 
@@ -53,6 +58,30 @@ class Drained:
 
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.counts.values() if n > 1)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    attempted: int
+    acknowledged: int
+    executed: int
+    lost: int
+    duplicated: int
+    unexpected: int
+
+    @classmethod
+    def count(cls, attempted: int, acknowledged: set[str], drained: Drained) -> Ledger:
+        return cls(
+            attempted=attempted,
+            acknowledged=len(acknowledged),
+            executed=sum(drained.counts.values()),
+            lost=len(acknowledged - set(drained.counts)),
+            duplicated=drained.duplicates(),
+            unexpected=len(set(drained.counts) - acknowledged),
+        )
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={value}" for name, value in self.__dict__.items())
 
 
 def drain(
