@@ -32,7 +32,7 @@ from cluster.admin import is_serving
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.errors import GearctlError, LaunchError
-from cluster.functions import FunctionRegistry
+from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import Health, check_gearmand
 from cluster.lease import SERVE, Owner, SessionGuard, StoreLease
@@ -46,6 +46,7 @@ from cluster.zkpaths import ClusterPaths
 log = logging.getLogger("gearctl.agent")
 
 GEARMAND_READY_TIMEOUT = 10.0
+DEFERRED_RETRY_EVERY = 1.0  # seconds between tries of jobs whose function name was unknown
 
 
 class Agent:
@@ -138,7 +139,7 @@ class Agent:
         if proc is None:
             return
         if self._restore(proc, expected, prefix):
-            self._watch(proc)
+            self._watch(proc, prefix)
 
     def _own_store(self) -> bool:
         def waiting(owner: Owner) -> None:
@@ -192,8 +193,8 @@ class Agent:
         return self.record.state == membership.SERVING and not self.fenced.is_set()
 
     def _restore(self, proc: subprocess.Popen[bytes], expected: int, prefix: str) -> bool:
-        """Restore until every old job is back; False if gearmand died or we must stop."""
-        self._update(state=membership.RESTORING, gearmand_pid=proc.pid)
+        """Restore until every old job is back (but deferred ones); False if we must stop."""
+        self._update(state=membership.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0)
         while expected:
             log.info("restoring %d stored jobs", expected)
             try:
@@ -202,7 +203,7 @@ class Agent:
                     self.config.gearman,
                     expected=expected,
                     keep_prefix=prefix,
-                    known_functions=self.functions.known(),
+                    known_functions=self._known_functions(),
                     progress=_log_progress,
                     should_continue=lambda: not (self.stopping.is_set() or self.fenced.is_set()),
                 )
@@ -213,16 +214,39 @@ class Agent:
                 expected = exc.report.left_in_store
                 self.stopping.wait(0.5)
                 continue
-            log.info("restored %d jobs in %.2fs (%d skipped, %d guessed names)",
-                     report.moved, report.seconds, len(report.skipped),
-                     report.guessed_splits)  # fmt: skip
+            log.info("restored %d jobs in %.2fs (%d skipped, %d deferred)", report.moved,
+                     report.seconds, len(report.skipped), report.deferred)  # fmt: skip
+            self._update(deferred_jobs=report.deferred)
             break
         self._update(state=membership.SERVING)
         return True
 
-    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+    def _known_functions(self) -> set[str]:
+        return known_in_cluster(self.zk, self.paths, self.functions, self.config.gearman,
+                                self.config.check_timeout)  # fmt: skip
+
+    def _restore_deferred(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
+        """Try the deferred jobs again: function names may have become known since."""
+        try:
+            report = restore(
+                self.store,
+                self.config.gearman,
+                expected=self.record.deferred_jobs,
+                keep_prefix=prefix,
+                known_functions=self._known_functions(),
+            )
+        except RestoreIncomplete as exc:
+            log.warning("deferred jobs: %s", exc)
+            return
+        if report.moved:
+            log.info("restored %d deferred jobs; %d still wait for their function name",
+                     report.moved, report.deferred)  # fmt: skip
+            self._update(deferred_jobs=report.deferred)
+
+    def _watch(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
         """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
         failures = 0
+        retry_deferred_at = 0.0
         while not self.stopping.is_set() and not self.fenced.is_set():
             check = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
             if check.health is Health.GONE:
@@ -233,6 +257,9 @@ class Agent:
                           check.health.value, failures)  # fmt: skip
                 break
             self._publish_functions(check.functions)
+            if self.record.deferred_jobs and time.monotonic() >= retry_deferred_at:
+                self._restore_deferred(proc, prefix)
+                retry_deferred_at = time.monotonic() + DEFERRED_RETRY_EVERY
             self.stopping.wait(self.config.check_interval)
         if self.stopping.is_set() or self.fenced.is_set():
             return

@@ -112,6 +112,30 @@ def _text(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+@cluster_app.command("servers")
+def cluster_servers(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="A local cluster's directory (default .gearctl).")
+    ] = None,
+    zookeeper: Annotated[
+        str | None, typer.Option("--zookeeper", help="ZooKeeper hosts: host:port,...")
+    ] = None,
+    cluster: Annotated[str, typer.Option("--cluster", help="Cluster name in ZooKeeper.")] = "local",
+) -> None:
+    """Print the live gearmand servers as host:port,... (gearman -h/-p, PHP addServers)."""
+    from cluster.servers_cmd import live_servers
+
+    if directory is not None and zookeeper is not None:
+        raise fail(GearctlError("give --dir or --zookeeper, not both"))
+    try:
+        servers = live_servers(directory, zookeeper, cluster)
+    except GearctlError as exc:
+        raise fail(exc) from None
+    if not servers:
+        raise fail(GearctlError("no live gearmand server (none is serving or restoring)"))
+    typer.echo(",".join(servers))
+
+
 @cluster_app.command("down")
 def cluster_down(directory: DirOption = Path(".gearctl")) -> None:
     """Stop every process `up` started, by PID."""

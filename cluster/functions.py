@@ -13,6 +13,12 @@ from urllib.parse import quote, unquote
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
+from cluster.admin import AdminClient
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.membership import read_members
+from cluster.zkpaths import ClusterPaths
+
 
 class FunctionRegistry:
     def __init__(self, zk: KazooClient, path: str) -> None:
@@ -35,3 +41,23 @@ class FunctionRegistry:
             with contextlib.suppress(NodeExistsError):
                 self.zk.create(f"{self.path}/{quote(name, safe='')}", makepath=True)
             self.published.add(name)
+
+
+def names_served(endpoints: Iterable[Endpoint], timeout: float) -> set[str]:
+    """Function names the live gearmands list in `status` (queued jobs or registered workers)."""
+    names: set[str] = set()
+    for endpoint in endpoints:
+        try:
+            names.update(f.name for f in AdminClient(endpoint, timeout=timeout).status())
+        except GearctlError:
+            continue  # a dead or hung server knows nothing we can use
+    return names
+
+
+def known_in_cluster(
+    zk: KazooClient, paths: ClusterPaths, registry: FunctionRegistry, own: Endpoint, timeout: float
+) -> set[str]:
+    """Names recorded in ZooKeeper plus those every member's gearmand knows right now (queued
+    jobs or registered workers): a worker for a function anywhere makes its name known."""
+    endpoints = {Endpoint.parse(m.gearman) for m in read_members(zk, paths).values()} | {own}
+    return registry.known() | names_served(endpoints, timeout)

@@ -16,7 +16,7 @@ from cluster import membership
 from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
-from cluster.membership import MemberRecord
+from cluster.membership import MemberRecord, read_members
 from cluster.process import log_tail
 from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
@@ -39,6 +39,7 @@ class NodeStatus:
     queued_jobs: int | None
     store_items: int | None
     restarts: int
+    deferred_jobs: int
 
 
 def connect(cluster: LocalCluster, timeout: float = 2.0) -> KazooClient | None:
@@ -50,23 +51,6 @@ def connect(cluster: LocalCluster, timeout: float = 2.0) -> KazooClient | None:
         zk.close()
         return None
     return zk
-
-
-def read_members(zk: KazooClient | None, paths: ClusterPaths) -> dict[str, MemberRecord]:
-    if zk is None:
-        return {}
-    members: dict[str, MemberRecord] = {}
-    try:
-        names = zk.get_children(paths.members)
-    except NoNodeError:
-        return {}
-    for name in names:
-        try:
-            data, _ = zk.get(paths.member(name))
-            members[name] = MemberRecord.decode(data)
-        except (NoNodeError, ValueError, TypeError):
-            continue  # the member left while we looked, or wrote a record we cannot read
-    return members
 
 
 def node_status(cluster: LocalCluster, node_name: str, member: MemberRecord | None) -> NodeStatus:
@@ -89,6 +73,7 @@ def node_status(cluster: LocalCluster, node_name: str, member: MemberRecord | No
         queued_jobs=_queued_jobs(Endpoint.parse(node.gearman)),
         store_items=_store_items(Endpoint.parse(node.store)),
         restarts=member.restarts if member else 0,
+        deferred_jobs=member.deferred_jobs if member else 0,
     )
 
 
@@ -177,7 +162,9 @@ def wait_serving(
                 if not cluster.running(f"agent:{name}"):
                     raise LaunchError(_agent_failure(cluster, name, "the agent exited"))
                 member = members.get(name)
-                if member is not None and member.state == membership.SERVING:
+                agent_pid = cluster.processes[f"agent:{name}"].pid
+                # A record left by an earlier agent's session does not count.
+                if member and member.state == membership.SERVING and member.agent_pid == agent_pid:
                     progress(f"{name}: serving on {member.gearman}")
                     waiting.discard(name)
             if waiting and time.monotonic() > deadline:

@@ -6,7 +6,11 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Self
 
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
 from cluster import __version__
+from cluster.zkpaths import ClusterPaths
 
 # Node states, as `gearctl cluster status` shows them.
 STARTING = "starting"
@@ -28,6 +32,7 @@ class MemberRecord:
     gearmand_pid: int | None
     state: str
     restarts: int = 0
+    deferred_jobs: int = 0  # stored jobs waiting until their function name is known
     version: str = __version__
 
     def encode(self) -> bytes:
@@ -42,3 +47,21 @@ class MemberRecord:
 
     def with_changes(self, **changes: object) -> Self:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def read_members(zk: KazooClient | None, paths: ClusterPaths) -> dict[str, MemberRecord]:
+    """Every member record now in ZooKeeper, by node name (unreadable ones are left out)."""
+    if zk is None:
+        return {}
+    try:
+        names = zk.get_children(paths.members)
+    except NoNodeError:
+        return {}
+    members: dict[str, MemberRecord] = {}
+    for name in names:
+        try:
+            data, _ = zk.get(paths.member(name))
+            members[name] = MemberRecord.decode(data)
+        except (NoNodeError, ValueError, TypeError):
+            continue  # the member left while we looked, or wrote a record we cannot read
+    return members

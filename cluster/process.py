@@ -38,12 +38,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_port_block(size: int, host: str = "127.0.0.1") -> int:
-    """A base port such that base .. base+size-1 can all be bound on `host` right now."""
+    """A base port such that base .. base+size-1 can all be bound on `host` right now.
+
+    Blocks come from below the kernel's ephemeral range, so that outgoing connections (which
+    take ephemeral ports) cannot grab a port between this check and the server's bind.
+    """
+    ephemeral_low = _ephemeral_low()
     for _ in range(200):
-        base = random.randrange(20000, 60000 - size)
+        base = random.randrange(10000, max(10001, ephemeral_low - size))
         if all(_bindable(host, base + i) for i in range(size)):
             return base
     raise LaunchError(f"no block of {size} free ports found on {host}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _bindable(host: str, port: int) -> bool:

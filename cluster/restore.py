@@ -5,6 +5,10 @@ One routine serves both cases of design §4:
   gearmand persists under a fresh one (`keep_prefix`); those old jobs come back here;
 - on take-over, a dead peer's store is drained (nothing in it is kept) into a survivor's gearmand.
 
+A key whose function/unique split stays ambiguous (no known function name decides it and the
+unique is no UUID) is deferred, not guessed: it stays in the store, and a later restore with more
+function names known (a worker registering the function anywhere makes it known) moves it.
+
 The caller counts the jobs to move while the store is quiescent (no gearmand writes it:
 `stats curr_items`), because nothing but this routine removes old-prefix keys. One metadump pass
 is not proof (it misses items moving between LRU segments), so passes repeat until every expected
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.jobkey import JobKey, JobKeyError, parse_job_key
+from cluster.jobkey import JobKey, JobKeyError, SplitMethod, parse_job_key
 from cluster.protocol import BatchSubmitError, GearmanConnection, Priority
 from cluster.store import Store, StoredItem
 
@@ -47,13 +51,13 @@ class RestoreReport:
     moved: int = 0
     skipped: list[str] = field(default_factory=list)  # keys that are not gearmand jobs
     vanished: int = 0  # keys that disappeared between listing and reading
-    guessed_splits: int = 0  # keys split at the first '-' (function name unknown)
+    deferred: int = 0  # ambiguous keys left in the store until their function name is known
     seconds: float = 0.0
 
     @property
     def remaining(self) -> int:
         """Expected jobs neither moved nor accounted for (skipped, vanished)."""
-        return self.left_in_store - len(self.skipped)
+        return self.left_in_store - len(self.skipped) - self.deferred
 
     @property
     def left_in_store(self) -> int:
@@ -121,6 +125,7 @@ def _move_batch(
     report: RestoreReport,
 ) -> None:
     values = source.get_many([item.key for item in items])
+    deferred_before = report.deferred
     jobs: list[tuple[str, str, bytes, str]] = []
     keys: list[str] = []
     for item in items:
@@ -134,6 +139,12 @@ def _move_batch(
         payload, flags = stored
         jobs.append((parsed.function, parsed.unique, payload, _priority(item.key, flags)))
         keys.append(item.key)
+    if deferred := report.deferred - deferred_before:
+        log.warning(
+            "%d jobs wait in the store: their keys split into function and unique in several "
+            "ways and no function name seen so far decides it",
+            deferred,
+        )
     if not jobs:
         return
     try:
@@ -162,11 +173,9 @@ def _parse(key: str, known_functions: Collection[str], report: RestoreReport) ->
         log.warning("skipping key %r: %s", key, exc)
         report.skipped.append(key)
         return None
-    if parsed.method == "first-dash":
-        report.guessed_splits += 1
-        log.warning(
-            "key %r: function name unknown, guessed %r (split at the first '-')",
-            key,
-            parsed.function,
-        )
+    if parsed.method == SplitMethod.FIRST_DASH and "-" in parsed.function + parsed.unique:
+        # A guess would queue the job under a function no worker may serve (img-resize as
+        # `img`): leave it in the store until a worker or a status shows the true name.
+        report.deferred += 1
+        return None
     return parsed

@@ -27,7 +27,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.functions import FunctionRegistry
+from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.lease import DRAIN, StoreLease
 from cluster.restore import restore
 from cluster.store import Store
@@ -105,6 +105,9 @@ class TakeoverWatcher:
         self.stopping = stopping
         self.functions = FunctionRegistry(zk, paths.functions)
         self.unfenced_reported: set[str] = set()
+        # store -> (items, names known) of the last drain that moved nothing: skip it while
+        # neither changes (its jobs wait for their function names; see cluster.restore)
+        self.idle: dict[str, tuple[int, int]] = {}
         self.thread = threading.Thread(target=self._run, name="takeover", daemon=True)
 
     def start(self) -> None:
@@ -141,7 +144,8 @@ class TakeoverWatcher:
             return  # a store nobody ever described cannot be reached
         source = Store(Endpoint.parse(record.address))
         try:
-            if source.curr_items() == 0:
+            items = source.curr_items()
+            if items == 0 or self.idle.get(store) == (items, len(self._known())):
                 return
         except GearctlError as exc:
             log.warning("orphaned store %s (%s) unreachable: %s; will retry", store,
@@ -162,8 +166,12 @@ class TakeoverWatcher:
         finally:
             lease.release()
 
+    def _known(self) -> set[str]:
+        return known_in_cluster(self.zk, self.paths, self.functions, self.target, 1.0)
+
     def _drain(self, store: str, source: Store, how: str, lease: StoreLease) -> None:
         expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
+        known = self._known()
         takeover = Takeover(store=store, by=self.node, started=time.time())
         path = self.zk.create(
             f"{self.paths.takeovers}/t-", json.dumps(asdict(takeover)).encode(),
@@ -177,10 +185,13 @@ class TakeoverWatcher:
                 self.target,
                 expected=expected,
                 keep_prefix=None,
-                known_functions=self.functions.known(),
+                known_functions=known,
                 should_continue=lambda: self.may_drain() and lease.held(),
             )
             takeover.jobs, takeover.outcome = report.moved, "done"
+            if report.deferred:
+                takeover.outcome = f"done; {report.deferred} jobs wait for their function name"
+                self.idle[store] = (report.deferred, len(known))
         except GearctlError as exc:
             log.error("draining store %s stopped: %s", store, exc)
             takeover.outcome = f"interrupted: {exc}"

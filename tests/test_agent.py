@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import psutil
 import pytest
@@ -65,6 +66,20 @@ class AgentNode:
             return json.loads(data)
         except Exception:
             return {}
+        finally:
+            zk.stop()
+            zk.close()
+
+    def wait_functions_published(self, timeout: float = 10) -> None:
+        """The agent records the function names gearmand lists, so keys split right later."""
+        zk = KazooClient(hosts=str(self.zookeeper), timeout=4)
+        zk.start(timeout=5)
+        try:
+            deadline = time.monotonic() + timeout
+            path = ClusterPaths("test").functions
+            while set(FUNCTIONS) - {unquote(n) for n in zk.get_children(path)}:
+                assert time.monotonic() < deadline, "function names never published"
+                time.sleep(0.05)
         finally:
             zk.stop()
             zk.close()
@@ -136,6 +151,7 @@ def load_jobs(node: AgentNode, count: int = JOBS) -> None:
     for key in keys[::10]:
         store.get(key)
         store.get(key)
+    node.wait_functions_published()
 
 
 def assert_every_job_once(node: AgentNode, count: int = JOBS) -> None:

@@ -1,5 +1,8 @@
 """Orphan take-over on real 3-node clusters: every job of a dead node runs once, on a survivor.
 
+The drills (tests/test_drills.py) cover the returning node, the restart storm and the killed
+drainer; these tests check what is specific to take-over.
+
 Each scenario ends like a drill: workers drain every server, and the ledger counts each unique.
 """
 
@@ -14,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from cluster.restore import BATCH
 from cluster.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
-from tests.clusterctl import gearman, kill_node, local_cluster, node, status_json, up_again
+from tests.clusterctl import gearman, kill_node, local_cluster, node, status_json
 from tests.clusterctl import wait_until as wait_status
 
 pytestmark = pytest.mark.integration
@@ -56,21 +58,6 @@ def test_node_loss_is_drained_once_by_one_survivor(tmp_path: Path) -> None:
         assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
 
 
-def test_dead_node_returning_never_loads_drained_jobs(tmp_path: Path) -> None:
-    with local_cluster(tmp_path / "c") as directory:
-        load(directory, "node2")
-        kill_node(node(status_json(directory), "node2"))
-        wait_status(directory, lambda s: any(t["store"] == "node2" for t in s["takeovers"]))
-        up_again(directory)  # node2's agent comes back while (or just after) a peer drains
-        status = wait_status(
-            directory,
-            lambda s: takeovers_done(s, 1) and node(s, "node2")["state"] == "serving",
-        )
-        assert node(status, "node2")["queued_jobs"] == 0
-        ledger = run_to_completion(directory, {"job": JOBS})
-        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
-
-
 def test_two_of_three_nodes_die_and_the_last_drains_both(tmp_path: Path) -> None:
     with local_cluster(tmp_path / "c") as directory:
         load(directory, "node1", prefix="a")
@@ -83,45 +70,6 @@ def test_two_of_three_nodes_die_and_the_last_drains_both(tmp_path: Path) -> None
         assert node(status, "node3")["queued_jobs"] == 2 * JOBS
         ledger = run_to_completion(directory, {"a": JOBS, "b": JOBS})
         assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
-
-
-def test_restart_storm_loads_every_job_once(tmp_path: Path) -> None:
-    with local_cluster(tmp_path / "c") as directory:
-        names = ("node1", "node2", "node3")
-        for name in names:
-            load(directory, name, count=JOBS // 2, prefix=name)
-        for _ in range(3):
-            for n in status_json(directory)["nodes"]:
-                kill_node(n)
-            up_again(directory)
-        status = status_json(directory)
-        assert sum(n["queued_jobs"] for n in status["nodes"]) == 3 * (JOBS // 2)
-        ledger = run_to_completion(directory, dict.fromkeys(names, JOBS // 2))
-        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
-
-
-def test_drainer_killed_mid_drain_is_resumed_by_the_last_survivor(tmp_path: Path) -> None:
-    jobs = 60_000
-    with local_cluster(tmp_path / "c") as directory:
-        load(directory, "node2", count=jobs)
-        kill_node(node(status_json(directory), "node2"))
-        status = wait_status(
-            directory, lambda s: any(t["outcome"] == "running" for t in s["takeovers"]), 30
-        )
-        drainer = next(t["by"] for t in status["takeovers"] if t["outcome"] == "running")
-        kill_node(node(status, drainer))
-        survivor = ({"node1", "node3"} - {drainer}).pop()
-        wait_status(
-            directory,
-            lambda s: (
-                node(s, survivor)["queued_jobs"] is not None
-                and all(n["store_items"] == 0 for n in s["nodes"] if n["name"] != survivor)
-            ),
-            120,
-        )
-        ledger = run_to_completion(directory, {"job": jobs})
-        assert (ledger.lost, ledger.unexpected) == (0, 0)
-        assert ledger.duplicated <= BATCH, "only the in-flight batch may run twice"
 
 
 def test_unreachable_store_is_retried_until_it_returns(tmp_path: Path) -> None:
