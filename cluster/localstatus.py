@@ -160,7 +160,10 @@ def wait_serving(
             members = read_members(zk, paths)
             for name in sorted(waiting):
                 if not cluster.running(f"agent:{name}"):
-                    raise LaunchError(_agent_failure(cluster, name, "the agent exited"))
+                    pid = cluster.processes[f"agent:{name}"].pid
+                    raise LaunchError(
+                        _agent_failure(cluster, name, f"the agent (pid {pid}) exited")
+                    )
                 member = members.get(name)
                 agent_pid = cluster.processes[f"agent:{name}"].pid
                 # A record left by an earlier agent's session does not count.

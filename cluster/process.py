@@ -159,10 +159,15 @@ class ProcessRef:
 
     @classmethod
     def of(cls, pid: int) -> ProcessRef:
-        try:
-            return cls(pid, psutil.Process(pid).create_time())
-        except psutil.Error:
-            return cls(pid, 0.0)
+        """The reference of a process we just started (its start time read from /proc)."""
+        for _ in range(20):
+            try:
+                return cls(pid, psutil.Process(pid).create_time())
+            except psutil.NoSuchProcess:
+                break
+            except psutil.Error:
+                time.sleep(0.01)  # /proc is briefly unreadable while the child execs
+        raise LaunchError(f"process {pid} exited right after it was started")
 
     def alive(self) -> bool:
         try:

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import psutil
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
@@ -77,7 +78,7 @@ class AgentNode:
         try:
             deadline = time.monotonic() + timeout
             path = ClusterPaths("test").functions
-            while set(FUNCTIONS) - {unquote(n) for n in zk.get_children(path)}:
+            while set(FUNCTIONS) - {unquote(n) for n in _children(zk, path)}:
                 assert time.monotonic() < deadline, "function names never published"
                 time.sleep(0.05)
         finally:
@@ -102,6 +103,13 @@ class AgentNode:
                 and all(m.get(key) == value for key, value in conditions.items())
             )
         )
+
+
+def _children(zk: KazooClient, path: str) -> list[str]:
+    try:
+        return zk.get_children(path)
+    except NoNodeError:
+        return []
 
 
 def write_config(path: Path, node: str, gearman: Endpoint, store: Endpoint, zk: Endpoint,
