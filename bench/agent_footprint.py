@@ -1,0 +1,71 @@
+"""The node agent's resident memory and idle CPU in a running local cluster (issue 3).
+
+Starts a local cluster (`gearctl cluster up`), lets it settle, then for every agent process reads
+its resident set (psutil RSS, and USS: the memory only it uses) and its CPU time over a window
+(user + system seconds / window seconds = % of one core). The agents are idle but doing their
+normal work: health checks of gearmand every 0.2 s, ZooKeeper heartbeats, take-over scans.
+
+    .venv/bin/python bench/agent_footprint.py [--quick] [--nodes 3] [--window 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import common
+import psutil
+from common import Services, table
+
+GOAL_RSS_MB = 40.0
+GOAL_CPU_PERCENT = 1.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5 s window")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--window", type=float, default=30.0, help="CPU window in seconds")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
+    args = parser.parse_args()
+    window, settle = (5.0, 2.0) if args.quick else (args.window, args.settle)
+
+    with Services("footprint") as services:
+        cluster = services.cluster(args.nodes)
+        agents = {n.name: psutil.Process(cluster.processes[f"agent:{n.name}"].pid)
+                  for n in cluster.nodes}  # fmt: skip
+        time.sleep(settle)
+        before = {name: sum(proc.cpu_times()[:2]) for name, proc in agents.items()}
+        started = time.monotonic()
+        time.sleep(window)
+        elapsed = time.monotonic() - started
+        rows = []
+        for name, proc in agents.items():
+            cpu = (sum(proc.cpu_times()[:2]) - before[name]) / elapsed * 100
+            memory = proc.memory_full_info()
+            rows.append({
+                "node": name,
+                "pid": proc.pid,
+                "rss_mb": memory.rss / 2**20,
+                "uss_mb": memory.uss / 2**20,
+                "threads": proc.num_threads(),
+                "cpu_percent": cpu,
+            })  # fmt: skip
+    print(table(
+        ["node", "agent pid", "RSS MB", "USS MB", "threads", "CPU % of a core", "goals"],
+        [[r["node"], r["pid"], r["rss_mb"], r["uss_mb"], r["threads"], r["cpu_percent"],
+          "met" if r["rss_mb"] < GOAL_RSS_MB and r["cpu_percent"] < GOAL_CPU_PERCENT
+          else "MISSED"] for r in rows],
+    ))  # fmt: skip
+    common.save("agent_footprint", {
+        "quick": args.quick, "window_s": window, "goal_rss_mb": GOAL_RSS_MB,
+        "goal_cpu_percent": GOAL_CPU_PERCENT, "agents": rows,
+        "max_rss_mb": max(r["rss_mb"] for r in rows),
+        "max_cpu_percent": max(r["cpu_percent"] for r in rows),
+    })  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Shared helpers of the bench scripts: start and stop real services, submit jobs, print, save.
+
+Every process a bench starts is registered in a `Services` and stopped by PID when the bench ends,
+also on failure. Numbers go to `bench/results/<name>.json` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from cluster import localcluster  # noqa: E402
+from cluster.admin import AdminClient, is_serving  # noqa: E402
+from cluster.endpoint import Endpoint  # noqa: E402
+from cluster.errors import GearctlError  # noqa: E402
+from cluster.gearmand_server import (  # noqa: E402
+    DEFAULT_EXPECTED_QUEUE_DEPTH,
+    GearmandLaunch,
+    hashtable_buckets,
+    io_threads,
+)
+from cluster.memcached_server import start_memcached  # noqa: E402
+from cluster.process import (  # noqa: E402
+    free_port,
+    free_port_block,
+    kill_pid,
+    require_binary,
+    spawn,
+    stop_pid,
+    wait_until,
+)
+from cluster.protocol import GearmanConnection  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+HOST = "127.0.0.1"
+PAYLOAD_BYTES = 64
+FUNCTIONS = ("img-resize", "mail", "search-index-v2", "report")
+PRIORITIES = ("high", "normal", "low")
+
+Job = tuple[str, str, bytes, str]  # function, unique, payload, priority
+
+
+def jobs(count: int, tag: str = "job") -> list[Job]:
+    """`count` background jobs: 64-byte payloads, dashed functions, all three priorities."""
+    return [
+        (
+            FUNCTIONS[n % len(FUNCTIONS)],
+            f"{tag}-{n}",
+            f"{n:08d}".encode().ljust(PAYLOAD_BYTES, b"."),
+            PRIORITIES[(n // len(FUNCTIONS)) % len(PRIORITIES)],
+        )
+        for n in range(count)
+    ]
+
+
+def submit(endpoint: Endpoint, batch: Sequence[Job]) -> float:
+    """Submit pipelined on one connection; return the seconds until the last JOB_CREATED."""
+    started = time.perf_counter()
+    with GearmanConnection(endpoint, read_timeout=30.0) as conn:
+        handles = conn.submit_background_many(batch)
+    seconds = time.perf_counter() - started
+    if len(handles) != len(batch):
+        raise GearctlError(f"{len(handles)} of {len(batch)} submits acknowledged")
+    return seconds
+
+
+def queued(endpoint: Endpoint, timeout: float = 2.0) -> dict[str, int]:
+    """gearmand's admin `status` queue column, per function."""
+    return {f.name: f.queued for f in AdminClient(endpoint, timeout=timeout).status()}
+
+
+def queued_total(endpoint: Endpoint, timeout: float = 2.0) -> int | None:
+    """Sum of the queue column, or None when gearmand does not answer."""
+    try:
+        return sum(queued(endpoint, timeout).values())
+    except GearctlError:
+        return None
+
+
+class Services:
+    """Processes started by one bench, stopped by PID (SIGTERM, then SIGKILL) in `close()`."""
+
+    def __init__(self, name: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"gearctl-bench-{name}-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.clusters: list[Path] = []
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def memcached(self, memory_mb: int = 1024) -> Endpoint:
+        endpoint = Endpoint(HOST, free_port())
+        name = f"memcached-{endpoint.port}"
+        proc = start_memcached(
+            endpoint,
+            memory_mb=memory_mb,
+            log_path=self.dir / f"{name}.log",
+            pid_path=self.dir / f"{name}.pid",
+        )
+        self.procs.append(proc)
+        return endpoint
+
+    def gearmand(
+        self, store: Endpoint, prefix: str | None
+    ) -> tuple[Endpoint, subprocess.Popen[bytes]]:
+        """A gearmand with the agent's flags on `store`; prefix None = gearmand's default."""
+        endpoint = Endpoint(HOST, free_port())
+        launch = GearmandLaunch(
+            endpoint=endpoint,
+            store=store,
+            prefix=prefix or "",
+            log_path=self.dir / f"gearmand-{endpoint.port}.log",
+            pid_path=self.dir / f"gearmand-{endpoint.port}.pid",
+            threads=io_threads(),
+            buckets=hashtable_buckets(DEFAULT_EXPECTED_QUEUE_DEPTH),
+        )
+        argv = launch.argv(require_binary("gearmand", "gearman-job-server"))
+        if prefix is None:  # plain gearmand: no --libmemcached-prefix at all
+            argv = [a for a in argv if not a.startswith("--libmemcached-prefix")]
+        proc = spawn(argv, log_path=self.dir / f"gearmand-{endpoint.port}.stdout.log")
+        self.procs.append(proc)
+        wait_until(lambda: is_serving(endpoint, 0.5), timeout=120, what=f"gearmand {endpoint}",
+                   alive=lambda: proc.poll() is None, log_path=launch.log_path)  # fmt: skip
+        return endpoint, proc
+
+    def kill9(self, proc: subprocess.Popen[bytes]) -> None:
+        kill_pid(proc.pid)
+        proc.wait()
+
+    def cluster(
+        self, nodes: int, session_timeout: float | None = None
+    ) -> localcluster.LocalCluster:
+        """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block.
+
+        `cluster up` has no option for the ZooKeeper session timeout: the module constant it
+        writes into every agent.toml is set here, in this process, before `up` runs.
+        """
+        directory = self.dir / f"cluster{len(self.clusters) + 1}"
+        self.clusters.append(directory)
+        if session_timeout is not None:
+            localcluster.SESSION_TIMEOUT = session_timeout
+        return localcluster.up(directory, nodes, free_port_block(200), _quiet)
+
+    def cluster_down(self, cluster: localcluster.LocalCluster) -> None:
+        localcluster.down(cluster.dir, _quiet)
+        self.clusters.remove(cluster.dir)
+
+    def close(self) -> None:
+        for directory in reversed(self.clusters):
+            try:
+                localcluster.down(directory, _quiet)
+            except Exception as exc:  # keep stopping the rest
+                print(f"cluster down {directory} failed: {exc}", file=sys.stderr)
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                stop_pid(proc.pid, timeout=10)
+            proc.wait()
+        if os.environ.get("BENCH_KEEP") is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def stop_agent(pid: int) -> None:
+    """SIGTERM an agent (it stops its gearmand and closes its ZooKeeper session) and wait."""
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not _alive(pid), timeout=30, what=f"agent {pid} to exit")
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def poll(check: Callable[[], Any], *, interval: float, timeout: float, what: str) -> Any:
+    """Call `check` every `interval` until it returns a truthy value; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise GearctlError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), "unknown")  # fmt: skip
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_mb": mem_kb // 1024,
+            "python": platform.python_version()}  # fmt: skip
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    """Write `bench/results/<name>.json` (`<name>.quick.json` for a --quick smoke run)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}{'.quick' if data.get('quick') else ''}.json"
+    data = {"bench": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+            **data}  # fmt: skip
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(REPO)}")
+    return path
