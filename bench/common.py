@@ -147,16 +147,11 @@ class Services:
     def cluster(
         self, nodes: int, session_timeout: float | None = None
     ) -> localcluster.LocalCluster:
-        """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block.
-
-        `cluster up` has no option for the ZooKeeper session timeout: the module constant it
-        writes into every agent.toml is set here, in this process, before `up` runs.
-        """
+        """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block."""
         directory = self.dir / f"cluster{len(self.clusters) + 1}"
         self.clusters.append(directory)
-        if session_timeout is not None:
-            localcluster.SESSION_TIMEOUT = session_timeout
-        return localcluster.up(directory, nodes, free_port_block(200), _quiet)
+        timeout = session_timeout or localcluster.DEFAULT_SESSION_TIMEOUT
+        return localcluster.up(directory, nodes, free_port_block(200), _quiet, timeout)
 
     def cluster_down(self, cluster: localcluster.LocalCluster) -> None:
         localcluster.down(cluster.dir, _quiet)

@@ -92,9 +92,9 @@ class Agent:
         self._stop_leftover_gearmand()
         self._connect_zookeeper()
         self.guard.start()
-        self.takeovers.start()
         try:
             self._register()
+            self.takeovers.start()
             while not self.stopping.is_set():
                 try:
                     self._serve_once()

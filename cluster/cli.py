@@ -47,12 +47,15 @@ def cluster_up(
             "N: ZooKeeper N, gearmand N+10+i, memcached N+110+i."
         ),
     ] = 0,
+    session_timeout: Annotated[
+        float, typer.Option(help="ZooKeeper session timeout of the agents, seconds (1..10).")
+    ] = 4.0,
 ) -> None:
     """Start ZooKeeper and, per node, a memcached store and an agent running gearmand."""
     from cluster import localcluster
 
     try:
-        cluster = localcluster.up(directory, nodes, port_base, progress)
+        cluster = localcluster.up(directory, nodes, port_base, progress, session_timeout)
     except GearctlError as exc:
         raise fail(exc) from None
     first = cluster.nodes[0].gearman.split(":")

@@ -33,7 +33,7 @@ from cluster.zookeeper_server import JARS, ZooKeeperLaunch, start_zookeeper
 
 LOCAL_HOST = "127.0.0.1"
 CLUSTER_NAME = "local"
-SESSION_TIMEOUT = 4.0
+DEFAULT_SESSION_TIMEOUT = 4.0
 STANDARD_PORTS = {"zookeeper": 2181, "gearman": 4730, "store": 11211}
 
 Progress = Callable[[str], None]
@@ -54,6 +54,7 @@ class LocalCluster:
     cluster: str
     zookeeper: str
     nodes: list[NodePlan]
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
     processes: dict[str, ProcessRef] = field(default_factory=dict)
 
     @property
@@ -68,6 +69,7 @@ class LocalCluster:
             "cluster": self.cluster,
             "zookeeper": self.zookeeper,
             "nodes": [asdict(n) for n in self.nodes],
+            "session_timeout": self.session_timeout,
             "processes": {k: asdict(ref) for k, ref in self.processes.items()},
         }
         with tempfile.NamedTemporaryFile("w", dir=self.dir, delete=False) as tmp:
@@ -86,13 +88,16 @@ class LocalCluster:
                 cluster=data["cluster"],
                 zookeeper=data["zookeeper"],
                 nodes=[NodePlan(**n) for n in data["nodes"]],
+                session_timeout=float(data.get("session_timeout", DEFAULT_SESSION_TIMEOUT)),
                 processes={k: ProcessRef(**v) for k, v in data.get("processes", {}).items()},
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GearctlError(f"{path} is damaged ({exc}); remove it to start afresh") from None
 
     @classmethod
-    def plan(cls, directory: Path, nodes: int, port_base: int) -> LocalCluster:
+    def plan(
+        cls, directory: Path, nodes: int, port_base: int, session_timeout: float
+    ) -> LocalCluster:
         """Addresses for a new cluster: standard ports, or a block from `port_base`."""
 
         def port(kind: str, index: int) -> int:
@@ -113,6 +118,7 @@ class LocalCluster:
                 )
                 for i in range(nodes)
             ],
+            session_timeout=session_timeout,
         )
 
     def running(self, key: str) -> bool:
@@ -145,8 +151,19 @@ def prepare_dir(directory: Path) -> None:
         raise GearctlError(f"--dir {directory} is not writable: {exc.strerror}") from None
 
 
-def up(directory: Path, nodes: int, port_base: int, progress: Progress) -> LocalCluster:
-    """Start whatever part of the cluster is not running; return once every node serves."""
+def up(
+    directory: Path,
+    nodes: int,
+    port_base: int,
+    progress: Progress,
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+) -> LocalCluster:
+    """Start whatever part of the cluster is not running; return once every node serves.
+
+    The plan (ports, session timeout) is fixed by the first `up` of a directory."""
+    if not 1.0 <= session_timeout <= 10.0:
+        # the local ZooKeeper (tickTime 500 ms) grants sessions of 1 to 10 s
+        raise GearctlError(f"--session-timeout must be within 1..10 s, not {session_timeout}")
     if nodes < 1:
         raise GearctlError(f"--nodes must be at least 1, not {nodes}")
     if port_base and not 1024 <= port_base <= 65000:
@@ -155,7 +172,7 @@ def up(directory: Path, nodes: int, port_base: int, progress: Progress) -> Local
     check_prerequisites()
     cluster = LocalCluster.load(directory)
     if cluster is None:
-        cluster = LocalCluster.plan(directory, nodes, port_base)
+        cluster = LocalCluster.plan(directory, nodes, port_base, session_timeout)
     elif len(cluster.nodes) != nodes:
         raise GearctlError(
             f"{directory} holds a {len(cluster.nodes)}-node cluster; "
@@ -231,7 +248,7 @@ def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
                 f'address = "{node.store}"',
                 "[zookeeper]",
                 f'hosts = "{cluster.zookeeper}"',
-                f"session_timeout = {SESSION_TIMEOUT}",
+                f"session_timeout = {cluster.session_timeout}",
                 "[paths]",
                 f'run_dir = "{cluster.node_dir(node.name).resolve()}"',
                 "",

@@ -1,6 +1,7 @@
 """Orphan take-over: a surviving agent drains a dead node's store into its own gearmand, once.
 
-Every agent runs a `TakeoverWatcher` thread. About once a second it looks for orphaned stores:
+Every agent runs a `TakeoverWatcher` thread. When the member list changes (and about once a
+second, to retry) it looks for orphaned stores:
 a store with jobs whose node has no member record and which nobody owns. The first survivor to
 create the store's owner znode (purpose `drain`) wins; the others see it owned and stay out.
 Before loading anything the winner fences the old server (design invariant 4): its gearmand
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 import psutil
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.recipe.watchers import ChildrenWatch
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
@@ -108,14 +110,25 @@ class TakeoverWatcher:
         # store -> (items, names known) of the last drain that moved nothing: skip it while
         # neither changes (its jobs wait for their function names; see cluster.restore)
         self.idle: dict[str, tuple[int, int]] = {}
+        self.wake = threading.Event()
         self.thread = threading.Thread(target=self._run, name="takeover", daemon=True)
 
     def start(self) -> None:
+        """Scan when the member list changes (a session expired), and every SCAN_EVERY seconds
+        (to retry stores that were unreachable or not yet fenced)."""
+        self.zk.ensure_path(self.paths.members)
+        ChildrenWatch(self.zk, self.paths.members, self._members_changed)
         self.thread.start()
 
+    def _members_changed(self, _children: list[str]) -> bool:
+        self.wake.set()  # kazoo's thread: only signal, never block
+        return True
+
     def _run(self) -> None:
-        while not self.stopping.wait(SCAN_EVERY):
-            if not self.may_drain():
+        while not self.stopping.is_set():
+            self.wake.wait(SCAN_EVERY)
+            self.wake.clear()
+            if self.stopping.is_set() or not self.may_drain():
                 continue
             try:
                 for store in self._orphans():
