@@ -15,6 +15,9 @@ from cluster.errors import GearctlError
 if TYPE_CHECKING:
     from cluster.drill import DrillResult
 
+# kazoo warns on every reconnect attempt; the CLI reports ZooKeeper trouble itself.
+logging.getLogger("kazoo").setLevel(logging.ERROR)
+
 app = typer.Typer(help="High availability for Gearman job servers.", no_args_is_help=True)
 cluster_app = typer.Typer(help="A local cluster on this machine's loopback.", no_args_is_help=True)
 agent_app = typer.Typer(help="The per-node agent (what systemd runs).", no_args_is_help=True)
@@ -50,12 +53,17 @@ def cluster_up(
     session_timeout: Annotated[
         float, typer.Option(help="ZooKeeper session timeout of the agents, seconds (1..10).")
     ] = 4.0,
+    zookeeper_members: Annotated[
+        int, typer.Option(help="1: a standalone ZooKeeper; 3: an ensemble (survives one loss).")
+    ] = 1,
 ) -> None:
     """Start ZooKeeper and, per node, a memcached store and an agent running gearmand."""
     from cluster import localcluster
 
     try:
-        cluster = localcluster.up(directory, nodes, port_base, progress, session_timeout)
+        cluster = localcluster.up(
+            directory, nodes, port_base, progress, session_timeout, zookeeper_members
+        )
     except GearctlError as exc:
         raise fail(exc) from None
     first = cluster.nodes[0].gearman.split(":")
@@ -199,6 +207,7 @@ def agent_run(
     from cluster.agent import Agent
     from cluster.config import load_config
 
+    logging.getLogger("kazoo").setLevel(logging.INFO)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

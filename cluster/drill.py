@@ -119,12 +119,27 @@ def node_returns_during_drain(ctx: DrillContext) -> None:
     ctx.restart_missing()
 
 
+def zookeeper_member_lost(ctx: DrillContext) -> None:
+    """Sessions move to the surviving members: no agent may fence, every store stays owned;
+    then a gearmand death shows the agents still work through the smaller ensemble."""
+    status = ctx.status()
+    leader = next(m for m in status["zookeeper"]["members"] if m["mode"] == "leader")
+    cluster = localcluster.LocalCluster.load(ctx.directory)
+    assert cluster is not None
+    myid = cluster.zookeeper.split(",").index(leader["address"]) + 1
+    ctx.kill(cluster.processes[f"zookeeper:{myid}"].pid, what=f"ZooKeeper leader {myid}")
+    ctx.wait("a new ZooKeeper leader", lambda s: any(
+        m["mode"] == "leader" for m in s["zookeeper"]["members"]))  # fmt: skip
+    kill_gearmand(ctx)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
     fault: Callable[[DrillContext], None]
     duplicate_bound: int = 0
+    zookeeper_members: int = 1
 
 
 SCENARIOS = {
@@ -139,6 +154,8 @@ SCENARIOS = {
                  kill_drainer, duplicate_bound=BATCH),
         Scenario("restart-all-agents", "kill -9 every agent at once, start them again",
                  restart_all_agents),
+        Scenario("zookeeper-member-lost", "kill -9 the ZooKeeper leader of a 3-member ensemble, "
+                 "then node1's gearmand", zookeeper_member_lost, zookeeper_members=3),
         Scenario("node-returns-during-drain", "lose node1, bring it back while it is drained",
                  node_returns_during_drain),
     )
@@ -181,7 +198,8 @@ def run(scenario_name: str, jobs: int, progress: Progress) -> DrillResult:
     with tempfile.TemporaryDirectory(prefix=f"gearctl-drill-{scenario_name}-") as tmp:
         directory = Path(tmp)
         ctx = DrillContext(directory, progress)
-        localcluster.up(directory, 3, free_port_block(120), lambda _text: None)
+        localcluster.up(directory, 3, free_port_block(120), lambda _text: None,
+                        zookeeper_members=scenario.zookeeper_members)  # fmt: skip
         try:
             ctx.event("cluster of 3 nodes serving")
             return _run(scenario, jobs, ctx)

@@ -2,7 +2,7 @@
 
 Layout of `--dir` (default `.gearctl`):
     cluster.json            the plan (addresses) and the PIDs of every process `up` started
-    zookeeper/              data, zoo.cfg and log of the standalone ZooKeeper
+    zookeeper/              data, zoo-<myid>.cfg and logs of ZooKeeper (1 or 3 members)
     <node>/agent.toml       the node agent's configuration
     <node>/log/             agent, gearmand and memcached logs
 """
@@ -29,12 +29,20 @@ from cluster.process import (
     spawn,
     stop_pid,
 )
-from cluster.zookeeper_server import JARS, ZooKeeperLaunch, start_zookeeper
+from cluster.zookeeper_server import (
+    JARS,
+    ZooKeeperLaunch,
+    ZooKeeperMember,
+    spawn_zookeeper,
+    wait_zookeeper,
+)
 
 LOCAL_HOST = "127.0.0.1"
 CLUSTER_NAME = "local"
 DEFAULT_SESSION_TIMEOUT = 4.0
-STANDARD_PORTS = {"zookeeper": 2181, "gearman": 4730, "store": 11211}
+STANDARD_PORTS = {"zookeeper": 2181, "zk-peer": 2888, "zk-election": 3888, "gearman": 4730,
+                  "store": 11211}  # fmt: skip
+PORT_OFFSETS = {"zookeeper": 0, "zk-peer": 3, "zk-election": 6, "gearman": 10, "store": 110}
 
 Progress = Callable[[str], None]
 
@@ -55,6 +63,7 @@ class LocalCluster:
     zookeeper: str
     nodes: list[NodePlan]
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    zookeeper_ensemble: tuple[ZooKeeperMember, ...] = ()  # empty: one standalone server
     processes: dict[str, ProcessRef] = field(default_factory=dict)
 
     @property
@@ -70,6 +79,7 @@ class LocalCluster:
             "zookeeper": self.zookeeper,
             "nodes": [asdict(n) for n in self.nodes],
             "session_timeout": self.session_timeout,
+            "zookeeper_ensemble": [asdict(m) for m in self.zookeeper_ensemble],
             "processes": {k: asdict(ref) for k, ref in self.processes.items()},
         }
         with tempfile.NamedTemporaryFile("w", dir=self.dir, delete=False) as tmp:
@@ -89,6 +99,9 @@ class LocalCluster:
                 zookeeper=data["zookeeper"],
                 nodes=[NodePlan(**n) for n in data["nodes"]],
                 session_timeout=float(data.get("session_timeout", DEFAULT_SESSION_TIMEOUT)),
+                zookeeper_ensemble=tuple(
+                    ZooKeeperMember(**m) for m in data.get("zookeeper_ensemble", [])
+                ),
                 processes={k: ProcessRef(**v) for k, v in data.get("processes", {}).items()},
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -96,20 +109,24 @@ class LocalCluster:
 
     @classmethod
     def plan(
-        cls, directory: Path, nodes: int, port_base: int, session_timeout: float
+        cls,
+        directory: Path,
+        nodes: int,
+        port_base: int,
+        session_timeout: float,
+        zookeeper_members: int,
     ) -> LocalCluster:
         """Addresses for a new cluster: standard ports, or a block from `port_base`."""
 
         def port(kind: str, index: int) -> int:
-            if port_base:
-                offset = {"zookeeper": 0, "gearman": 10, "store": 110}[kind]
-                return port_base + offset + index
-            return STANDARD_PORTS[kind] + index
+            return (port_base + PORT_OFFSETS[kind] if port_base else STANDARD_PORTS[kind]) + index
 
         return cls(
             dir=directory,
             cluster=CLUSTER_NAME,
-            zookeeper=f"{LOCAL_HOST}:{port('zookeeper', 0)}",
+            zookeeper=",".join(
+                f"{LOCAL_HOST}:{port('zookeeper', i)}" for i in range(zookeeper_members)
+            ),
             nodes=[
                 NodePlan(
                     name=f"node{i + 1}",
@@ -119,6 +136,12 @@ class LocalCluster:
                 for i in range(nodes)
             ],
             session_timeout=session_timeout,
+            zookeeper_ensemble=tuple(
+                ZooKeeperMember(i + 1, LOCAL_HOST, port("zk-peer", i), port("zk-election", i))
+                for i in range(zookeeper_members)
+            )
+            if zookeeper_members > 1
+            else (),
         )
 
     def running(self, key: str) -> bool:
@@ -157,6 +180,7 @@ def up(
     port_base: int,
     progress: Progress,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+    zookeeper_members: int = 1,
 ) -> LocalCluster:
     """Start whatever part of the cluster is not running; return once every node serves.
 
@@ -164,6 +188,8 @@ def up(
     if not 1.0 <= session_timeout <= 10.0:
         # the local ZooKeeper (tickTime 500 ms) grants sessions of 1 to 10 s
         raise GearctlError(f"--session-timeout must be within 1..10 s, not {session_timeout}")
+    if zookeeper_members not in (1, 3):
+        raise GearctlError(f"--zookeeper-members must be 1 or 3, not {zookeeper_members}")
     if nodes < 1:
         raise GearctlError(f"--nodes must be at least 1, not {nodes}")
     if port_base and not 1024 <= port_base <= 65000:
@@ -172,7 +198,7 @@ def up(
     check_prerequisites()
     cluster = LocalCluster.load(directory)
     if cluster is None:
-        cluster = LocalCluster.plan(directory, nodes, port_base, session_timeout)
+        cluster = LocalCluster.plan(directory, nodes, port_base, session_timeout, zookeeper_members)
     elif len(cluster.nodes) != nodes:
         raise GearctlError(
             f"{directory} holds a {len(cluster.nodes)}-node cluster; "
@@ -197,19 +223,16 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
         started.append(key)
         cluster.save()
 
-    zk = Endpoint.parse(cluster.zookeeper)
-    if not cluster.running("zookeeper"):
-        progress(f"starting ZooKeeper on {zk}")
-        zk_dir = cluster.dir / "zookeeper"
-        proc = start_zookeeper(
-            ZooKeeperLaunch(
-                endpoint=zk,
-                data_dir=zk_dir / "data",
-                log_path=zk_dir / "zookeeper.log",
-                pid_path=zk_dir / "zookeeper.pid",
-            )
-        )
-        record("zookeeper", proc.pid)
+    spawned = []
+    for launch in zookeeper_launches(cluster):
+        key = f"zookeeper:{launch.myid}"
+        if not cluster.running(key):
+            progress(f"starting ZooKeeper member {launch.myid} on {launch.endpoint}")
+            proc = spawn_zookeeper(launch)
+            record(key, proc.pid)
+            spawned.append((launch, proc))
+    for launch, proc in spawned:  # an ensemble serves only once a quorum is up
+        wait_zookeeper(launch, proc)
     for node in cluster.nodes:
         node_dir = cluster.node_dir(node.name)
         if not cluster.running(f"store:{node.name}"):
@@ -231,6 +254,22 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             record(f"agent:{node.name}", proc.pid)
+
+
+def zookeeper_launches(cluster: LocalCluster) -> list[ZooKeeperLaunch]:
+    """One launch per ZooKeeper member (a single standalone one without an ensemble)."""
+    zk_dir = cluster.dir / "zookeeper"
+    return [
+        ZooKeeperLaunch(
+            endpoint=Endpoint.parse(address),
+            data_dir=zk_dir / f"data-{myid}",
+            log_path=zk_dir / f"zookeeper-{myid}.log",
+            pid_path=zk_dir / f"zookeeper-{myid}.pid",
+            myid=myid,
+            ensemble=cluster.zookeeper_ensemble,
+        )
+        for myid, address in enumerate(cluster.zookeeper.split(","), start=1)
+    ]
 
 
 def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
@@ -273,6 +312,7 @@ def down(directory: Path, progress: Progress) -> LocalCluster | None:
             stop_pid(pid)
     for node in cluster.nodes:
         cluster.stop(f"store:{node.name}", progress, f"{node.name} memcached")
-    cluster.stop("zookeeper", progress, "ZooKeeper")
+    for launch in zookeeper_launches(cluster):
+        cluster.stop(f"zookeeper:{launch.myid}", progress, f"ZooKeeper member {launch.myid}")
     cluster.save()
     return cluster

@@ -20,6 +20,7 @@ from cluster.membership import MemberRecord, read_members
 from cluster.process import log_tail
 from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
+from cluster.zookeeper_server import zookeeper_mode
 
 if TYPE_CHECKING:
     from cluster.localcluster import LocalCluster
@@ -105,7 +106,14 @@ def collect(cluster: LocalCluster) -> dict[str, Any]:
             zk.close()
     return {
         "cluster": cluster.cluster,
-        "zookeeper": {"address": cluster.zookeeper, "reachable": zk is not None},
+        "zookeeper": {
+            "address": cluster.zookeeper,
+            "reachable": zk is not None,
+            "members": [
+                {"address": address, "mode": zookeeper_mode(Endpoint.parse(address), 0.5)}
+                for address in cluster.zookeeper.split(",")
+            ],
+        },
         "nodes": [asdict(node_status(cluster, n.name, members.get(n.name))) for n in cluster.nodes],
         "stores": stores,
         "takeovers": takeovers,

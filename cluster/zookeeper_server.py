@@ -72,11 +72,20 @@ def four_letter_word(endpoint: Endpoint, word: str, timeout: float = 1.0) -> str
 
 def zookeeper_serving(endpoint: Endpoint, timeout: float = 1.0) -> bool:
     """True if the server serves requests (`srvr` shows a mode); `ruok` answers without quorum."""
-    return "Mode:" in four_letter_word(endpoint, "srvr", timeout)
+    return zookeeper_mode(endpoint, timeout) is not None
 
 
 def start_zookeeper(launch: ZooKeeperLaunch, *, timeout: float = 60.0) -> subprocess.Popen[bytes]:
-    """Write zoo.cfg and myid, start the JVM, return once it serves (LaunchError otherwise)."""
+    """Start one server and return once it serves (a standalone one, or an ensemble member
+    whose quorum is already up)."""
+    proc = spawn_zookeeper(launch)
+    wait_zookeeper(launch, proc, timeout)
+    return proc
+
+
+def spawn_zookeeper(launch: ZooKeeperLaunch) -> subprocess.Popen[bytes]:
+    """Write zoo.cfg and myid and start the JVM; an ensemble's members are all spawned first,
+    then waited for, since none serves before a quorum is up."""
     java = require_binary("java", "default-jre-headless")
     missing = [jar for jar in JARS if not Path(jar).exists()]
     if missing:
@@ -97,7 +106,12 @@ def start_zookeeper(launch: ZooKeeperLaunch, *, timeout: float = 60.0) -> subpro
         MAIN_CLASS,
         str(config),
     ]
-    proc = spawn(argv, log_path=launch.log_path, pid_path=launch.pid_path)
+    return spawn(argv, log_path=launch.log_path, pid_path=launch.pid_path)
+
+
+def wait_zookeeper(
+    launch: ZooKeeperLaunch, proc: subprocess.Popen[bytes], timeout: float = 60.0
+) -> None:
     wait_until(
         lambda: zookeeper_serving(launch.endpoint),
         timeout=timeout,
@@ -106,4 +120,11 @@ def start_zookeeper(launch: ZooKeeperLaunch, *, timeout: float = 60.0) -> subpro
         log_path=launch.log_path,
         interval=0.2,
     )
-    return proc
+
+
+def zookeeper_mode(endpoint: Endpoint, timeout: float = 1.0) -> str | None:
+    """`standalone`, `leader` or `follower` as `srvr` says; None when it does not serve."""
+    for line in four_letter_word(endpoint, "srvr", timeout).splitlines():
+        if line.startswith("Mode:"):
+            return line.split(":", 1)[1].strip()
+    return None
