@@ -45,6 +45,7 @@ from cluster.protocol import (
     PacketType,
     Priority,
     foreground_submit_type,
+    job_result,
     request,
 )
 from cluster.worker import Worker, WorkerJob
@@ -286,15 +287,9 @@ class Client:
                         f"job {handle.decode(errors='replace')}: no result in time"
                     ) from None
                 raise
-            if answer.args and answer.args[0] != handle:
-                continue
-            if answer.type is PacketType.WORK_COMPLETE:
-                return answer.args[1]
-            if answer.type is PacketType.WORK_FAIL:
-                raise JobFailedError(handle)
-            if answer.type is PacketType.WORK_EXCEPTION:
-                raise JobFailedError(handle, answer.args[1])
-            # WORK_STATUS, WORK_DATA, WORK_WARNING: progress, keep waiting.
+            result = job_result(answer, handle)
+            if result is not None:
+                return result
 
     def _with_failover(
         self,

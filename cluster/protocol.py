@@ -259,6 +259,20 @@ class JobFailedError(GearctlError):
         self.data = data
 
 
+def job_result(packet: Packet, handle: bytes) -> bytes | None:
+    """What an answer means for foreground job `handle`: its result on WORK_COMPLETE,
+    JobFailedError on WORK_FAIL or WORK_EXCEPTION, None for progress packets or other jobs."""
+    if not packet.args or packet.args[0] != handle:
+        return None
+    if packet.type is PacketType.WORK_COMPLETE:
+        return packet.args[1]
+    if packet.type is PacketType.WORK_FAIL:
+        raise JobFailedError(handle)
+    if packet.type is PacketType.WORK_EXCEPTION:
+        raise JobFailedError(handle, packet.args[1])
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class JobAssignment:
     handle: bytes
@@ -490,14 +504,9 @@ class GearmanConnection:
                 PacketType.WORK_DATA,
                 PacketType.WORK_WARNING,
             )
-            if packet.args[0] != handle:
-                continue
-            if packet.type is PacketType.WORK_COMPLETE:
-                return packet.args[1]
-            if packet.type is PacketType.WORK_FAIL:
-                raise JobFailedError(handle)
-            if packet.type is PacketType.WORK_EXCEPTION:
-                raise JobFailedError(handle, packet.args[1])
+            result = job_result(packet, handle)
+            if result is not None:
+                return result
 
     # Worker helpers.
 
