@@ -99,8 +99,10 @@ class Agent:
                 try:
                     self._serve_once()
                 except (GearctlError, KazooException) as exc:
-                    # ZooKeeper or the store went away mid-step: report, wait, start over.
+                    # ZooKeeper or the store went away mid-step: report, and start over from a
+                    # stopped gearmand (the next count of the store needs it quiescent).
                     log.error("%s: %s", type(exc).__name__, exc)
+                    self._stop_gearmand(kill=True)
                     self.stopping.wait(1.0)
         finally:
             self._shutdown()
