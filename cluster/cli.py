@@ -199,6 +199,65 @@ def _print_ledger(result: DrillResult) -> None:
                f"{ledger.unexpected}, recovered in {result.recovery_seconds:.2f}s")  # fmt: skip
 
 
+store_app = typer.Typer(help="Look into memcached stores.", no_args_is_help=True)
+takeover_app = typer.Typer(help="Take-overs of dead nodes' stores.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+app.add_typer(takeover_app, name="takeover")
+
+
+@store_app.command("inspect")
+def store_inspect(
+    store: Annotated[str, typer.Argument(help="A node of the local cluster, or host:port.")],
+    directory: DirOption = Path(".gearctl"),
+    as_json: JsonOption = False,
+) -> None:
+    """Jobs in a store by incarnation prefix, function and priority (read-only)."""
+    from cluster.endpoint import Endpoint
+    from cluster.inspect_store import inspect_store
+    from cluster.localcluster import LocalCluster
+    from cluster.localstatus import cluster_function_names
+
+    try:
+        cluster = LocalCluster.load(directory)
+        nodes = {n.name: n.store for n in cluster.nodes} if cluster else {}
+        endpoint = Endpoint.parse(nodes.get(store, store))
+        known = cluster_function_names(cluster) if cluster else set()
+        summary = inspect_store(endpoint, known)
+    except GearctlError as exc:
+        raise fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"store {summary['store']}: {summary['items']} items, {summary['bytes']} bytes")
+    for row in summary["jobs"]:
+        typer.echo(f"  {row['prefix']:8} {row['function']:30} {row['priority']:7} {row['count']}")
+    if summary["not_jobs"]:
+        typer.echo(f"  {summary['not_jobs']} keys are no gearmand jobs")
+
+
+@takeover_app.command("list")
+def takeover_list(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
+    """Every take-over of a dead node's store, oldest first."""
+    from cluster.localcluster import LocalCluster
+    from cluster.localstatus import collect
+
+    try:
+        cluster = LocalCluster.load(directory)
+        if cluster is None:
+            raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
+        history = collect(cluster)["takeovers"]
+    except GearctlError as exc:
+        raise fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(history, indent=2))
+        return
+    for t in history:
+        typer.echo(f"store {t['store']} by {t['by']}: {t['outcome']}, {t['jobs']} jobs in "
+                   f"{t['seconds']:.2f}s")  # fmt: skip
+    if not history:
+        typer.echo("no take-over yet")
+
+
 @agent_app.command("run")
 def agent_run(
     config: Annotated[Path, typer.Option("--config", help="The agent's TOML file.")],

@@ -16,6 +16,7 @@ from cluster import membership
 from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
+from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.membership import MemberRecord, read_members
 from cluster.process import log_tail
 from cluster.store import Store
@@ -52,6 +53,20 @@ def connect(cluster: LocalCluster, timeout: float = 2.0) -> KazooClient | None:
         zk.close()
         return None
     return zk
+
+
+def cluster_function_names(cluster: LocalCluster) -> set[str]:
+    """Function names the cluster knows (ZooKeeper and its gearmands); empty without ZooKeeper."""
+    zk = connect(cluster)
+    if zk is None:
+        return set()
+    try:
+        paths = ClusterPaths(cluster.cluster)
+        own = Endpoint.parse(cluster.nodes[0].gearman)
+        return known_in_cluster(zk, paths, FunctionRegistry(zk, paths.functions), own, 1.0)
+    finally:
+        zk.stop()
+        zk.close()
 
 
 def node_status(cluster: LocalCluster, node_name: str, member: MemberRecord | None) -> NodeStatus:

@@ -83,6 +83,10 @@ def test_background_job_is_persisted_in_the_node_store(cluster_dir: Path) -> Non
     after = status_json(cluster_dir)["nodes"][1]
     assert after["queued_jobs"] == 1
     assert after["store_items"] == 1
+    inspected = gearctl("store", "inspect", "node2", "--dir", str(cluster_dir), "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    (row,) = json.loads(inspected.stdout)["jobs"]
+    assert (row["function"], row["priority"], row["count"]) == ("img-resize", "normal", 1)
 
 
 def test_up_again_is_idempotent(cluster_dir: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cluster.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
-from tests.clusterctl import gearman, kill_node, local_cluster, node, status_json
+from tests.clusterctl import gearctl, gearman, kill_node, local_cluster, node, status_json
 from tests.clusterctl import wait_until as wait_status
 
 pytestmark = pytest.mark.integration
@@ -54,6 +54,8 @@ def test_node_loss_is_drained_once_by_one_survivor(tmp_path: Path) -> None:
         assert takeover["store"] == "node2" and takeover["jobs"] == JOBS
         assert takeover["by"] in ("node1", "node3")
         assert node(status, "node2")["store_items"] == 0
+        listed = gearctl("takeover", "list", "--dir", str(directory), "--json")
+        assert json.loads(listed.stdout) == status["takeovers"]
         ledger = run_to_completion(directory, {"job": JOBS})
         assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
 
