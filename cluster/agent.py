@@ -62,8 +62,9 @@ class Agent:
         self.store = Store(config.store, timeout=config.check_timeout * 2)
         self.zk = KazooClient(hosts=config.zookeeper_hosts, timeout=config.session_timeout)
         self.guard = SessionGuard(
-            config.session_timeout, config.safety_margin, self._fence, self._on_reconnected
-        )
+            self.zk, config.session_timeout, config.safety_margin, self._fence,
+            self._on_reconnected,
+        )  # fmt: skip
         self.lease = StoreLease(self.zk, self.paths.store_owner(config.node), config.node, SERVE)
         self.functions = FunctionRegistry(self.zk, self.paths.functions)
         self.takeovers = TakeoverWatcher(

@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster import localcluster
+import psutil
+
+from cluster import localcluster, netns
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.localstatus import collect
-from cluster.process import free_port_block
+from cluster.localstatus import collect, connect, read_takeovers
+from cluster.netns import HostNetwork
+from cluster.process import free_port_block, is_running
 from cluster.protocol import GearmanConnection
 from cluster.restore import BATCH
 from cluster.workload import FUNCTIONS, Job, Ledger, drain, numbered_jobs, submit
+from cluster.zkpaths import ClusterPaths
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
@@ -40,10 +46,29 @@ class DrillContext:
     progress: Progress
     started: float = field(default_factory=time.monotonic)
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    network: HostNetwork | None = None  # the namespaces of a multi-host drill
+    violations: list[str] = field(default_factory=list)  # broken invariants besides the ledger
 
     def event(self, text: str) -> None:
         self.timeline.append((round(time.monotonic() - self.started, 3), text))
         self.progress(text)
+
+    def violation(self, text: str) -> None:
+        """An invariant broken: the drill goes on (to count the ledger) but fails."""
+        self.violations.append(text)
+        self.event(f"VIOLATION: {text}")
+
+    def cluster(self) -> localcluster.LocalCluster:
+        cluster = localcluster.LocalCluster.load(self.directory)
+        assert cluster is not None
+        return cluster
+
+    def agent_log(self, name: str) -> str:
+        path = self.cluster().node_dir(name) / "log" / "agent.log"
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def status(self) -> dict[str, Any]:
         cluster = localcluster.LocalCluster.load(self.directory)
@@ -133,6 +158,151 @@ def zookeeper_member_lost(ctx: DrillContext) -> None:
     kill_gearmand(ctx)
 
 
+PARTITION_TIMEOUT = 30.0
+PARTITION_JITTER = 1.5  # seconds: the partition falls at a random point of this span
+
+
+def partition_node(ctx: DrillContext) -> None:
+    """Cut node1's namespace off the bridge; it must fence before its session expires, a
+    survivor must confirm its gearmand gone (same host: by PID) and drain its store; after the
+    heal node1 must come back under a new session and serve only once the drain is over."""
+    network = ctx.network
+    assert network is not None, "partition-node runs on a test network"
+    cluster = ctx.cluster()
+    node1 = cluster.nodes[0]
+    assert node1.netns is not None
+    host = network.host(node1.netns)
+    paths = ClusterPaths(cluster.cluster)
+    gearmand_pid = ctx.node("node1")["gearmand_pid"]
+    zk = connect(cluster)
+    if zk is None:
+        raise GearctlError("drill: ZooKeeper does not answer")
+    try:
+        session = zk.exists(paths.member("node1")).ephemeralOwner
+        log_before = len(ctx.agent_log("node1"))
+        # At a random moment of node1's ZooKeeper traffic (its take-over scans run every second).
+        time.sleep(random.uniform(0.0, PARTITION_JITTER))
+        network.partition(host.name)
+        partitioned_at = time.monotonic()
+        ctx.event(f"partition: node1 ({host.name}, {host.address}) cut off from ZooKeeper and its "
+                  f"peers ({host.veth_root} down)")  # fmt: skip
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, paths, gearmand_pid)
+        lines = ctx.agent_log("node1")[log_before:].splitlines()
+        reasons = [line.split("fencing: ", 1)[1] for line in lines if "fencing: " in line]
+        reason = reasons[0] if reasons else "no fencing line in node1's agent log"
+        if expired_at <= fenced_at:
+            ctx.violation(f"node1's session expired {fenced_at - expired_at:.2f}s before its agent "
+                          f"fenced gearmand ({reason}, {fenced_at - partitioned_at:.2f}s after "
+                          "the partition)")  # fmt: skip
+        else:
+            ctx.event(f"fenced {expired_at - fenced_at:.2f}s before the session expired ({reason})")
+        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        ctx.event(f"take-over of node1's store by {takeover['by']} started")
+        _check_partition(ctx, host, cluster)
+        network.heal(host.name)
+        ctx.event(f"heal: {host.veth_root} up")
+        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"] != "running")
+        ctx.event(f"take-over by {takeover['by']}: {takeover['outcome']}, {takeover['jobs']} jobs "
+                  f"in {takeover['seconds']:.2f}s")  # fmt: skip
+        how = f"taking over store node1: gearmand pid {gearmand_pid} is gone"
+        if how not in ctx.agent_log(takeover["by"]):
+            raise GearctlError(f"drill: {takeover['by']} drained without the same-host PID check")
+        ctx.event(f"{takeover['by']} confirmed node1's gearmand pid {gearmand_pid} gone (psutil)")
+        if f"not draining store node1: gearmand pid {gearmand_pid} is still running" in (
+            ctx.agent_log(takeover["by"])
+        ):
+            ctx.event(f"{takeover['by']} had first found it still running and waited")
+        _wait_node1_back(ctx, zk, paths, session, takeover, log_before)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def _watch_fence_and_expiry(
+    ctx: DrillContext, zk: Any, paths: ClusterPaths, gearmand_pid: int
+) -> tuple[float, float]:
+    """(when node1's gearmand died, when its member record vanished), polled every 10 ms."""
+    fenced_at = expired_at = None
+    deadline = time.monotonic() + PARTITION_TIMEOUT
+    while fenced_at is None or expired_at is None:
+        if time.monotonic() > deadline:
+            raise GearctlError("drill: node1 neither fenced nor expired within "
+                               f"{PARTITION_TIMEOUT:.0f}s of the partition")  # fmt: skip
+        if fenced_at is None and not is_running(gearmand_pid):
+            fenced_at = time.monotonic()
+            ctx.event(f"node1's agent fenced: gearmand pid {gearmand_pid} gone")
+        if expired_at is None and zk.exists(paths.member("node1")) is None:
+            expired_at = time.monotonic()
+            ctx.event("survivors see node1's session expired (member record gone)")
+        time.sleep(0.01)
+    return fenced_at, expired_at
+
+
+def _wait_takeover(
+    ctx: DrillContext, zk: Any, paths: ClusterPaths, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + PARTITION_TIMEOUT
+    while time.monotonic() < deadline:
+        found = [t for t in read_takeovers(zk, paths) if t["store"] == "node1" and done(t)]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise GearctlError(f"drill: no take-over of node1's store within {PARTITION_TIMEOUT:.0f}s")
+
+
+def _check_partition(ctx: DrillContext, host: netns.Host, cluster: Any) -> None:
+    """The cut really blocks TCP both ways: new connections time out in each direction."""
+    gearman = Endpoint.parse(cluster.nodes[0].gearman)
+    zookeeper = Endpoint.parse(cluster.zookeeper.split(",")[0])
+    results: dict[str, bool] = {}
+    probes = {
+        "bridge -> node1 gearmand": (None, gearman),
+        "node1 -> ZooKeeper": (host.name, zookeeper),
+    }  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda k=k, ns=ns, e=e: results.__setitem__(
+            k, netns.tcp_reachable(ns, e.host, e.port, 0.5)))
+        for k, (ns, e) in probes.items()
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if any(results.values()):
+        raise GearctlError(f"drill: the partition does not block TCP: {results}")
+    ctx.event("partition checked: TCP connects time out both ways (" + ", ".join(probes) + ")")
+
+
+def _wait_node1_back(
+    ctx: DrillContext,
+    zk: Any,
+    paths: ClusterPaths,
+    old_session: int,
+    takeover: dict[str, Any],
+    log_before: int,
+) -> None:
+    """node1 serves again under a new session, with a gearmand started after the drain."""
+    deadline = time.monotonic() + PARTITION_TIMEOUT
+    while time.monotonic() < deadline:
+        node = ctx.node("node1")
+        stat = zk.exists(paths.member("node1"))
+        if (node["state"] == "serving" and node["gearmand_pid"] and stat is not None
+                and stat.ephemeralOwner != old_session):  # fmt: skip
+            break
+        time.sleep(0.05)
+    else:
+        raise GearctlError(f"drill: node1 not serving again {PARTITION_TIMEOUT:.0f}s after heal")
+    pid = node["gearmand_pid"]
+    started = psutil.Process(pid).create_time()
+    if started < takeover["finished"]:
+        ctx.violation(f"node1's gearmand pid {pid} started during the drain of its store")
+    log = ctx.agent_log("node1")[log_before:]
+    waited = "store node1 is held by" in log
+    ctx.event(f"node1 back: new session {stat.ephemeralOwner:#x}, gearmand pid {pid} serving "
+              f"{started - takeover['finished']:.2f}s after the drain ended"
+              + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -140,6 +310,7 @@ class Scenario:
     fault: Callable[[DrillContext], None]
     duplicate_bound: int = 0
     zookeeper_members: int = 1
+    isolated_nodes: int = 0  # nodes 1..n each in a network namespace of their own
 
 
 SCENARIOS = {
@@ -158,6 +329,8 @@ SCENARIOS = {
                  "then node1's gearmand", zookeeper_member_lost, zookeeper_members=3),
         Scenario("node-returns-during-drain", "lose node1, bring it back while it is drained",
                  node_returns_during_drain),
+        Scenario("partition-node", "cut node1 (its own network namespace) off ZooKeeper and "
+                 "its peers, then heal", partition_node, isolated_nodes=1),
     )
 }  # fmt: skip
 
@@ -170,12 +343,14 @@ class DrillResult:
     duplicate_bound: int
     recovery_seconds: float
     timeline: list[tuple[float, str]]
+    violations: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         ledger = self.ledger
         return (
-            ledger.lost == 0
+            not self.violations
+            and ledger.lost == 0
             and ledger.unexpected == 0
             and (ledger.duplicated <= self.duplicate_bound)
         )
@@ -189,22 +364,38 @@ class DrillResult:
             "duplicate_bound": self.duplicate_bound,
             "recovery_seconds": self.recovery_seconds,
             "timeline": [{"t": t, "event": e} for t, e in self.timeline],
+            "violations": self.violations,
         }
 
 
 def run(scenario_name: str, jobs: int, progress: Progress) -> DrillResult:
     """Run one drill on a fresh local cluster, which is stopped again whatever happens."""
     scenario = SCENARIOS[scenario_name]
-    with tempfile.TemporaryDirectory(prefix=f"gearctl-drill-{scenario_name}-") as tmp:
-        directory = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        directory = Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=f"gearctl-drill-{scenario_name}-")))  # fmt: skip
         ctx = DrillContext(directory, progress)
-        localcluster.up(directory, 3, free_port_block(120), lambda _text: None,
-                        zookeeper_members=scenario.zookeeper_members)  # fmt: skip
-        try:
-            ctx.event("cluster of 3 nodes serving")
-            return _run(scenario, jobs, ctx)
-        finally:
-            localcluster.down(directory, lambda _text: None)
+        placement = localcluster.Placement()
+        if scenario.isolated_nodes:
+            # Torn down last (after the cluster is stopped), even when anything below fails.
+            network = ctx.network = stack.enter_context(HostNetwork(scenario.isolated_nodes))
+            hosts = network.members
+            placement = localcluster.Placement(
+                services=network.bridge_address,
+                node_hosts=tuple(h.address for h in hosts),
+                node_netns=tuple(h.name for h in hosts),
+            )
+        localcluster.up(directory, 3, free_port_block(120, placement.services),
+                        lambda _text: None, zookeeper_members=scenario.zookeeper_members,
+                        placement=placement)  # fmt: skip
+        stack.callback(localcluster.down, directory, lambda _text: None)
+        ctx.event("cluster of 3 nodes serving")
+        if ctx.network is not None:
+            ctx.event(", ".join(f"{n.name} in namespace {n.netns} on {n.gearman}"
+                                for n in ctx.cluster().nodes if n.netns)
+                      + f"; ZooKeeper and stores on {placement.services}")  # fmt: skip
+        return _run(scenario, jobs, ctx)
+    raise AssertionError("unreachable")
 
 
 def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
@@ -243,4 +434,4 @@ def _inject_and_count(
     uniques = {job.unique for job in workload[:acknowledged]}
     ledger = Ledger.count(jobs, uniques, drained)
     return DrillResult(scenario.name, jobs, ledger, scenario.duplicate_bound, round(recovery, 3),
-                       ctx.timeline)  # fmt: skip
+                       ctx.timeline, ctx.violations)  # fmt: skip

@@ -5,11 +5,7 @@ and vanishes when that session ends, which is what lets a peer take the store ov
 znode is ours is decided by its `ephemeralOwner` (the session id), never by the data in it.
 
 Fencing (design invariant 4): an agent that may have lost its session must stop its gearmand
-before a peer can take the store over. kazoo declares SUSPENDED once it has heard nothing for
-its read timeout, 2/3 of the session timeout; the server expires the session one full timeout
-after it last heard from us. So after SUSPENDED only about a third of the timeout is left, and
-`SessionGuard` fences once `session_timeout / 3 - safety_margin` has passed without a reconnect
-(and at once on LOST).
+before a peer can take the store over; `SessionGuard` decides when, from its own heartbeat.
 """
 
 from __future__ import annotations
@@ -118,64 +114,86 @@ def _setter(event: threading.Event) -> Callable[[object], None]:
 
 
 class SessionGuard:
-    """Watches kazoo's connection state and calls `fence` before our session may expire.
+    """Calls `fence` before our ZooKeeper session may expire, and `reconnected` once it is back.
 
-    kazoo calls `listener` on its own thread, which must never block: it only records the state;
-    a small thread of ours decides and fences.
+    The server expires a session one timeout after the last request it received from us. The
+    guard sends its own heartbeat (an `exists` every HEARTBEAT seconds) and remembers when the
+    last *answered* one was sent: the server heard from us no earlier than that. It fences once
+    `session_timeout - safety_margin` has passed since then, and at once on LOST. (kazoo's own
+    SUSPENDED state is no clock for this: kazoo times it from its last send, and every request
+    postpones it, so it can arrive after the session has already expired.)
+
+    kazoo calls `listener` and the heartbeat callbacks on its own thread, which must never
+    block: they only record; a small thread of ours decides and fences.
     """
+
+    HEARTBEAT = 0.2
 
     def __init__(
         self,
+        zk: KazooClient,
         session_timeout: float,
         safety_margin: float,
         fence: Callable[[str], None],
         reconnected: Callable[[bool], None],
     ) -> None:
-        self.fence_after = max(0.0, session_timeout / 3 - safety_margin)
+        self.zk = zk
+        self.fence_after = session_timeout - safety_margin
         self.fence = fence
         self.reconnected = reconnected
         self.state = KazooState.CONNECTED
-        self.since = time.monotonic()
         self.session_lost = False
-        self.fenced = False
-        self.changed = threading.Event()
+        self.fenced_at: float | None = None
+        self.last_answered = time.monotonic()  # send time of the last answered heartbeat
+        self.in_flight = False
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="session-guard", daemon=True)
 
     def start(self) -> None:
+        self.last_answered = time.monotonic()
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
-        self.changed.set()
 
     def listener(self, state: str) -> None:
         if state == KazooState.LOST:
             self.session_lost = True
         self.state = state
-        self.since = time.monotonic()
-        self.changed.set()
+
+    def _beat(self) -> None:
+        if self.in_flight or self.state != KazooState.CONNECTED:
+            return
+        sent = time.monotonic()
+        self.in_flight = True
+
+        def answered(result: object) -> None:
+            self.in_flight = False
+            if result.successful():  # type: ignore[attr-defined]
+                self.last_answered = max(self.last_answered, sent)
+
+        try:
+            self.zk.exists_async("/").rawlink(answered)
+        except Exception:  # the connection is closing: the next beat tries again
+            self.in_flight = False
 
     def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.changed.wait(0.05)
-            self.changed.clear()
-            state, since = self.state, self.since
-            if state == KazooState.CONNECTED:
-                if self.fenced:
-                    self.fenced = False
+        while not self.stopping.wait(self.HEARTBEAT / 4):
+            self._beat()
+            silent = time.monotonic() - self.last_answered
+            if self.fenced_at is not None:
+                if self.state == KazooState.CONNECTED and self.last_answered > self.fenced_at:
+                    self.fenced_at = None
                     lost, self.session_lost = self.session_lost, False
                     self.reconnected(lost)
                 continue
-            if self.fenced:
-                continue
-            if state == KazooState.LOST:
+            if self.state == KazooState.LOST:
                 self._fence("ZooKeeper session lost")
-            elif time.monotonic() - since >= self.fence_after:
-                self._fence(f"ZooKeeper suspended for {time.monotonic() - since:.1f}s")
+            elif silent >= self.fence_after:
+                self._fence(f"no answer from ZooKeeper for {silent:.1f}s")
 
     def _fence(self, reason: str) -> None:
-        self.fenced = True
+        self.fenced_at = time.monotonic()
         log.error("fencing: %s", reason)
         try:
             self.fence(reason)

@@ -21,6 +21,7 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.localstatus import wait_serving
 from cluster.memcached_server import DEFAULT_MEMORY_MB, start_memcached
+from cluster.netns import exec_argv as netns_exec_argv
 from cluster.process import (
     ProcessRef,
     is_program_on,
@@ -52,6 +53,30 @@ class NodePlan:
     name: str
     gearman: str
     store: str
+    netns: str | None = None  # network namespace its agent (and so its gearmand) runs in
+
+    def as_dict(self) -> dict[str, str]:
+        """Its `cluster.json` entry (`netns` only when set, so plans stay as they were)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new plan puts things; the default is everything on 127.0.0.1, in this namespace.
+
+    `services` holds ZooKeeper and every memcached store. Node i's gearmand listens on
+    `node_hosts[i]` (default: `services`), and its agent runs in network namespace
+    `node_netns[i]` (default: none), which its gearmand inherits."""
+
+    services: str = LOCAL_HOST
+    node_hosts: tuple[str, ...] = ()
+    node_netns: tuple[str | None, ...] = ()
+
+    def node_host(self, index: int) -> str:
+        return self.node_hosts[index] if index < len(self.node_hosts) else self.services
+
+    def netns(self, index: int) -> str | None:
+        return self.node_netns[index] if index < len(self.node_netns) else None
 
 
 @dataclass
@@ -77,7 +102,7 @@ class LocalCluster:
         data = {
             "cluster": self.cluster,
             "zookeeper": self.zookeeper,
-            "nodes": [asdict(n) for n in self.nodes],
+            "nodes": [n.as_dict() for n in self.nodes],
             "session_timeout": self.session_timeout,
             "zookeeper_ensemble": [asdict(m) for m in self.zookeeper_ensemble],
             "processes": {k: asdict(ref) for k, ref in self.processes.items()},
@@ -115,8 +140,10 @@ class LocalCluster:
         port_base: int,
         session_timeout: float,
         zookeeper_members: int,
+        placement: Placement = Placement(),
     ) -> LocalCluster:
         """Addresses for a new cluster: standard ports, or a block from `port_base`."""
+        services = placement.services
 
         def port(kind: str, index: int) -> int:
             return (port_base + PORT_OFFSETS[kind] if port_base else STANDARD_PORTS[kind]) + index
@@ -125,19 +152,20 @@ class LocalCluster:
             dir=directory,
             cluster=CLUSTER_NAME,
             zookeeper=",".join(
-                f"{LOCAL_HOST}:{port('zookeeper', i)}" for i in range(zookeeper_members)
+                f"{services}:{port('zookeeper', i)}" for i in range(zookeeper_members)
             ),
             nodes=[
                 NodePlan(
                     name=f"node{i + 1}",
-                    gearman=f"{LOCAL_HOST}:{port('gearman', i)}",
-                    store=f"{LOCAL_HOST}:{port('store', i)}",
+                    gearman=f"{placement.node_host(i)}:{port('gearman', i)}",
+                    store=f"{services}:{port('store', i)}",
+                    netns=placement.netns(i),
                 )
                 for i in range(nodes)
             ],
             session_timeout=session_timeout,
             zookeeper_ensemble=tuple(
-                ZooKeeperMember(i + 1, LOCAL_HOST, port("zk-peer", i), port("zk-election", i))
+                ZooKeeperMember(i + 1, services, port("zk-peer", i), port("zk-election", i))
                 for i in range(zookeeper_members)
             )
             if zookeeper_members > 1
@@ -181,10 +209,11 @@ def up(
     progress: Progress,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     zookeeper_members: int = 1,
+    placement: Placement = Placement(),
 ) -> LocalCluster:
     """Start whatever part of the cluster is not running; return once every node serves.
 
-    The plan (ports, session timeout) is fixed by the first `up` of a directory."""
+    The plan (ports, session timeout, placement) is fixed by the first `up` of a directory."""
     if not 1.0 <= session_timeout <= 10.0:
         # the local ZooKeeper (tickTime 500 ms) grants sessions of 1 to 10 s
         raise GearctlError(f"--session-timeout must be within 1..10 s, not {session_timeout}")
@@ -198,7 +227,9 @@ def up(
     check_prerequisites()
     cluster = LocalCluster.load(directory)
     if cluster is None:
-        cluster = LocalCluster.plan(directory, nodes, port_base, session_timeout, zookeeper_members)
+        cluster = LocalCluster.plan(
+            directory, nodes, port_base, session_timeout, zookeeper_members, placement
+        )
     elif len(cluster.nodes) != nodes:
         raise GearctlError(
             f"{directory} holds a {len(cluster.nodes)}-node cluster; "
@@ -247,8 +278,11 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
         if not cluster.running(f"agent:{node.name}"):
             progress(f"{node.name}: starting agent (gearmand on {node.gearman})")
             config = write_agent_config(cluster, node)
+            argv = [sys.executable, "-m", "cluster", "agent", "run", "--config", str(config)]
+            if node.netns:
+                argv = netns_exec_argv(node.netns, argv)
             proc = spawn(
-                [sys.executable, "-m", "cluster", "agent", "run", "--config", str(config)],
+                argv,
                 log_path=node_dir / "log" / "agent.log",
                 pid_path=node_dir / "agent.pid",
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -198,12 +198,24 @@ class Store:
             else:
                 raise StoreError(f"memcached store {self.endpoint}: lru_crawler stayed busy")
             items: list[StoredItem] = []
-            while line != b"END":
-                if line.startswith(_ERRORS):
+            append, match, readline = items.append, _METADUMP_LINE.match, conn.reader.readline
+            while line != b"END":  # a restore waits for this loop: parse_metadump_line inlined
+                found = match(line)
+                if found is not None:
+                    key, cas, size = found.groups()
+                    if b"%" in key:
+                        key = unquote_to_bytes(key)
+                    append(StoredItem(decode_key(key), int(cas), int(size)))
+                elif line.startswith(_ERRORS):
                     raise StoreError(f"memcached store {self.endpoint}: metadump: {line!r}")
-                if (item := parse_metadump_line(line)) is not None:
-                    items.append(item)
-                line = _readline(conn.reader, self.endpoint, "metadump")
+                else:
+                    log.warning("skipping unreadable metadump line %r", line[:200])
+                raw = readline()
+                if not raw.endswith(b"\n"):
+                    raise StoreClosed(
+                        f"memcached store {self.endpoint} closed the connection during metadump"
+                    )
+                line = raw.rstrip(b"\r\n")
         return items
 
     def snapshot(
@@ -322,6 +334,9 @@ def _readline(reader: BinaryIO, endpoint: Endpoint, action: str) -> bytes:
 
 def _value_header(line: bytes) -> tuple[int, int, int]:
     """(size, flags, opaque index) of an `mg` hit: `VA <size> f<flags> O<index>`."""
-    size, *tokens = line.split()[1:]
+    parts = line.split()
+    if len(parts) == 4 and parts[2][:1] == b"f" and parts[3][:1] == b"O":  # the usual order
+        return int(parts[1]), int(parts[2][1:]), int(parts[3][1:])
+    size, *tokens = parts[1:]
     fields = {token[:1]: token[1:] for token in tokens}
     return int(size), int(fields.get(b"f", b"0")), int(fields[b"O"])
