@@ -98,6 +98,7 @@ class Services:
         self.dir = Path(tempfile.mkdtemp(prefix=f"gearctl-bench-{name}-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.clusters: list[Path] = []
+        self.clusters_made = 0
 
     def __enter__(self) -> Services:
         return self
@@ -148,7 +149,9 @@ class Services:
         self, nodes: int, session_timeout: float | None = None
     ) -> localcluster.LocalCluster:
         """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block."""
-        directory = self.dir / f"cluster{len(self.clusters) + 1}"
+        # A fresh directory each time: `up` on an old one would reuse its plan (timeout, ports).
+        self.clusters_made += 1
+        directory = self.dir / f"cluster{self.clusters_made}"
         self.clusters.append(directory)
         timeout = session_timeout or localcluster.DEFAULT_SESSION_TIMEOUT
         return localcluster.up(directory, nodes, free_port_block(200), _quiet, timeout)
