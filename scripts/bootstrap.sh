@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv)
+packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
