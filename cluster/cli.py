@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -79,16 +79,7 @@ def cluster_up(
 @cluster_app.command("status")
 def cluster_status(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
     """Per node: addresses, pids, state, queued jobs and store items; store owners."""
-    from cluster.localcluster import LocalCluster
-    from cluster.localstatus import collect
-
-    try:
-        cluster = LocalCluster.load(directory)
-        if cluster is None:
-            raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
-        status = collect(cluster)
-    except GearctlError as exc:
-        raise fail(exc) from None
+    status = _local_status(directory)
     if as_json:
         typer.echo(json.dumps(status, indent=2))
         return
@@ -117,6 +108,20 @@ def cluster_status(directory: DirOption = Path(".gearctl"), as_json: JsonOption 
             f"take-over of store {takeover['store']} by {takeover['by']}: "
             f"{takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s"
         )
+
+
+def _local_status(directory: Path) -> dict[str, Any]:
+    """The local cluster's status (cluster.localstatus.collect); exits with a clear error."""
+    from cluster.localcluster import LocalCluster
+    from cluster.localstatus import collect
+
+    try:
+        cluster = LocalCluster.load(directory)
+        if cluster is None:
+            raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
+        return collect(cluster)
+    except GearctlError as exc:
+        raise fail(exc) from None
 
 
 def _text(value: object) -> str:
@@ -238,16 +243,7 @@ def store_inspect(
 @takeover_app.command("list")
 def takeover_list(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
     """Every take-over of a dead node's store, oldest first."""
-    from cluster.localcluster import LocalCluster
-    from cluster.localstatus import collect
-
-    try:
-        cluster = LocalCluster.load(directory)
-        if cluster is None:
-            raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
-        history = collect(cluster)["takeovers"]
-    except GearctlError as exc:
-        raise fail(exc) from None
+    history = _local_status(directory)["takeovers"]
     if as_json:
         typer.echo(json.dumps(history, indent=2))
         return
