@@ -28,7 +28,7 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.localstatus import collect, connect, read_takeovers
 from cluster.netns import HostNetwork
-from cluster.process import free_port_block, is_running
+from cluster.process import free_port_block, is_running, wait_until
 from cluster.protocol import GearmanConnection
 from cluster.restore import BATCH
 from cluster.workload import FUNCTIONS, Job, Ledger, drain, numbered_jobs, submit
@@ -88,9 +88,13 @@ class DrillContext:
         raise GearctlError(f"drill: {what} did not happen within {timeout:.0f}s")
 
     def kill(self, pid: int | None, sig: int = signal.SIGKILL, what: str = "") -> None:
+        """Send `sig`; a SIGKILL counts as done only once the process is dead (delivery is
+        asynchronous, and a restart that still sees it alive would not replace it)."""
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+            if sig == signal.SIGKILL:
+                wait_until(lambda: not is_running(pid), timeout=10, what=f"death of pid {pid}")
             self.event(f"{signal.Signals(sig).name} {what} pid {pid}")
 
     def kill_node(self, name: str) -> None:
