@@ -18,3 +18,8 @@ test: bootstrap
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# Roll gearctl out with Ansible to three network-namespace hosts over ssh (root; see deploy/README.md).
+.PHONY: rollout-test
+rollout-test: bootstrap
+	./tests/rollout/run.sh
