@@ -1,13 +1,18 @@
 """Throughput of cluster.client against one gearmand (builtin queue, 200003 buckets, -t 1).
 
-1. Pipelined background submits: `Client.submit_background_many` vs a raw-socket pipelined
-   submitter (same window, same jobs, same gearmand), alternating runs; prints jobs/s and the
-   ratio (goal >= 0.8). Also Client with generated UUID4 uniques (unique=None).
+1. Pipelined background submits, each round on a fresh gearmand, run order reversed every other
+   round. Goal: Client >= 0.8 of a raw-socket pipelined submitter (same window, same
+   half-window sends, same jobs). Two pairs, each run back to back:
+   - uniques given: the same kind of pre-made UUID4 strings for raw and `Client`;
+   - uniques generated: raw makes them with `new_uniques` inside its timing, `Client` makes
+     its own (jobs without a unique).
+   Also `GearmanConnection.submit_background_many` alone, and the submitting process's CPU
+   time per job (less noisy than jobs/s on a shared machine).
 2. Worker throughput: N queued no-op jobs drained by 1 and by 4 `Worker` processes.
 
-    .venv/bin/python bench/client_throughput.py [--jobs 50000] [--rounds 2] [--worker-jobs 20000]
+    .venv/bin/python bench/client_throughput.py [--jobs 50000] [--rounds 15] [--worker-jobs 20000]
 
-Starts and stops its own gearmand, by PID.
+Starts and stops its own gearmand, by PID. Writes bench/results/client_throughput.json.
 """
 
 from __future__ import annotations
@@ -22,15 +27,19 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import save
 from cluster.admin import AdminClient, is_serving
-from cluster.client import Client, Worker
+from cluster.client import Client, Worker, new_uniques
 from cluster.endpoint import Endpoint
 from cluster.process import free_port, stop_pid, wait_until
+from cluster.protocol import GearmanConnection
 
 HOST = "127.0.0.1"
 PAYLOAD = b"x" * 64
@@ -99,63 +108,106 @@ def raw_submit(endpoint: Endpoint, function: str, uniques: list[str]) -> int:
     return answered
 
 
+def raw_generating(endpoint: Endpoint, function: str, jobs: int) -> int:
+    """The raw submitter making its UUID4 uniques the way Client does, inside the timing."""
+    return raw_submit(endpoint, function, new_uniques(jobs))
+
+
 def protocol_submit(endpoint: Endpoint, function: str, uniques: list[str]) -> int:
     """GearmanConnection.submit_background_many alone: what Client builds on."""
-    from cluster.protocol import GearmanConnection
-
     with GearmanConnection(endpoint) as conn:
         jobs = [(function, unique, PAYLOAD, "normal") for unique in uniques]
         return len(conn.submit_background_many(jobs, window=WINDOW))
 
 
-def client_submit(endpoint: Endpoint, function: str, uniques: list[str] | None, n: int = 0) -> int:
-    with Client(servers=[endpoint], chunk=10 * WINDOW) as client:
-        if uniques is None:
-            jobs = [(function, PAYLOAD)] * n
-        else:
-            jobs = [(function, PAYLOAD, unique) for unique in uniques]
+def client_submit(endpoint: Endpoint, function: str, uniques: list[str]) -> int:
+    with Client(servers=[endpoint]) as client:
+        jobs = [(function, PAYLOAD, unique) for unique in uniques]
         return len(client.submit_background_many(jobs, window=WINDOW))
 
 
-def timed(fn, *args) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    count = fn(*args)
-    return count / (time.perf_counter() - start)
+def client_generating(endpoint: Endpoint, function: str, jobs: int) -> int:
+    with Client(servers=[endpoint]) as client:
+        return len(client.submit_background_many([(function, PAYLOAD)] * jobs, window=WINDOW))
 
 
-def bench_submit(directory: Path, jobs: int, rounds: int) -> None:
-    """Each round: a fresh gearmand (so queue depth does not favour the first run), then raw,
-    GearmanConnection, Client and Client with generated uniques on it; order alternates."""
-    runs = {"raw": raw_submit, "protocol": protocol_submit, "client": client_submit}
-    rates: dict[str, list[float]] = {name: [] for name in [*runs, "auto"]}
-    ratios = []
+GIVEN: dict[str, Callable[[Endpoint, str, list[str]], int]] = {
+    "raw": raw_submit,
+    "client": client_submit,
+    "protocol": protocol_submit,
+}
+GENERATED: dict[str, Callable[[Endpoint, str, int], int]] = {
+    "raw_generated": raw_generating,
+    "client_generated": client_generating,
+}
+LABELS = {
+    "raw": "raw socket, uniques given",
+    "client": "Client, uniques given",
+    "protocol": "GearmanConnection, given",
+    "raw_generated": "raw socket, UUID4 generated",
+    "client_generated": "Client, UUID4 generated",
+}
+
+
+def timed(run: Callable[[], int], jobs: int) -> tuple[float, float]:
+    """(jobs/s, CPU microseconds per job of this process) of one run."""
+    start, cpu = time.perf_counter(), time.process_time()
+    count = run()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if count != jobs:
+        raise RuntimeError(f"{count} of {jobs} jobs acknowledged")
+    return jobs / elapsed, cpu / jobs * 1e6
+
+
+def bench_submit(directory: Path, jobs: int, rounds: int) -> dict[str, object]:
+    """Each round: a fresh gearmand (so queue depth does not favour the first run), every run
+    once on it; the run order is reversed every other round and each compared pair is adjacent."""
+    order = ["raw", "client", "raw_generated", "client_generated", "protocol"]
+    rates: dict[str, list[float]] = {name: [] for name in order}
+    cpus: dict[str, list[float]] = {name: [] for name in order}
     for r in range(rounds):
         proc, endpoint = start_gearmand(directory)
         try:
-            names = list(runs) if r % 2 == 0 else list(reversed(runs))
-            for name in names:
-                uniques = [str(uuid.uuid4()) for _ in range(jobs)]
-                rates[name].append(timed(runs[name], endpoint, f"bench-{name}-{r}", uniques))
-            rates["auto"].append(timed(client_submit, endpoint, f"bench-auto-{r}", None, jobs))
+            for name in order if r % 2 == 0 else reversed(order):
+                function = f"bench-{name}-{r}"
+                if name in GIVEN:
+                    uniques = [str(uuid.uuid4()) for _ in range(jobs)]
+                    run = partial(GIVEN[name], endpoint, function, uniques)
+                else:
+                    run = partial(GENERATED[name], endpoint, function, jobs)
+                rate, cpu = timed(run, jobs)
+                rates[name].append(rate)
+                cpus[name].append(cpu)
         finally:
             stop_pid(proc.pid)
             proc.wait()
-        ratios.append(rates["client"][-1] / rates["raw"][-1])
+    ratios = [c / r for c, r in zip(rates["client"], rates["raw"], strict=True)]
+    generated = [
+        c / r for c, r in zip(rates["client_generated"], rates["raw_generated"], strict=True)
+    ]
     print(f"background submit: {jobs} jobs per run, {rounds} rounds (fresh gearmand each),")
-    print(f"  64-byte payload, window {WINDOW}; jobs/s, median of rounds (all rounds)")
-    labels = {
-        "raw": "raw socket",
-        "protocol": "GearmanConnection",
-        "client": "Client (given uniques)",
-        "auto": "Client (generated UUID4)",
+    print(f"  64-byte payload, window {WINDOW}; median of rounds (every round)")
+    for name in order:
+        print(
+            f"  {LABELS[name] + ':':30}{median(rates[name]):>9,.0f} jobs/s"
+            f"  {median(cpus[name]):5.2f} us CPU/job  ({_rates(rates[name])})"
+        )
+    for label, values in (("uniques given", ratios), ("UUID4 generated", generated)):
+        print(
+            f"  ratio Client/raw, {label}: median {median(values):.2f}"
+            f" (rounds: {', '.join(f'{x:.2f}' for x in values)})"
+        )
+    return {
+        "jobs": jobs,
+        "rounds": rounds,
+        "window": WINDOW,
+        "rates": rates,
+        "cpu_us_per_job": cpus,
+        "ratio_given": ratios,
+        "ratio_generated": generated,
+        "median_ratio_given": median(ratios),
+        "median_ratio_generated": median(generated),
     }
-    for name, label in labels.items():
-        print(f"  {label + ':':28}{median(rates[name]):>9,.0f}  ({_rates(rates[name])})")
-    auto_ratios = [a / b for a, b in zip(rates["auto"], rates["raw"], strict=True)]
-    print(
-        f"  ratio Client/raw per round: {', '.join(f'{x:.2f}' for x in ratios)};"
-        f" median {median(ratios):.2f} (generated uniques: {median(auto_ratios):.2f})"
-    )
 
 
 def _rates(rates: list[float]) -> str:
@@ -206,19 +258,25 @@ def bench_workers(endpoint: Endpoint, jobs: int, processes: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--worker-jobs", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.rounds, args.worker_jobs = 5000, 2, 1000
     with tempfile.TemporaryDirectory(prefix="gearctl-bench-") as tmp:
-        bench_submit(Path(tmp), args.jobs, args.rounds)
+        results = bench_submit(Path(tmp), args.jobs, args.rounds)
         proc, endpoint = start_gearmand(Path(tmp))
         try:
             print("worker throughput (one gearmand)")
-            bench_workers(endpoint, args.worker_jobs, 1)
-            bench_workers(endpoint, args.worker_jobs, 4)
+            results["worker_jobs"] = args.worker_jobs
+            results["worker_rates"] = {
+                str(n): bench_workers(endpoint, args.worker_jobs, n) for n in (1, 4)
+            }
         finally:
             stop_pid(proc.pid)
             proc.wait()
+    save("client_throughput", {"quick": args.quick, **results})
 
 
 if __name__ == "__main__":

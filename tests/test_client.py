@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -203,10 +204,75 @@ def test_batch_keeps_order_and_resumes_after_a_refused_job(fakes: list[FakeGearm
 
     fakes.append(FakeGearmand(refuse_fifth))
     jobs = [BackgroundJob("f", b"p", unique=f"u{i}") for i in range(10)]
-    with Client(servers=[fakes[0].endpoint], chunk=4) as client:
+    with Client(servers=[fakes[0].endpoint]) as client:
         handles = client.submit_background_many(jobs, window=2)
-    assert handles[4:] == [b"H:u%d" % i for i in range(4, 10)]
-    assert len(handles) == 10
+    assert handles == [b"H:u%d" % i for i in range(10)]
+    sent = Counter(p.args[1] for p in fakes[0].received)
+    assert all(sent[b"u%d" % i] == 1 for i in range(4)), "an acknowledged job was sent again"
+    assert sent[b"u4"] == 2
+
+
+def test_batch_resends_only_what_was_not_acknowledged(fakes: list[FakeGearmand]) -> None:
+    """The server drops the connection after 7 JOB_CREATED: the Client reconnects and sends
+    from job 7 on, so every job is acknowledged exactly once and every handle is a real one."""
+    acked: list[bytes] = []
+    first: list[threading.Thread] = []
+
+    def drop_after_seven(packet: Packet) -> bytes:
+        first[:] = first or [threading.current_thread()]
+        if threading.current_thread() is first[0] and len(acked) >= 7:
+            if len(acked) == 7:
+                acked.append(b"dropped")  # once: later packets of this connection go unanswered
+                fakes[0].conns[0].shutdown(socket.SHUT_RDWR)
+            return b""
+        acked.append(packet.args[1])
+        return answer(PacketType.JOB_CREATED, b"H:" + packet.args[1])
+
+    fakes.append(FakeGearmand(drop_after_seven))
+    jobs = [("f", b"p", f"u{i}") for i in range(50)]
+    with Client(servers=[fakes[0].endpoint], retry_timeout=5) as client:
+        handles = client.submit_background_many(jobs, window=10)
+    assert len(fakes[0].conns) == 2
+    expected = [b"u%d" % i for i in range(50)]
+    assert acked == [*expected[:7], b"dropped", *expected[7:]]
+    assert handles == [b"H:" + u for u in expected]
+
+
+def test_batch_reports_what_was_acknowledged_when_no_server_is_left(
+    fakes: list[FakeGearmand],
+) -> None:
+    acked: list[bytes] = []
+
+    def die_after_three(packet: Packet) -> bytes:
+        if len(acked) == 3:
+            fakes[0].close()  # no more connections either
+            return b""
+        acked.append(packet.args[1])
+        return answer(PacketType.JOB_CREATED, b"H:" + packet.args[1])
+
+    fakes.append(FakeGearmand(die_after_three))
+    jobs = [("f", b"p", f"u{i}") for i in range(10)]
+    with (
+        Client(servers=[fakes[0].endpoint], retry_timeout=0.5) as client,
+        pytest.raises(NoServerError) as info,
+    ):
+        client.submit_background_many(jobs, window=4)
+    assert info.value.acknowledged == 3
+    assert info.value.handles == [b"H:u0", b"H:u1", b"H:u2"]
+
+
+def test_bad_batch_raises_before_anything_is_sent(fakes: list[FakeGearmand]) -> None:
+    fakes.append(FakeGearmand(acking(b"a")))
+    with Client(servers=[fakes[0].endpoint]) as client:
+        with pytest.raises(ValueError, match="contains NUL"):
+            client.submit_background_many([("f", b"p", "ok"), ("f", b"p", "bad\0")])
+        with pytest.raises(ValueError, match="urgent"):
+            client.submit_background_many([("f", b"p"), ("f", b"p", None, "urgent")])
+        with pytest.raises(TypeError, match="payload is bytes or str"):
+            client.submit_background_many([("f", 5)])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="a job is"):
+            client.submit_background_many(["f"])  # type: ignore[list-item]
+    assert fakes[0].received == []
 
 
 def test_batch_generates_distinct_uuid_uniques(fakes: list[FakeGearmand]) -> None:
@@ -222,9 +288,10 @@ def test_batch_generates_distinct_uuid_uniques(fakes: list[FakeGearmand]) -> Non
 def test_new_uniques_are_uuid4() -> None:
     values = new_uniques(1000)
     assert len(set(values)) == 1000
-    for value in values[:50]:
+    for value in values:
         parsed = uuid.UUID(value)
-        assert parsed.version == 4 and str(parsed) == value
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
+    assert new_uniques(0) == []
 
 
 def test_server_lists_parse() -> None:

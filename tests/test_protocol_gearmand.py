@@ -18,6 +18,7 @@ from cluster.admin import AdminClient, AdminCommandError, is_serving
 from cluster.endpoint import Endpoint
 from cluster.errors import GearmanConnectionError, GearmanServerError, ProtocolError
 from cluster.protocol import (
+    BatchConnectionError,
     BatchSubmitError,
     GearmanConnection,
     JobFailedError,
@@ -325,6 +326,41 @@ def test_batch_error_reports_acknowledged_count() -> None:
     with GearmanConnection(endpoint) as conn, pytest.raises(BatchSubmitError) as info:
         conn.submit_background_many(jobs, window=10)
     assert (info.value.code, info.value.acknowledged) == ("QUEUE_ERROR", 3)
+    thread.join(5)
+
+
+def test_batch_connection_loss_reports_exactly_the_acknowledged() -> None:
+    """The server answers 4 of 6 pipelined submits, then closes the connection."""
+
+    def answer_four(conn: socket.socket) -> None:
+        read_requests(conn, 6)
+        answers = [Packet(Magic.RES, PacketType.JOB_CREATED, (b"H:x:%d" % n,)) for n in range(4)]
+        conn.sendall(b"".join(map(encode, answers)))
+
+    endpoint, thread = start_fake_server(answer_four)
+    jobs = [("f", f"u{n}", b"p", "normal") for n in range(6)]
+    with GearmanConnection(endpoint) as conn, pytest.raises(BatchConnectionError) as info:
+        conn.submit_background_many(jobs, window=10)
+    assert info.value.handles == [b"H:x:%d" % n for n in range(4)]
+    assert "closed the connection" in str(info.value) and "after 4 jobs" in str(info.value)
+    thread.join(5)
+
+
+def test_batch_send_failure_keeps_the_answers_that_arrived() -> None:
+    """The server answers the first 10 submits and closes with requests unread (a reset)
+    while the client still sends: the 10 answers count, however the failure shows."""
+
+    def answer_ten_and_reset(conn: socket.socket) -> None:
+        read_requests(conn, 10)
+        answers = [Packet(Magic.RES, PacketType.JOB_CREATED, (b"H:x:%d" % n,)) for n in range(10)]
+        conn.sendall(b"".join(map(encode, answers)))
+        time.sleep(0.2)  # the answers arrive before the reset
+
+    endpoint, thread = start_fake_server(answer_ten_and_reset)
+    jobs = [("f", f"u{n}", b"p" * 1000, "normal") for n in range(20_000)]
+    with GearmanConnection(endpoint) as conn, pytest.raises(BatchConnectionError) as info:
+        conn.submit_background_many(jobs, window=20_000)
+    assert info.value.handles == [b"H:x:%d" % n for n in range(10)]
     thread.join(5)
 
 

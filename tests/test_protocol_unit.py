@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -18,12 +19,15 @@ from cluster.admin import (
     parse_workers,
     split_reply,
 )
-from cluster.errors import GearmanServerError, ProtocolError
+from cluster.endpoint import Endpoint
+from cluster.errors import GearmanConnectionError, GearmanServerError, ProtocolError
 from cluster.protocol import (
     ARG_COUNTS,
     BATCH_BYTES,
     MAX_PACKET_SIZE,
+    BatchConnectionError,
     BatchSubmitError,
+    GearmanConnection,
     Magic,
     Packet,
     PacketType,
@@ -32,6 +36,7 @@ from cluster.protocol import (
     background_submit_type,
     decode,
     encode,
+    encode_background,
     foreground_submit_type,
 )
 
@@ -230,8 +235,48 @@ def test_batches_encode_like_encode() -> None:
         for f, u, d, p in jobs
     )
     assert b"".join(data for data, _ in chunks) == expected
-    with pytest.raises(ProtocolError, match="NUL"):
+    with pytest.raises(ValueError, match=r"function .* contains NUL"):
         list(_batches([("f\0", "u", b"", "low")], 10))
+    with pytest.raises(ValueError, match=r"unique .* contains NUL"):
+        list(_batches([("f", "u\0", b"", "low")], 10))
+    with pytest.raises(ValueError, match="urgent"):
+        list(_batches([("f", "u", b"", "urgent")], 10))
+
+
+def test_encode_background_takes_every_job_shape() -> None:
+    @dataclass
+    class Job:
+        function: str
+        payload: bytes
+        unique: str | None
+        priority: str
+
+    jobs = [
+        ("f", b"p\0ay"),
+        ("f", "text", "u1"),
+        ("g", b"", None, "high"),
+        Job("h", b"x", "u2", "low"),
+        Job("h", b"y", None, "low"),
+    ]
+    expected = [
+        (PacketType.SUBMIT_JOB_BG, (b"f", b"gen-0", b"p\0ay")),
+        (PacketType.SUBMIT_JOB_BG, (b"f", b"u1", b"text")),
+        (PacketType.SUBMIT_JOB_HIGH_BG, (b"g", b"gen-1", b"")),
+        (PacketType.SUBMIT_JOB_LOW_BG, (b"h", b"u2", b"x")),
+        (PacketType.SUBMIT_JOB_LOW_BG, (b"h", b"gen-2", b"y")),
+    ]
+    uniques = (f"gen-{n}" for n in range(10))
+    packets = encode_background(jobs, uniques)
+    assert packets == [encode(Packet(Magic.REQ, t, args)) for t, args in expected]
+    for bad, error in [
+        (("f\0", b""), ValueError),
+        (("f", b"", "u\0"), ValueError),
+        (("f", b"", None, "urgent"), ValueError),
+        (("f", 5), TypeError),
+        (("f",), TypeError),
+    ]:
+        with pytest.raises(error):
+            encode_background([("ok", b""), bad], uniques)
 
 
 def test_batches_are_capped_in_bytes() -> None:
@@ -239,11 +284,59 @@ def test_batches_are_capped_in_bytes() -> None:
     assert [count for _, count in _batches(jobs, 1000)] == [2, 2, 1]
 
 
-def test_batch_submit_error_reports_acknowledged() -> None:
-    error = BatchSubmitError("QUEUE_ERROR", "store full", 42)
+def created(handle: bytes) -> bytes:
+    return encode(Packet(Magic.RES, PacketType.JOB_CREATED, (handle,)))
+
+
+HANDLES = st.one_of(
+    st.binary(max_size=20),
+    st.binary(min_size=250, max_size=300),  # size no longer fits in the header's last byte
+    st.sampled_from([b"H:host:1", b"\0RES\0\0\0\x08\0\0\0\x05", created(b"inner")]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    handles=st.lists(HANDLES, max_size=12),
+    tail=st.sampled_from([b"", encode(Packet(Magic.RES, PacketType.ERROR, (b"E", b"x")))]),
+    cut=st.integers(min_value=0, max_value=40),
+    count=st.integers(min_value=0, max_value=15),
+    skip=st.integers(min_value=0, max_value=3),
+)
+def test_take_created_takes_exactly_the_whole_leading_answers(
+    handles: list[bytes], tail: bytes, cut: int, count: int, skip: int
+) -> None:
+    """Whatever the handles hold (NUL bytes, header look-alikes, 256+ bytes), the buffer is
+    cut off, or another packet follows: exactly the leading complete JOB_CREATED packets are
+    taken, at most `count`, and the offset lands right after the last one taken."""
+    stream = b"".join(map(created, handles)) + tail
+    data = b"x" * skip + stream[: max(0, len(stream) - cut)]
+    conn = GearmanConnection(Endpoint("127.0.0.1", 1))
+    conn._buffer, conn._offset = bytearray(data), skip
+    complete, position = [], skip
+    for handle in handles:
+        end = position + len(created(handle))
+        if end > len(data) or len(complete) == count:
+            break
+        complete.append(handle)
+        position = end
+    taken: list[bytes] = [b"before"]
+    assert conn._take_created(count, taken) == count - len(complete)
+    assert taken == [b"before", *complete]
+    assert conn._offset == position
+
+
+def test_batch_errors_report_acknowledged() -> None:
+    error = BatchSubmitError("QUEUE_ERROR", "store full", [b"H:1", b"H:2"])
     assert isinstance(error, GearmanServerError)
-    assert (error.code, error.acknowledged) == ("QUEUE_ERROR", 42)
-    assert "after 42 jobs" in str(error)
+    assert (error.code, error.acknowledged, error.handles) == ("QUEUE_ERROR", 2, [b"H:1", b"H:2"])
+    assert "after 2 jobs" in str(error)
+    lost = BatchConnectionError("gearmand closed the connection", [b"H:1"])
+    assert isinstance(lost, GearmanConnectionError)
+    assert (lost.acknowledged, lost.handles) == (1, [b"H:1"])
+    assert (
+        str(lost) == "gearmand closed the connection (after 1 jobs of the batch were acknowledged)"
+    )
 
 
 # Admin reply parsing.
