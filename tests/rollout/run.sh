@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# make rollout-test: roll gearctl out with Ansible (ansible/site.yml) over ssh to three "hosts"
-# (network namespaces with their own addresses on a bridge, an sshd in each), check that a real
-# gearman job runs through every node, that a second run changes nothing, and that a rolling
-# restart brings every node back; then tear everything down, even on failure.
+# make rollout-test: lint the playbooks (ansible-lint), roll gearctl out with Ansible
+# (ansible/site.yml) over ssh to three "hosts" (network namespaces with their own addresses on a
+# bridge, an sshd in each), check that a real gearman job runs through every node, that the
+# cluster's znodes carry digest ACLs (random credentials, passed through ansible-vault), that a
+# second run and a --check run change nothing, run a failover drill (2,000 numbered jobs, the
+# whole node1 killed with SIGKILL, every job counted: none lost, none duplicated) and a rolling
+# restart; then tear everything down, even on failure.
 #
 # Needs root. Hosts: gcr-h1..3 = 10.77.0.11..13/24 on bridge gcr-br0 (10.77.0.1, root namespace,
 # where ansible runs). Traffic stays on that bridge. The namespaces share this machine's
 # filesystem, so each host's files live under $WORK/hosts/hN (gearctl_host_root) and services run
 # under deploy/gearctl-runner (no systemd here).
-# Env: KEEP=1 keeps $WORK (logs) after the run; ROLLING=0 skips the rolling-restart step.
+# Env: KEEP=1 keeps $WORK (logs) after the run; ROLLING=0 skips the rolling-restart step;
+# LINT=0 skips ansible-lint; DRILL_JOBS (2000) sizes the failover drill.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PREFIX=gcr
@@ -27,7 +31,7 @@ flock -n 9 || die "another rollout test holds $LOCK"
 
 # --- prerequisites ------------------------------------------------------------------------------
 packages=(openssh-server openssh-client iproute2 bc gearman-job-server gearman-tools memcached
-          zookeeper default-jre-headless python3-venv python3-apt)
+          zookeeper default-jre-headless python3-venv python3-apt tar)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -35,14 +39,30 @@ done
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # No package's daemon may start on this machine (sshd on :22, memcached, gearmand): the test
+  # starts its own, inside its namespaces. policy-rc.d 101 = "action forbidden".
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 0755 "$policy"
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$policy" ] || rm -f "$policy"
 fi
 [ -x "$REPO/.venv/bin/python" ] || "$REPO/scripts/bootstrap.sh"
-if ! "$REPO/.venv/bin/ansible-playbook" --version >/dev/null 2>&1; then
-  "$REPO/.venv/bin/python" -m pip install -q 'ansible-core>=2.19,<2.20'
+# ansible-core and ansible-lint, pinned in pyproject.toml's `rollout` extra.
+if ! "$REPO/.venv/bin/ansible-playbook" --version >/dev/null 2>&1 \
+   || ! "$REPO/.venv/bin/ansible-lint" --version >/dev/null 2>&1; then
+  (cd "$REPO" && .venv/bin/python -m pip install -q -e '.[rollout]')
 fi
 ANSIBLE_PLAYBOOK=$REPO/.venv/bin/ansible-playbook
+TIMINGS=()
+LAST=
+timed() {  # timed LABEL START: how long a step took, in $LAST and the summary
+  LAST=$(printf '%.1f' "$(echo "$(date +%s.%N) - $2" | bc)")
+  TIMINGS+=("$1 ${LAST}s")
+}
 
 # --- teardown (also removes what a killed earlier run left: everything named gcr-*) -------------
 WORK=
@@ -64,6 +84,7 @@ teardown() {
   local rc=$?
   set +e
   say "teardown"
+  [ -z "${LINT_PID:-}" ] || kill "$LINT_PID" 2>/dev/null
   if [ -n "$WORK" ]; then
     for i in "${HOSTS[@]}"; do
       ssh -o ControlPath="$WORK/cp-%h" -O exit "$SUBNET.1$i" >/dev/null 2>&1
@@ -97,13 +118,38 @@ ip link delete "$BRIDGE" 2>/dev/null || true
 WORK=$(mktemp -d /tmp/gearctl-rollout.XXXXXX)
 chmod 0755 "$WORK"   # services run as gearman/memcache/zookeeper and must reach their dirs
 
+# --- 0. lint (in the background, beside the wheelhouse build and the hosts' set-up) -------------
+LINT_PID=
+if [ "${LINT:-1}" = 1 ]; then
+  (
+    t=$(date +%s.%N)
+    cd "$REPO/ansible"
+    ANSIBLE_HOME="$WORK/ansible-home" "$REPO/.venv/bin/ansible-lint" --offline -q --nocolor \
+      --project-dir "$REPO/ansible" >"$WORK/lint.log" 2>&1 && rc=0 || rc=$?
+    rm -rf "$REPO/ansible/.ansible"
+    echo "$(date +%s.%N) - $t" | bc >"$WORK/lint.seconds"
+    exit $rc
+  ) &
+  LINT_PID=$!
+fi
+
 # --- wheels for the hosts (they reach no package index) -----------------------------------------
 say "building the wheelhouse"
+t=$(date +%s.%N)
 # Built from a copy of the working tree, so the build leaves nothing in the repository.
 mkdir -p "$WORK/src"
 cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/cluster" "$WORK/src/"
 "$REPO/.venv/bin/python" -m pip wheel -q -w "$WORK/wheels" "$WORK/src" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 ls "$WORK"/wheels/gearctl-*.whl >/dev/null || die "no gearctl wheel built"
+timed wheelhouse "$t"
+
+# --- secrets: random ZooKeeper credentials, vault-encrypted with a random vault password --------
+(umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$WORK/vault-pass")
+ZK_PASSWORD=$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')
+mkdir -p "$WORK/group_vars/all"
+"$REPO/.venv/bin/ansible-vault" encrypt_string --vault-password-file "$WORK/vault-pass" \
+  --name vault_gearctl_zookeeper_password "$ZK_PASSWORD" >"$WORK/group_vars/all/vault.yml" 2>/dev/null \
+  || die "ansible-vault encrypt_string failed"
 
 # --- network: bridge + one namespace per host ---------------------------------------------------
 say "creating hosts"
@@ -128,8 +174,11 @@ cp "$WORK/client_key.pub" "$WORK/authorized_keys"
 mkdir -p /run/sshd
 for i in "${HOSTS[@]}"; do
   ns=$PREFIX-h$i
-  mkdir -p "$WORK/hosts/h$i"
-  chmod 0755 "$WORK/hosts/h$i"
+  # The standard directories a Debian host has (the roles create only their own below them).
+  for d in etc opt run usr/local/sbin var/lib var/log; do
+    mkdir -p "$WORK/hosts/h$i/$d"
+  done
+  chmod -R 0755 "$WORK/hosts/h$i"
   cat >"$WORK/sshd-h$i.conf" <<CONF
 ListenAddress $SUBNET.1$i:22
 HostKey $WORK/host_key
@@ -167,6 +216,7 @@ all:
       -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
       -o ControlMaster=auto -o ControlPersist=120s -o ControlPath=$WORK/cp-%h
     gearctl_cluster: rollout
+    gearctl_zookeeper_password: "{{ vault_gearctl_zookeeper_password }}"
     gearctl_service_manager: runner
     gearctl_wheelhouse: $WORK/wheels
     zookeeper_tick_ms: 500
@@ -191,6 +241,8 @@ all:
 INV
 export ANSIBLE_CONFIG=$REPO/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0
 export ANSIBLE_LOCAL_TEMP=$WORK/ansible-local ANSIBLE_REMOTE_TEMP=/tmp/.gearctl-rollout-ansible
+export ANSIBLE_HOME=$WORK/ansible-home ANSIBLE_VAULT_PASSWORD_FILE=$WORK/vault-pass
+ZOOKEEPER=$SUBNET.11:2181,$SUBNET.12:2181,$SUBNET.13:2181
 
 playbook() {  # playbook NAME LOG [args]: run it, keep its output (each line timed), return its status
   local name=$1 log=$2; shift 2
@@ -202,11 +254,18 @@ recap_changed() {  # the sum of changed= over the play recap
   sed -n '/PLAY RECAP/,$p' "$1" | grep -o 'changed=[0-9]*' | cut -d= -f2 | paste -sd+ | bc
 }
 
+if [ -n "$LINT_PID" ]; then
+  wait "$LINT_PID" || { LINT_PID=; cat "$WORK/lint.log" >&2; die "ansible-lint failed"; }
+  LINT_PID=
+  TIMINGS+=("lint $(printf '%.1f' "$(cat "$WORK/lint.seconds")")s")
+  say "ansible-lint: passed (${TIMINGS[-1]#lint })"
+fi
+
 # --- 1. first rollout ---------------------------------------------------------------------------
 t=$(date +%s.%N)
 say "site.yml (first run)"
 playbook site.yml "$WORK/site-1.log" || { tail -n 60 "$WORK/site-1.log" >&2; die "site.yml failed"; }
-FIRST=$(echo "$(date +%s.%N) - $t" | bc)
+timed "site.yml first run" "$t"; FIRST=$LAST
 say "site.yml first run: $(sed -n '/PLAY RECAP/,$p' "$WORK/site-1.log" | grep -c 'failed=0') hosts ok, ${FIRST}s"
 
 # --- 2. a real gearman job through every node ---------------------------------------------------
@@ -230,12 +289,16 @@ for i in "${HOSTS[@]}"; do
   after=$(store_items "$PREFIX-h$store_host" "$store_addr")
   [ "$after" -eq "$before" ] || die "node$i: store on h$store_host still holds the job ($after items)"
   say "node$i ($addr): job persisted in h$store_host's store ($before -> $queued -> $after items) and run by a worker: '$out'"
+  up=$(ip netns exec "$ns" timeout 5 bash -c "exec 3<>/dev/tcp/$addr/9400; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3" \
+    | awk '$1 ~ /^gearctl_gearmand_up/ {print $2}')
+  [ "$up" = "1.0" ] || die "node$i: metrics on $addr:9400 do not say gearmand is up ('$up')"
 done
+say "metrics: every agent serves gearctl_gearmand_up 1.0 on its intranet address"
 
 # --- 3. second run changes nothing --------------------------------------------------------------
 t=$(date +%s.%N)
 playbook site.yml "$WORK/site-2.log" || { tail -n 60 "$WORK/site-2.log" >&2; die "second site.yml failed"; }
-SECOND=$(echo "$(date +%s.%N) - $t" | bc)
+timed "site.yml second run" "$t"; SECOND=$LAST
 changed=$(recap_changed "$WORK/site-2.log")
 sed -n '/PLAY RECAP/,$p' "$WORK/site-2.log" >&2
 if [ "$changed" != 0 ]; then
@@ -245,14 +308,68 @@ fi
 say "site.yml second run: changed=0, ${SECOND}s"
 
 # --- 4. check mode on the deployed cluster --------------------------------------------------
+t=$(date +%s.%N)
 playbook site.yml "$WORK/site-check.log" --check || { tail -n 40 "$WORK/site-check.log" >&2; die "site.yml --check failed"; }
-say "site.yml --check: ok, changed=$(recap_changed "$WORK/site-check.log")"
+changed=$(recap_changed "$WORK/site-check.log")
+if [ "$changed" != 0 ]; then
+  grep -B2 '^changed:' "$WORK/site-check.log" | head -40 >&2
+  die "site.yml --check reports $changed changes on the deployed cluster"
+fi
+timed "site.yml --check" "$t"
+say "site.yml --check: changed=0 (${LAST}s)"
 
-# --- 5. rolling restart -------------------------------------------------------------------------
+# --- 5. hardening: ACLs on the cluster's znodes, secret files 0600, services' users ------------
+for i in "${HOSTS[@]}"; do
+  for f in etc/gearctl/zk.secret etc/gearctl/agent.toml; do
+    mode=$(stat -c '%a %U' "$WORK/hosts/h$i/$f")
+    [ "$mode" = "600 gearman" ] || die "h$i: $f is '$mode', not '600 gearman'"
+  done
+done
+ps -o user:20=,args= -p "$(ip netns pids "$PREFIX-h1" | paste -sd,)" | grep -v gearctl-runner >"$WORK/ps-h1.txt"
+# Each service as its own user, gearmand and memcached bound to the host's intranet address.
+for check in "gearman gearmand --listen $SUBNET.11 " "gearman bin/gearctl agent run" \
+             "memcache /usr/bin/memcached -l $SUBNET.11 " "zookeeper QuorumPeerMain"; do
+  user=${check%% *} what=${check#* }
+  users=$(grep -F -- "$what" "$WORK/ps-h1.txt" | awk '{print $1}' | sort -u | paste -sd,)
+  [ "$users" = "$user" ] || die "h1: '$what' runs as '$users', not '$user'"
+done
+"$REPO/.venv/bin/python" - "$ZOOKEEPER" "$ZK_PASSWORD" <<'PY' || die "ZooKeeper ACL check failed"
+import sys
+from kazoo.exceptions import NoAuthError
+from cluster.zkclient import ZkCredentials, make_client
+hosts, password = sys.argv[1:]
+for creds in (None, ZkCredentials("gearctl", password + "x")):
+    zk = make_client(hosts, 4.0, creds)
+    zk.start(timeout=10)
+    zk.get("/gearctl/rollout/members/node1")  # reading needs no credentials
+    try:
+        zk.create("/gearctl/rollout/members/intruder", b"{}", ephemeral=True)
+        sys.exit("a client without the credentials created a member record")
+    except NoAuthError:
+        pass
+    zk.stop()
+zk = make_client(hosts, 4.0, ZkCredentials("gearctl", password))
+zk.start(timeout=10)
+zk.create("/gearctl/rollout/acl-probe", b"")
+zk.delete("/gearctl/rollout/acl-probe")
+zk.stop()
+PY
+say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials"
+
+# --- 6. failover drill: node1 killed (agent + gearmand, SIGKILL) with 2,000 jobs queued -------
+t=$(date +%s.%N)
+"$REPO/.venv/bin/python" "$REPO/tests/rollout/failover.py" --zookeeper "$ZOOKEEPER" \
+  --cluster rollout --node node1 --jobs "${DRILL_JOBS:-2000}" >"$WORK/failover.out" \
+  || { cat "$WORK/failover.out" >&2; die "failover drill: jobs lost or duplicated (or no recovery)"; }
+timed "failover drill" "$t"
+say "failover drill (${LAST}s): $(cat "$WORK/failover.out")"
+
+# --- 7. rolling restart -------------------------------------------------------------------------
 if [ "${ROLLING:-1}" = 1 ]; then
   t=$(date +%s.%N)
   playbook rolling-restart.yml "$WORK/rolling.log" || { tail -n 60 "$WORK/rolling.log" >&2; die "rolling-restart.yml failed"; }
-  say "rolling-restart.yml: every node restarted and serving again, $(echo "$(date +%s.%N) - $t" | bc)s"
+  timed "rolling restart" "$t"
+  say "rolling-restart.yml: every node restarted and serving again, ${LAST}s"
   for i in "${HOSTS[@]}"; do
     addr=$SUBNET.1$i
     ip netns exec "$PREFIX-h$i" timeout 10 gearman -h "$addr" -p 4730 -b -f rollout_check "again $i" || die "node$i: submit after restart failed"
@@ -262,4 +379,6 @@ if [ "${ROLLING:-1}" = 1 ]; then
   done
   say "jobs run through every node after the rolling restart"
 fi
-say "PASS: first run ${FIRST}s, second run ${SECOND}s (changed=0)"
+say "timings: $(IFS=,; echo "${TIMINGS[*]}" | sed 's/,/, /g')"
+timed total "$T0"
+say "PASS: first run ${FIRST}s, second run ${SECOND}s (changed=0), total ${LAST}s"

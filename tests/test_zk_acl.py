@@ -1,0 +1,130 @@
+"""ZooKeeper digest ACLs: an agent with credentials builds and writes its cluster's tree; a client
+without them (or with a wrong password) can read it but cannot change, add or delete a znode."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError, NoNodeError
+from kazoo.security import Permissions
+
+from cluster.endpoint import Endpoint
+from cluster.process import free_port, read_pidfile, stop_pid
+from cluster.zkclient import ZkCredentials, make_client
+from cluster.zkpaths import ClusterPaths
+from tests.conftest import HOST
+
+pytestmark = pytest.mark.integration
+
+
+def started(client: KazooClient) -> KazooClient:
+    client.start(timeout=10)
+    return client
+
+
+def walk(zk: KazooClient, path: str) -> Iterator[str]:
+    yield path
+    for child in zk.get_children(path):
+        yield from walk(zk, f"{path}/{child}")
+
+
+@pytest.fixture
+def secured_agent(
+    tmp_path: Path, memcached: Endpoint, zookeeper: Endpoint
+) -> Iterator[tuple[ClusterPaths, str, ZkCredentials]]:
+    """A real agent with digest credentials, serving; yields its paths, node and credentials."""
+    cluster, node = f"acl{free_port()}", "node1"
+    credentials = ZkCredentials("gearctl", secrets.token_urlsafe(16))
+    secret = tmp_path / "zk.secret"
+    secret.write_text(f"{credentials.user}:{credentials.password}\n")
+    secret.chmod(0o600)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[node]\nname = "{node}"\ncluster = "{cluster}"\n'
+        f'[gearmand]\nlisten = "{Endpoint(HOST, free_port())}"\n'
+        f'[store]\naddress = "{memcached}"\n'
+        f'[zookeeper]\nhosts = "{zookeeper}"\nauth_file = "{secret}"\n'
+        f'[paths]\nrun_dir = "{tmp_path}"\n'
+    )
+    with (tmp_path / "agent.out").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster", "agent", "run", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    paths = ClusterPaths(cluster)
+    anonymous = started(KazooClient(hosts=str(zookeeper)))
+    try:
+        deadline = time.monotonic() + 60
+        state = None
+        while state != "serving":
+            assert proc.poll() is None, (tmp_path / "agent.out").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "agent.out").read_text()[-3000:]
+            time.sleep(0.1)
+            try:
+                state = json.loads(anonymous.get(paths.member(node))[0])["state"]
+            except NoNodeError:
+                state = None
+        yield paths, node, credentials
+    finally:
+        anonymous.stop()
+        anonymous.close()
+        stop_pid(proc.pid, timeout=15)
+        proc.wait()
+        stop_pid(read_pidfile(tmp_path / "gearmand.pid"))
+
+
+def test_only_the_credentials_write_the_cluster_tree(
+    secured_agent: tuple[ClusterPaths, str, ZkCredentials], zookeeper: Endpoint
+) -> None:
+    paths, node, credentials = secured_agent
+    wrong = ZkCredentials(credentials.user, credentials.password + "x")
+    for client in (make_client(str(zookeeper), 4.0), make_client(str(zookeeper), 4.0, wrong)):
+        zk = started(client)
+        try:
+            # Reading works without credentials (clients discover servers this way) ...
+            tree = list(walk(zk, paths.root))
+            assert paths.member(node) in tree
+            assert paths.store_owner(node) in tree
+            record, _ = zk.get(paths.member(node))
+            assert json.loads(record)["node"] == node
+            # ... every znode the agent made carries the digest ACL and no write for others.
+            for path in tree:
+                acls, _ = zk.get_acls(path)
+                schemes = {(acl.id.scheme, acl.perms) for acl in acls}
+                assert ("digest", Permissions.ALL) in schemes, path
+                assert all(
+                    acl.perms == Permissions.READ for acl in acls if acl.id.scheme != "digest"
+                ), path
+            # ... but nothing can be changed, added or removed.
+            with pytest.raises(NoAuthError):
+                zk.set(paths.member(node), b'{"node": "evil"}')
+            with pytest.raises(NoAuthError):
+                zk.create(paths.member("intruder"), b"{}", ephemeral=True)
+            with pytest.raises(NoAuthError):
+                zk.create(f"{paths.root}/extra", b"")
+            with pytest.raises(NoAuthError):
+                zk.delete(paths.store_owner(node))
+            with pytest.raises(NoAuthError):
+                zk.set_acls(paths.root, [*zk.get_acls(paths.root)[0]])
+        finally:
+            zk.stop()
+            zk.close()
+
+    zk = started(make_client(str(zookeeper), 4.0, credentials))
+    try:
+        # The same identity (what the agent uses) may write: add and remove a member record.
+        zk.create(paths.member("probe"), b"{}", ephemeral=True)
+        zk.set(paths.member("probe"), b'{"node": "probe"}')
+        zk.delete(paths.member("probe"))
+    finally:
+        zk.stop()
+        zk.close()
