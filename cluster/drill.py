@@ -1,10 +1,12 @@
 """Failover drills: a real local cluster, a workload, one fault, and a ledger of every job.
 
-A drill starts its own 3-node cluster on free loopback ports, queues uniquely numbered
-background jobs (dashed function names, all priorities, payloads of several sizes), injects one
-fault, waits until every acknowledged job is queued on a live server again (time to recover),
-lets a worker drain everything, and counts each unique (cluster.workload.Ledger). It passes only
-with lost = 0, unexpected = 0 and duplicated within the scenario's bound.
+A drill starts its own 3-node cluster on free loopback ports (or, with hosts "netns", each node
+in a network namespace of its own), queues uniquely numbered background jobs (dashed function
+names, all priorities, payloads of several sizes), injects one fault while foreground jobs go
+through the failover Client (cluster.workload.ForegroundLoad), waits until every acknowledged job
+is queued on a live server again (time to recover), lets a worker drain everything, and counts
+each unique (cluster.workload.Ledger). It passes only with lost = 0, unexpected = 0 and
+duplicated within the scenario's bound, for the foreground jobs also with none failed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import psutil
 
 from cluster import localcluster, netns
+from cluster.client import BackgroundJob, Client, NoServerError
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.localstatus import collect, connect, read_takeovers
@@ -31,11 +34,27 @@ from cluster.netns import HostNetwork
 from cluster.process import free_port_block, is_running, wait_until
 from cluster.protocol import GearmanConnection
 from cluster.restore import BATCH
-from cluster.workload import FUNCTIONS, Job, Ledger, drain, numbered_jobs, submit
+from cluster.workload import (
+    FOREGROUND_CLIENTS,
+    FUNCTIONS,
+    ForegroundLedger,
+    ForegroundLoad,
+    Job,
+    Ledger,
+    drain,
+    numbered_jobs,
+    submit,
+)
 from cluster.zkpaths import ClusterPaths
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
+HOSTS = ("local", "netns")  # every node in this namespace, or each in a namespace of its own
+NODES = 3
+# A foreground job whose server dies (or is cut off) after a worker ran it, before its result
+# reached the client, is submitted again by the Client: at most one per client per gearmand
+# lost, and no drill loses more than the cluster's three gearmands.
+FOREGROUND_DUPLICATE_BOUND = FOREGROUND_CLIENTS * NODES
 
 
 @dataclass
@@ -44,10 +63,14 @@ class DrillContext:
 
     directory: Path
     progress: Progress
+    scenario: str = ""
+    jobs: int = 0  # background jobs of the main workload
     started: float = field(default_factory=time.monotonic)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     network: HostNetwork | None = None  # the namespaces of a multi-host drill
     violations: list[str] = field(default_factory=list)  # broken invariants besides the ledger
+    extra_jobs: list[Job] = field(default_factory=list)  # background jobs submitted by the fault
+    extra_acknowledged: set[str] = field(default_factory=set)
 
     def event(self, text: str) -> None:
         self.timeline.append((round(time.monotonic() - self.started, 3), text))
@@ -160,6 +183,71 @@ def zookeeper_member_lost(ctx: DrillContext) -> None:
     ctx.wait("a new ZooKeeper leader", lambda s: any(
         m["mode"] == "leader" for m in s["zookeeper"]["members"]))  # fmt: skip
     kill_gearmand(ctx)
+
+
+STORE_DOWN_FOR = 2.0  # seconds node1's store stays dead before it is started again
+STORE_LOST_TIMEOUT = 10.0
+
+
+def store_lost(ctx: DrillContext) -> None:
+    """kill -9 node1's memcached. Its gearmand must run on with the jobs it holds in memory (the
+    agent reports `store-lost` and never restarts it); a submit straight to node1 is refused,
+    jobs submitted through the failover Client meanwhile go to the other nodes; the store is
+    started again, empty, on the same port (as systemd would) and node1 serves again."""
+    node = ctx.node("node1")
+    gearmand_pid, restarts = node["gearmand_pid"], node["restarts"]
+    lost_at = time.monotonic()
+    ctx.kill(ctx.cluster().processes["store:node1"].pid, what="node1 memcached")
+    ctx.wait("node1's agent reporting its store lost",
+             lambda s: s["nodes"][0]["state"] == "store-lost", STORE_LOST_TIMEOUT)  # fmt: skip
+    still = ctx.node("node1")
+    ctx.event(f"node1 reported store-lost after {time.monotonic() - lost_at:.2f}s; gearmand "
+              f"pid {still['gearmand_pid']} keeps {still['queued_jobs']} jobs queued in "
+              "memory")  # fmt: skip
+    _submit_straight_to_node1(ctx, Endpoint.parse(node["gearman"]))
+    _submit_through_client(ctx, ctx.cluster())
+    time.sleep(max(0.0, STORE_DOWN_FOR - (time.monotonic() - lost_at)))
+    cluster = ctx.cluster()
+    restarted_at = time.monotonic()
+    localcluster.up(ctx.directory, len(cluster.nodes), 0, lambda _text: None)
+    ctx.event("node1's memcached started again, empty, on its port (as systemd would); node1 "
+              f"serving again {time.monotonic() - restarted_at:.2f}s later")  # fmt: skip
+    node = ctx.node("node1")
+    if (node["gearmand_pid"], node["restarts"]) != (gearmand_pid, restarts):
+        ctx.violation(f"node1's gearmand was restarted (pid {gearmand_pid} -> "
+                      f"{node['gearmand_pid']}): jobs only its memory held are gone")  # fmt: skip
+    else:
+        ctx.event(f"node1's gearmand pid {gearmand_pid} never restarted")
+
+
+def _submit_straight_to_node1(ctx: DrillContext, gearman: Endpoint) -> None:
+    """A plain client that knows only node1: gearmand 1.1.20 answers QUEUE_ERROR."""
+    job = Job(FUNCTIONS[0], f"{ctx.scenario}-straight-0", b"straight to node1", "normal")
+    ctx.extra_jobs.append(job)
+    try:
+        with GearmanConnection(gearman) as conn:
+            conn.submit_background(job.function, job.payload, unique=job.unique)
+    except GearctlError as exc:
+        ctx.event(f"a submit straight to node1 is refused ({exc})")
+        return
+    ctx.extra_acknowledged.add(job.unique)
+    ctx.event("a submit straight to node1 was acknowledged (it must run like the others)")
+
+
+def _submit_through_client(ctx: DrillContext, cluster: localcluster.LocalCluster) -> None:
+    """Background jobs through the failover Client (it follows the live servers in ZooKeeper)."""
+    jobs = numbered_jobs(max(1, ctx.jobs // 10), prefix=f"{ctx.scenario}-during")
+    ctx.extra_jobs.extend(jobs)
+    specs = [BackgroundJob(j.function, j.payload, j.unique, j.priority) for j in jobs]
+    with Client(zookeeper=cluster.zookeeper, cluster=cluster.cluster) as client:
+        try:
+            acknowledged = len(client.submit_background_many(specs))
+        except NoServerError as exc:
+            acknowledged = exc.acknowledged
+        servers = ", ".join(str(s) for s in client.servers())
+    ctx.extra_acknowledged.update(j.unique for j in jobs[:acknowledged])
+    ctx.event(f"{acknowledged} of {len(jobs)} jobs submitted meanwhile through the failover "
+              f"Client acknowledged (live servers: {servers})")  # fmt: skip
 
 
 PARTITION_TIMEOUT = 30.0
@@ -314,7 +402,7 @@ class Scenario:
     fault: Callable[[DrillContext], None]
     duplicate_bound: int = 0
     zookeeper_members: int = 1
-    isolated_nodes: int = 0  # nodes 1..n each in a network namespace of their own
+    isolated_nodes: int = 0  # nodes 1..n each in a network namespace of their own (any hosts)
 
 
 SCENARIOS = {
@@ -333,8 +421,10 @@ SCENARIOS = {
                  "then node1's gearmand", zookeeper_member_lost, zookeeper_members=3),
         Scenario("node-returns-during-drain", "lose node1, bring it back while it is drained",
                  node_returns_during_drain),
-        Scenario("partition-node", "cut node1 (its own network namespace) off ZooKeeper and "
-                 "its peers, then heal", partition_node, isolated_nodes=1),
+        Scenario("partition-node", "on three network-namespace hosts: cut node1 off ZooKeeper "
+                 "and its peers, then heal", partition_node, isolated_nodes=NODES),
+        Scenario("store-lost", "kill -9 node1's memcached; start it again on its port",
+                 store_lost),
     )
 }  # fmt: skip
 
@@ -348,15 +438,19 @@ class DrillResult:
     recovery_seconds: float
     timeline: list[tuple[float, str]]
     violations: list[str] = field(default_factory=list)
+    foreground: ForegroundLedger | None = None
+    hosts: str = "local"
 
     @property
     def passed(self) -> bool:
-        ledger = self.ledger
+        ledger, fg = self.ledger, self.foreground
         return (
             not self.violations
             and ledger.lost == 0
             and ledger.unexpected == 0
             and (ledger.duplicated <= self.duplicate_bound)
+            and (fg is None or (fg.lost, fg.unexpected, fg.failed) == (0, 0, 0))
+            and (fg is None or fg.duplicated <= FOREGROUND_DUPLICATE_BOUND)
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -369,36 +463,57 @@ class DrillResult:
             "recovery_seconds": self.recovery_seconds,
             "timeline": [{"t": t, "event": e} for t, e in self.timeline],
             "violations": self.violations,
+            "hosts": self.hosts,
+            "foreground": None
+            if self.foreground is None
+            else {**asdict(self.foreground), "duplicate_bound": FOREGROUND_DUPLICATE_BOUND},
         }
 
 
-def run(scenario_name: str, jobs: int, progress: Progress) -> DrillResult:
-    """Run one drill on a fresh local cluster, which is stopped again whatever happens."""
+def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local") -> DrillResult:
+    """Run one drill on a fresh local cluster, which is stopped again whatever happens.
+
+    `hosts` "netns" runs each node (agent and gearmand) in a network namespace of its own on a
+    test bridge (cluster.netns); ZooKeeper and the stores stay in this namespace, on the bridge.
+    Where namespaces cannot be made, NetnsError says why before anything is started."""
     scenario = SCENARIOS[scenario_name]
+    if hosts not in HOSTS:
+        raise GearctlError(f"--hosts must be one of {', '.join(HOSTS)}, not {hosts!r}")
+    isolated = NODES if hosts == "netns" else scenario.isolated_nodes
     with contextlib.ExitStack() as stack:
+        if isolated:
+            HostNetwork.check_possible()
         directory = Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix=f"gearctl-drill-{scenario_name}-")))  # fmt: skip
-        ctx = DrillContext(directory, progress)
+        ctx = DrillContext(directory, progress, scenario=scenario_name, jobs=jobs)
         placement = localcluster.Placement()
-        if scenario.isolated_nodes:
+        if isolated:
             # Torn down last (after the cluster is stopped), even when anything below fails.
-            network = ctx.network = stack.enter_context(HostNetwork(scenario.isolated_nodes))
-            hosts = network.members
+            network = ctx.network = stack.enter_context(HostNetwork(isolated))
+            members = network.members
             placement = localcluster.Placement(
                 services=network.bridge_address,
-                node_hosts=tuple(h.address for h in hosts),
-                node_netns=tuple(h.name for h in hosts),
+                node_hosts=tuple(h.address for h in members),
+                node_netns=tuple(h.name for h in members),
             )
-        localcluster.up(directory, 3, free_port_block(120, placement.services),
-                        lambda _text: None, zookeeper_members=scenario.zookeeper_members,
-                        placement=placement)  # fmt: skip
+        base = free_port_block(localcluster.PORT_BLOCK, placement.services)
+        localcluster.up(
+            directory,
+            NODES,
+            base,
+            lambda _text: None,
+            zookeeper_members=scenario.zookeeper_members,
+            placement=placement,
+        )
         stack.callback(localcluster.down, directory, lambda _text: None)
         ctx.event("cluster of 3 nodes serving")
         if ctx.network is not None:
             ctx.event(", ".join(f"{n.name} in namespace {n.netns} on {n.gearman}"
                                 for n in ctx.cluster().nodes if n.netns)
                       + f"; ZooKeeper and stores on {placement.services}")  # fmt: skip
-        return _run(scenario, jobs, ctx)
+        result = _run(scenario, jobs, ctx)
+        result.hosts = "netns" if isolated else "local"
+        return result
     raise AssertionError("unreachable")
 
 
@@ -419,23 +534,31 @@ def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
 def _inject_and_count(
     scenario: Scenario, jobs: int, ctx: DrillContext, workload: list[Job], acknowledged: int
 ) -> DrillResult:
-    fault_at = time.monotonic()
-    scenario.fault(ctx)
-    ctx.wait(
-        "recovery (every acknowledged job queued on a live server)",
-        lambda s: (
-            sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
-            >= acknowledged
-        ),
-        RECOVERY_TIMEOUT,
-    )
-    recovery = time.monotonic() - fault_at
-    ctx.event(f"recovered: every job queued again after {recovery:.2f}s")
+    cluster = ctx.cluster()
+    # Foreground jobs through the failover Client run from just before the fault to recovery.
+    with ForegroundLoad(cluster.zookeeper, cluster.cluster, scenario.name) as foreground:
+        fault_at = time.monotonic()
+        scenario.fault(ctx)
+        uniques = {job.unique for job in workload[:acknowledged]} | ctx.extra_acknowledged
+        ctx.wait(
+            "recovery (every acknowledged job queued on a live server)",
+            lambda s: (
+                sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
+                >= len(uniques)
+            ),
+            RECOVERY_TIMEOUT,
+        )
+        recovery = time.monotonic() - fault_at
+        ctx.event(f"recovered: every job queued again after {recovery:.2f}s")
+    fg = foreground.ledger()
+    ctx.event(f"foreground jobs through the failover Client: {fg.attempted} submitted, "
+              f"{fg.acknowledged} answered right, {fg.failed} failed")  # fmt: skip
+    for failure in foreground.failures[:3]:
+        ctx.event(f"foreground failure: {failure}")
     servers = [Endpoint.parse(n["gearman"]) for n in ctx.status()["nodes"]
                if n["state"] == "serving"]  # fmt: skip
-    drained = drain(servers, FUNCTIONS, acknowledged)
+    drained = drain(servers, FUNCTIONS, len(uniques))
     ctx.event(f"workers drained {sum(drained.counts.values())} jobs")
-    uniques = {job.unique for job in workload[:acknowledged]}
-    ledger = Ledger.count(jobs, uniques, drained)
+    ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, drained)
     return DrillResult(scenario.name, jobs, ledger, scenario.duplicate_bound, round(recovery, 3),
-                       ctx.timeline, ctx.violations)  # fmt: skip
+                       ctx.timeline, ctx.violations, fg)  # fmt: skip

@@ -1,8 +1,8 @@
 """A small test network of separate "hosts" made of Linux network namespaces (design §7).
 
-    root namespace                              namespace gcd-n1
+    root namespace                              namespace gcd-n1 (gcd-n2, gcd-n3 alike)
     bridge gcd-br0 10.231.0.1/24 ── gcd-n1-br ═══ gcd-n1-eth 10.231.0.11/24 (+ lo up)
-        (ZooKeeper, stores, other nodes)            (node1's agent and its gearmand)
+        (ZooKeeper, stores)                         (node1's agent and its gearmand)
 
 Every interface and namespace created here is named `gcd-*`; `HostNetwork` records what it
 created and deletes all of it when the `with` block ends, whatever happened inside. A file lock

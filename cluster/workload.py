@@ -7,11 +7,14 @@ The ledger follows Jepsen's total-queue checker: every acknowledged job must be 
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from cluster.client import Client, Worker, WorkerJob
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.protocol import GearmanConnection
@@ -121,3 +124,129 @@ def drain(
         for _, conn in conns:
             conn.close()
     return result
+
+
+FOREGROUND_FUNCTION = "drill-echo"
+FOREGROUND_CLIENTS = 2  # threads, each with its own failover Client
+FOREGROUND_WORK = 0.02  # seconds the worker spends on each job: a job is nearly always in flight
+FOREGROUND_PAUSE = 0.005  # seconds between one client's submits
+FOREGROUND_TIMEOUT = 60.0
+FOREGROUND_WARM_UP = 6  # answers per client before the fault: round robin over every server
+
+
+def foreground_result(unique: str, payload: bytes) -> bytes:
+    """What the drill's worker answers for a foreground job (checked by the submitter)."""
+    return unique.encode() + b":" + payload[::-1]
+
+
+@dataclass(frozen=True)
+class ForegroundLedger:
+    """Foreground jobs in the same total-queue form, plus `failed`: submits that raised (no
+    server took the job within the Client's retry time, or no result in time)."""
+
+    attempted: int
+    acknowledged: int  # submits that returned the expected result
+    executed: int
+    lost: int  # submits that neither returned nor raised (still hanging at the end)
+    duplicated: int
+    unexpected: int  # wrong results, and executions of uniques never submitted
+    failed: int
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={value}" for name, value in self.__dict__.items())
+
+
+class ForegroundLoad:
+    """Foreground jobs through `cluster.client.Client.submit` while a fault runs.
+
+    A `cluster.client.Worker` serves FOREGROUND_FUNCTION on every live server (following
+    ZooKeeper, as the clients do) and counts each execution by unique; FOREGROUND_CLIENTS
+    threads submit `<prefix>-fg<client>-<n>` one after the other until `stop()`. Use as a
+    context manager: `start()` on enter, `stop()` on exit."""
+
+    def __init__(self, zookeeper: str, cluster: str, prefix: str) -> None:
+        self._client_factory = lambda: Client(zookeeper=zookeeper, cluster=cluster)
+        self.prefix = prefix
+        self.executions: Counter[str] = Counter()
+        self.attempted: set[str] = set()
+        self.answered: set[str] = set()
+        self.wrong: list[str] = []
+        self.failures: list[str] = []
+        self._stopping = threading.Event()
+        self._worker = Worker(zookeeper=zookeeper, cluster=cluster)
+        self._worker.register(FOREGROUND_FUNCTION, self._execute)
+        self._threads = [threading.Thread(target=self._worker.work, daemon=True)] + [
+            threading.Thread(target=self._submit_loop, args=(i,), daemon=True)
+            for i in range(FOREGROUND_CLIENTS)
+        ]
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ForegroundLoad:
+        """Start, and return once jobs flow: every client has had answers from several servers
+        (so that the fault lands while jobs are in flight, not before the first one)."""
+        for thread in self._threads:
+            thread.start()
+        deadline = time.monotonic() + FOREGROUND_TIMEOUT
+        while len(self.answered) < FOREGROUND_CLIENTS * FOREGROUND_WARM_UP:
+            if time.monotonic() > deadline or self.failures or self.wrong:
+                self.stop()
+                raise GearctlError(f"foreground jobs do not run: {self.ledger()}, "
+                                   f"failures {self.failures[:1]}")  # fmt: skip
+            time.sleep(0.01)
+        time.sleep(random.uniform(0, 10 * FOREGROUND_WORK))  # the fault falls on any server's job
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _execute(self, job: WorkerJob) -> bytes:
+        with self._lock:
+            self.executions[job.unique] += 1
+        time.sleep(FOREGROUND_WORK)
+        return foreground_result(job.unique, job.payload)
+
+    def _submit_loop(self, client_index: int) -> None:
+        with self._client_factory() as client:
+            n = 0
+            while not self._stopping.is_set():
+                unique = f"{self.prefix}-fg{client_index}-{n}"
+                payload = f"fg {n} ".encode() * (1 + n % 4)
+                with self._lock:
+                    self.attempted.add(unique)
+                try:
+                    result = client.submit(FOREGROUND_FUNCTION, payload, unique=unique,
+                                           timeout=FOREGROUND_TIMEOUT)  # fmt: skip
+                except GearctlError as exc:
+                    with self._lock:
+                        self.failures.append(f"{unique}: {exc}")
+                else:
+                    with self._lock:
+                        if result == foreground_result(unique, payload):
+                            self.answered.add(unique)
+                        else:
+                            self.wrong.append(unique)
+                n += 1
+                self._stopping.wait(FOREGROUND_PAUSE)
+
+    def stop(self) -> None:
+        """Stop submitting, wait for the submits in flight, then stop the worker."""
+        self._stopping.set()
+        for thread in self._threads[1:]:
+            thread.join(FOREGROUND_TIMEOUT + 10)
+        self._worker.stop()
+        self._threads[0].join(10)
+        self._worker.close()
+
+    def ledger(self) -> ForegroundLedger:
+        with self._lock:
+            attempted = len(self.attempted)
+            ended = len(self.answered) + len(self.wrong) + len(self.failures)
+            return ForegroundLedger(
+                attempted=attempted,
+                acknowledged=len(self.answered),
+                executed=sum(self.executions.values()),
+                lost=attempted - ended,
+                duplicated=sum(n - 1 for n in self.executions.values() if n > 1),
+                unexpected=len(self.wrong) + len(set(self.executions) - self.attempted),
+                failed=len(self.failures),
+            )
