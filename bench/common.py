@@ -154,7 +154,8 @@ class Services:
         directory = self.dir / f"cluster{self.clusters_made}"
         self.clusters.append(directory)
         timeout = session_timeout or localcluster.DEFAULT_SESSION_TIMEOUT
-        return localcluster.up(directory, nodes, free_port_block(200), _quiet, timeout)
+        base = free_port_block(localcluster.PORT_BLOCK)
+        return localcluster.up(directory, nodes, base, _quiet, timeout)
 
     def cluster_down(self, cluster: localcluster.LocalCluster) -> None:
         localcluster.down(cluster.dir, _quiet)

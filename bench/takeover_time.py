@@ -26,6 +26,7 @@ from urllib.parse import unquote
 import common
 from common import RESULTS, Services, poll, table
 from kazoo.client import KazooClient
+from kazoo.protocol.states import EventType
 
 from cluster.endpoint import Endpoint
 from cluster.localstatus import collect
@@ -54,17 +55,15 @@ def functions_published(zk: KazooClient, path: str) -> bool:
 
 def one_case(services: Services, timeout: float, count: int) -> dict[str, object]:
     cluster = services.cluster(3, session_timeout=timeout)
+    zk: KazooClient | None = None
     try:
         victim, *survivors = (Endpoint.parse(n.gearman) for n in cluster.nodes)
         common.submit(victim, common.jobs(count))
+        paths = ClusterPaths(cluster.cluster)
         zk = KazooClient(hosts=cluster.zookeeper, timeout=10.0)
         zk.start(timeout=10.0)
-        try:
-            poll(lambda: functions_published(zk, ClusterPaths(cluster.cluster).functions),
-                 interval=0.05, timeout=30, what="function names in ZooKeeper")  # fmt: skip
-        finally:
-            zk.stop()
-            zk.close()
+        poll(lambda: functions_published(zk, paths.functions), interval=0.05, timeout=30,
+             what="function names in ZooKeeper")  # fmt: skip
         status = collect(cluster)
         node = status["nodes"][0]
         if node["queued_jobs"] != count:
@@ -74,6 +73,9 @@ def one_case(services: Services, timeout: float, count: int) -> dict[str, object
         def moved() -> int:
             return sum(common.queued_total(s, timeout=5.0) or 0 for s in survivors) - baseline
 
+        expired: list[float] = []  # when node1's member record vanished (its session expired)
+        zk.exists(paths.member(node["name"]), watch=lambda event: event.type == EventType.DELETED
+                  and expired.append(time.perf_counter()))  # fmt: skip
         killed_at = time.time()
         started = time.perf_counter()
         os.kill(node["agent_pid"], signal.SIGKILL)
@@ -89,6 +91,9 @@ def one_case(services: Services, timeout: float, count: int) -> dict[str, object
                                   if t["store"] == "node1" and t["outcome"] != "running"],
                          interval=0.1, timeout=30, what="take-over record")  # fmt: skip
     finally:
+        if zk is not None:
+            zk.stop()
+            zk.close()
         services.cluster_down(cluster)
     record = takeovers[-1]
     return {
@@ -96,6 +101,7 @@ def one_case(services: Services, timeout: float, count: int) -> dict[str, object
         "jobs": count,
         "seconds": total,
         "first_job_s": first - started,
+        "session_expired_after_s": expired[0] - started if expired else None,
         "takeover_started_after_s": record["started"] - killed_at,
         "drain_s": record["seconds"],
         "drained_by": record["by"],

@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
-from cluster import membership
+from cluster import membership, zkclient
 from cluster.admin import is_serving
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
@@ -37,9 +36,11 @@ from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_thread
 from cluster.health import Health, check_gearmand
 from cluster.lease import SERVE, Owner, SessionGuard, StoreLease
 from cluster.membership import MemberRecord
+from cluster.metrics import AgentMetrics
 from cluster.process import is_program_on, kill_pid, log_tail, read_pidfile, stop_pid, wait_until
 from cluster.restore import RestoreIncomplete, RestoreReport, restore
 from cluster.store import Store
+from cluster.storeprobe import store_writable
 from cluster.takeover import StoreRecord, TakeoverWatcher
 from cluster.zkpaths import ClusterPaths
 
@@ -60,7 +61,8 @@ class Agent:
         self.gearmand: subprocess.Popen[bytes] | None = None
         self.policy = RestartPolicy()
         self.store = Store(config.store, timeout=config.check_timeout * 2)
-        self.zk = KazooClient(hosts=config.zookeeper_hosts, timeout=config.session_timeout)
+        self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
+        self.zk = zkclient.connect(config)
         self.guard = SessionGuard(
             self.zk, config.session_timeout, config.safety_margin, self._fence,
             self._on_reconnected,
@@ -68,8 +70,9 @@ class Agent:
         self.lease = StoreLease(self.zk, self.paths.store_owner(config.node), config.node, SERVE)
         self.functions = FunctionRegistry(self.zk, self.paths.functions)
         self.takeovers = TakeoverWatcher(
-            self.zk, self.paths, config.node, config.gearman, self._may_drain, self.stopping
-        )
+            self.zk, self.paths, config.node, config.gearman, self._may_drain, self.stopping,
+            metrics=self.metrics,
+        )  # fmt: skip
         self.record = MemberRecord(
             node=config.node,
             gearman=str(config.gearman),
@@ -90,6 +93,7 @@ class Agent:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics.serve(self.config.metrics)  # a port in use is logged; gearman goes on
         self._stop_leftover_gearmand()
         self._connect_zookeeper()
         self.guard.start()
@@ -103,6 +107,7 @@ class Agent:
                     # ZooKeeper or the store went away mid-step: report, and start over from a
                     # stopped gearmand (the next count of the store needs it quiescent).
                     log.error("%s: %s", type(exc).__name__, exc)
+                    self.metrics.count_error(exc)
                     self._stop_gearmand(kill=True)
                     self.stopping.wait(1.0)
         finally:
@@ -115,6 +120,7 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.guard.stop()
+        self.metrics.stop()
         self._stop_gearmand()
         try:
             self.lease.release()
@@ -136,7 +142,8 @@ class Agent:
         try:
             expected = self.store.curr_items()
         except GearctlError as exc:
-            self._failed(f"store {self.config.store} unreachable: {exc}")
+            self.metrics.count_error(exc)
+            self._failed(f"store {self.config.store} unreachable: {exc}", membership.STORE_LOST)
             return
         proc, prefix = self._start_gearmand()
         if proc is None:
@@ -215,10 +222,12 @@ class Agent:
                 if proc.poll() is not None or self.stopping.is_set() or self.fenced.is_set():
                     return proc.poll() is not None  # a dead gearmand is handled by _watch
                 expected = exc.report.left_in_store
+                self.metrics.moved(exc.report.moved)
                 self.stopping.wait(0.5)
                 continue
             log.info("restored %d jobs in %.2fs (%d skipped, %d deferred)", report.moved,
                      report.seconds, len(report.skipped), report.deferred)  # fmt: skip
+            self.metrics.restored(report)
             self._update(deferred_jobs=report.deferred)
             break
         self._update(state=membership.SERVING)
@@ -244,6 +253,7 @@ class Agent:
         if report.moved:
             log.info("restored %d deferred jobs; %d still wait for their function name",
                      report.moved, report.deferred)  # fmt: skip
+            self.metrics.moved(report.moved)
             self._update(deferred_jobs=report.deferred)
 
     def _watch(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
@@ -260,6 +270,9 @@ class Agent:
                           check.health.value, failures)  # fmt: skip
                 break
             self._publish_functions(check.functions)
+            if not self._store_ok():  # gearmand keeps its queue in memory: never restart it
+                self.stopping.wait(self.config.check_interval)
+                continue
             if self.record.deferred_jobs and time.monotonic() >= retry_deferred_at:
                 self._restore_deferred(proc, prefix)
                 retry_deferred_at = time.monotonic() + DEFERRED_RETRY_EVERY
@@ -275,6 +288,29 @@ class Agent:
         self._update(state=membership.RESTARTING, restarts=self.record.restarts + 1,
                      gearmand_pid=None)  # fmt: skip
         self.stopping.wait(delay)
+
+    def _store_ok(self) -> bool:
+        """Report a lost store (state `store-lost`) and its return; True while it is fine.
+
+        gearmand outlives its store: it keeps the queued jobs in memory but refuses new
+        background jobs (QUEUE_ERROR), and a worker's WORK_COMPLETE re-queues the job (its key
+        cannot be deleted). `store-lost` takes the node off the live servers, so clients and
+        workers that follow them go elsewhere; it is `serving` again once gearmand writes to
+        the store again (cluster.storeprobe), which memcached answering does not yet mean."""
+        if self.record.state != membership.STORE_LOST:
+            if self.store.ping():
+                return True
+            log.error("store %s lost: gearmand keeps its queued jobs in memory but cannot "
+                      "persist new ones; waiting for the store", self.config.store)  # fmt: skip
+            self._update(state=membership.STORE_LOST)
+            return False
+        if not (self.store.ping() and store_writable(
+                self.config.gearman, self.config.node, self.config.check_timeout)):  # fmt: skip
+            return False
+        log.warning("store %s is back (empty if it was restarted): gearmand writes to it "
+                    "again", self.config.store)  # fmt: skip
+        self._update(state=membership.SERVING)
+        return True
 
     def _publish_functions(self, names: tuple[str, ...]) -> None:
         """Record new function names in ZooKeeper (only names not published yet cost a write)."""
@@ -305,10 +341,10 @@ class Agent:
             log.warning("stopping gearmand pid %d left by an earlier agent", pid)
             stop_pid(pid)
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, state: str = membership.FAILED) -> None:
         tail = log_tail(self.config.log_dir / "gearmand.log", 5)
         log.error("%s\nlast lines of gearmand.log:\n%s", reason, tail)
-        self._update(state=membership.FAILED, gearmand_pid=None)
+        self._update(state=state, gearmand_pid=None)
         self.stopping.wait(self.policy.max_delay if self.policy.crash_looping else 1.0)
 
     # -- fencing ------------------------------------------------------------------------------
@@ -321,6 +357,7 @@ class Agent:
                 kill_pid(self.gearmand.pid)
         log.error("fenced (%s): gearmand killed", reason)
         self.record = self.record.with_changes(state=membership.FENCED, gearmand_pid=None)
+        self.metrics.fenced()
 
     def _on_reconnected(self, session_was_lost: bool) -> None:
         if session_was_lost:
@@ -342,6 +379,7 @@ class Agent:
     def _connect_zookeeper(self) -> None:
         """Connect, retrying with backoff: ZooKeeper being down is not a reason to crash."""
         self.zk.add_listener(self.guard.listener)
+        self.zk.add_listener(self.metrics.zookeeper_state)
         delay = 0.5
         while not self.stopping.is_set():
             try:
@@ -369,6 +407,7 @@ class Agent:
 
     def _update(self, **changes: object) -> None:
         self.record = self.record.with_changes(**changes)
+        self.metrics.record(self.record)
         try:
             self.zk.set(self.paths.member(self.config.node), self.record.encode())
         except Exception as exc:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,6 +19,7 @@ from cluster.errors import GearctlError
 
 if TYPE_CHECKING:
     from cluster.drill import DrillResult
+    from cluster.localcluster import LocalCluster
 
 # kazoo warns on every reconnect attempt; the CLI reports ZooKeeper trouble itself.
 logging.getLogger("kazoo").setLevel(logging.ERROR)
@@ -77,37 +83,47 @@ def cluster_up(
 
 
 @cluster_app.command("status")
-def cluster_status(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
-    """Per node: addresses, pids, state, queued jobs and store items; store owners."""
-    status = _local_status(directory)
-    if as_json:
-        typer.echo(json.dumps(status, indent=2))
+def cluster_status(
+    directory: DirOption = Path(".gearctl"),
+    as_json: JsonOption = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh until Ctrl-C (with --json: a line each).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+) -> None:
+    """Per node: state, addresses, queued jobs, store items and owner, restarts, session."""
+    from cluster.statusview import CLEAR_SCREEN, as_json_line, render
+
+    if not watch:
+        status = _local_status(directory)
+        typer.echo(json.dumps(status, indent=2) if as_json else render(status))
         return
-    typer.echo(
-        f"cluster {status['cluster']}  zookeeper {status['zookeeper']['address']}"
-        f" ({'reachable' if status['zookeeper']['reachable'] else 'UNREACHABLE'})"
-    )
-    header = ("node", "state", "gearman", "store", "agent", "gearmand", "queued", "items")
-    rows = [header] + [
-        (n["name"], n["state"], n["gearman"], n["store"], _text(n["agent_pid"]),
-         _text(n["gearmand_pid"]), _text(n["queued_jobs"]), _text(n["store_items"]))
-        for n in status["nodes"]
-    ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    for store in status["stores"]:
-        owner = store["owner"]
-        held = f"{owner['node']} ({owner['purpose']})" if owner else "nobody"
-        typer.echo(
-            f"store {store['store']} ({store['address']}): epoch {_text(store['epoch'])},"
-            f" owned by {held}"
-        )
-    for takeover in status["takeovers"]:
-        typer.echo(
-            f"take-over of store {takeover['store']} by {takeover['by']}: "
-            f"{takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s"
-        )
+    from cluster.statusview import watch as watch_status
+
+    cluster = _local_cluster(directory)
+    terminal = sys.stdout.isatty() and not as_json
+
+    def show(status: dict[str, Any]) -> None:
+        if as_json:
+            typer.echo(as_json_line(status))
+            return
+        stamp = time.strftime("%H:%M:%S")
+        text = f"{render(status)}\n(every {interval:g}s, {stamp}; Ctrl-C to stop)"
+        typer.echo(CLEAR_SCREEN + text if terminal else text + "\n")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        watch_status(cluster, interval, show)
+
+
+def _local_cluster(directory: Path) -> LocalCluster:
+    from cluster.localcluster import LocalCluster
+
+    cluster = LocalCluster.load(directory)
+    if cluster is None:
+        raise fail(GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`"))
+    return cluster
 
 
 def _local_status(directory: Path) -> dict[str, Any]:
@@ -122,10 +138,6 @@ def _local_status(directory: Path) -> dict[str, Any]:
         return collect(cluster)
     except GearctlError as exc:
         raise fail(exc) from None
-
-
-def _text(value: object) -> str:
-    return "-" if value is None else str(value)
 
 
 @cluster_app.command("servers")
@@ -169,10 +181,19 @@ def drill(
     scenario: Annotated[str, typer.Argument(help="A scenario name, `list`, or `all`.")],
     jobs: Annotated[int, typer.Option(min=1, help="Background jobs in the workload.")] = 5000,
     as_json: JsonOption = False,
+    hosts: Annotated[
+        str,
+        typer.Option(
+            help="`local`: every node here; `netns`: each node in a network namespace "
+            "of its own (needs root and iproute2)."
+        ),
+    ] = "local",
 ) -> None:
     """Failover drills on a fresh local cluster; exit 1 if any job is lost or doubled."""
     from cluster.drill import SCENARIOS, run
 
+    for name in ("cluster.client", "cluster.worker"):  # the drill reports failovers itself
+        logging.getLogger(name).setLevel(logging.ERROR)
     if scenario == "list":
         for item in SCENARIOS.values():
             typer.echo(f"{item.name:28} {item.description}")
@@ -185,7 +206,7 @@ def drill(
     for name in names:
         say = (lambda _text: None) if as_json else (lambda text, n=name: progress(f"[{n}] {text}"))
         try:
-            results.append(run(name, jobs, say))
+            results.append(run(name, jobs, say, hosts))
         except GearctlError as exc:
             raise fail(exc) from None
         if not as_json:
@@ -202,6 +223,11 @@ def _print_ledger(result: DrillResult) -> None:
                f"{ledger.acknowledged}, executed {ledger.executed}, lost {ledger.lost}, "
                f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), unexpected "
                f"{ledger.unexpected}, recovered in {result.recovery_seconds:.2f}s")  # fmt: skip
+    fg = result.foreground
+    if fg is not None:
+        typer.echo(f"     foreground: attempted {fg.attempted}, acknowledged {fg.acknowledged}, "
+                   f"executed {fg.executed}, lost {fg.lost}, duplicated {fg.duplicated}, "
+                   f"unexpected {fg.unexpected}, failed {fg.failed}")  # fmt: skip
 
 
 store_app = typer.Typer(help="Look into memcached stores.", no_args_is_help=True)
@@ -240,16 +266,126 @@ def store_inspect(
         typer.echo(f"  {summary['not_jobs']} keys are no gearmand jobs")
 
 
+ClusterDirOption = Annotated[
+    Path | None, typer.Option("--dir", help="A local cluster's directory (default .gearctl).")
+]
+ZookeeperOption = Annotated[
+    str | None, typer.Option("--zookeeper", help="ZooKeeper hosts host:port,... (not --dir).")
+]
+ClusterNameOption = Annotated[
+    str, typer.Option("--cluster", help="Cluster name in ZooKeeper (with --zookeeper).")
+]
+AuthFileOption = Annotated[
+    Path | None,
+    typer.Option("--auth-file", help="ZooKeeper digest credentials `user:password` (mode 0600)."),
+]
+
+
+@store_app.command("drain")
+def store_drain(
+    store: Annotated[str, typer.Argument(help="The dead node whose store is drained.")],
+    into: Annotated[
+        str, typer.Option("--into", help="A serving node; its gearmand gets the jobs.")
+    ],
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = "local",
+    auth_file: AuthFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Drain a dead node's store into a live node, under the take-over's lease and fence."""
+    from cluster import zksession
+    from cluster.drain import drain_by_hand, rate_line
+    from cluster.restore import RestoreReport
+
+    # The outcome is reported below; the take-over module's own log lines would repeat it.
+    logging.getLogger("gearctl.takeover").setLevel(logging.CRITICAL)
+    interrupted = threading.Event()
+    terminal = sys.stderr.isatty() and not as_json
+
+    def show(report: RestoreReport) -> None:
+        line = rate_line(report.moved, report.expected, report.seconds)
+        typer.echo(f"\r{line}", nl=False, err=True)
+
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
+    try:
+        with zksession.session(directory, zookeeper, cluster, auth_file) as (zk, paths):
+            result = drain_by_hand(zk, paths, store, into, show if terminal else None, interrupted)
+    except GearctlError as exc:
+        if as_json:
+            typer.echo(json.dumps({"store": store, "into": into, "outcome": f"refused: {exc}"}))
+        raise fail(exc) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if terminal:
+            typer.echo("", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        typer.echo(f"store {result.store} into {result.into} ({result.target}): {result.outcome}; "
+                   f"{rate_line(result.moved, result.expected, result.seconds)} in "
+                   f"{result.seconds:.2f}s; fenced: {result.fenced}")  # fmt: skip
+    raise typer.Exit(0 if result.done else 1)
+
+
+@takeover_app.command("pause")
+def takeover_pause(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = "local",
+    auth_file: AuthFileOption = None,
+) -> None:
+    """Pause automatic take-over of dead nodes' stores (maintenance); `store drain` still works."""
+    from kazoo.exceptions import NodeExistsError
+
+    from cluster import zksession
+
+    record = json.dumps({"since": time.time(), "host": socket.gethostname()}).encode()
+    try:
+        with zksession.session(directory, zookeeper, cluster, auth_file) as (zk, paths):
+            try:
+                zk.create(paths.takeover_paused, record, makepath=True)
+                typer.echo("automatic take-over paused; `gearctl takeover resume` to resume")
+            except NodeExistsError:
+                typer.echo("automatic take-over was already paused")
+    except GearctlError as exc:
+        raise fail(exc) from None
+
+
+@takeover_app.command("resume")
+def takeover_resume(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = "local",
+    auth_file: AuthFileOption = None,
+) -> None:
+    """Let survivors take dead nodes' stores over again (within a second)."""
+    from kazoo.exceptions import NoNodeError
+
+    from cluster import zksession
+
+    try:
+        with zksession.session(directory, zookeeper, cluster, auth_file) as (zk, paths):
+            try:
+                zk.delete(paths.takeover_paused)
+                typer.echo("automatic take-over resumed")
+            except NoNodeError:
+                typer.echo("automatic take-over was not paused")
+    except GearctlError as exc:
+        raise fail(exc) from None
+
+
 @takeover_app.command("list")
 def takeover_list(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
     """Every take-over of a dead node's store, oldest first."""
+    from cluster.statusview import takeover_line
+
     history = _local_status(directory)["takeovers"]
     if as_json:
         typer.echo(json.dumps(history, indent=2))
         return
-    for t in history:
-        typer.echo(f"store {t['store']} by {t['by']}: {t['outcome']}, {t['jobs']} jobs in "
-                   f"{t['seconds']:.2f}s")  # fmt: skip
+    for takeover in history:
+        typer.echo(takeover_line(takeover))
     if not history:
         typer.echo("no take-over yet")
 
@@ -257,19 +393,24 @@ def takeover_list(directory: DirOption = Path(".gearctl"), as_json: JsonOption =
 @agent_app.command("run")
 def agent_run(
     config: Annotated[Path, typer.Option("--config", help="The agent's TOML file.")],
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text or json (one object per line); default: log.format of the config."),
+    ] = None,
 ) -> None:
     """Run the node agent in the foreground until SIGTERM."""
+    from cluster import logsetup
     from cluster.agent import Agent
     from cluster.config import load_config
 
-    logging.getLogger("kazoo").setLevel(logging.INFO)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if log_format is not None and log_format not in logsetup.LOG_FORMATS:
+        raise typer.BadParameter(f"use one of {', '.join(logsetup.LOG_FORMATS)}",
+                                 param_hint="--log-format")  # fmt: skip
     try:
-        agent = Agent(load_config(config))
+        agent_config = load_config(config)
+        logsetup.configure(log_format or agent_config.log_format, agent_config.node)
+        logging.getLogger("kazoo").setLevel(logging.INFO)
+        agent = Agent(agent_config)
     except GearctlError as exc:
         raise fail(exc) from None
     raise typer.Exit(agent.run())

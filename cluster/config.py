@@ -17,6 +17,12 @@ Example (deploy/agent.example.toml has the commented version):
 
     [paths]
     run_dir = "/var/lib/gearctl"
+
+    [metrics]
+    port = 9400         # Prometheus /metrics on gearmand's listen host; 0 or absent: off
+
+    [log]
+    format = "json"     # "text" (default) or "json": one object per line
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from typing import Any
 from cluster.endpoint import Endpoint
 from cluster.errors import ConfigError
 from cluster.gearmand_server import DEFAULT_EXPECTED_QUEUE_DEPTH
+from cluster.logsetup import LOG_FORMATS
+from cluster.zkclient import ZkCredentials, read_credentials
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -49,10 +57,22 @@ class AgentConfig:
     check_timeout: float
     hang_checks: int
     safety_margin: float
+    # [zookeeper] auth_file: digest credentials (cluster/zkclient.py); None = no ACLs.
+    zookeeper_auth: ZkCredentials | None = None
+    metrics_port: int = 0  # [metrics] port: Prometheus /metrics; 0 = off
+    metrics_host: str = ""  # [metrics] address; "" = gearmand's listen host
+    log_format: str = "text"  # [log] format: see cluster.logsetup
 
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "log"
+
+    @property
+    def metrics(self) -> Endpoint | None:
+        """Where the agent serves Prometheus metrics; None when they are off."""
+        if not self.metrics_port:
+            return None
+        return Endpoint(self.metrics_host or self.gearman.host, self.metrics_port)
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -92,6 +112,10 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
         check_timeout=fields.number("watchdog.check_timeout", default=1.0, low=0.05, high=60),
         hang_checks=int(fields.number("watchdog.hang_checks", default=3, low=1, high=100)),
         safety_margin=fields.number("zookeeper.safety_margin", default=0.3, low=0.0, high=20),
+        zookeeper_auth=fields.credentials("zookeeper.auth_file"),
+        metrics_port=fields.port("metrics.port"),
+        metrics_host=fields.host("metrics.address"),
+        log_format=fields.choice("log.format", LOG_FORMATS, default="text"),
     )
     fields.reject_unknown()
     if config.safety_margin >= config.session_timeout / 3:
@@ -149,6 +173,41 @@ class _Fields:
             except ConfigError as exc:
                 raise ConfigError(f"{dotted}: {exc}") from None
         return value
+
+    def credentials(self, dotted: str) -> ZkCredentials | None:
+        """An optional absolute path to a `user:password` file, read now (see zkclient)."""
+        self.read.add(dotted)
+        section, _, key = dotted.partition(".")
+        if key not in self.raw.get(section, {}):
+            return None
+        path = Path(self.text(dotted))
+        if not path.is_absolute():
+            raise ConfigError(f"{dotted} = {str(path)!r} must be an absolute path")
+        try:
+            return read_credentials(path)
+        except ConfigError as exc:
+            raise ConfigError(f"{dotted}: {exc}") from None
+
+    def port(self, dotted: str) -> int:
+        """An optional TCP port; 0 (the default) means off."""
+        value = self.number(dotted, default=0, low=0, high=65535)
+        if value != int(value):
+            raise ConfigError(f"{dotted} = {value} must be a whole number")
+        return int(value)
+
+    def host(self, dotted: str) -> str:
+        """An optional host name or IP address, without port ("" when absent)."""
+        value = self.get(dotted, default="")
+        if not isinstance(value, str) or ":" in value or value != value.strip():
+            raise ConfigError(f"{dotted} must be a host name or IP address without port, "
+                              f"not {value!r}")  # fmt: skip
+        return value
+
+    def choice(self, dotted: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(dotted, default)
+        if value not in choices:
+            raise ConfigError(f"{dotted} = {value!r}: use one of {', '.join(choices)}")
+        return str(value)
 
     def number(self, dotted: str, default: float, low: float, high: float) -> float:
         value = self.get(dotted, default)

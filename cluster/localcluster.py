@@ -42,8 +42,10 @@ LOCAL_HOST = "127.0.0.1"
 CLUSTER_NAME = "local"
 DEFAULT_SESSION_TIMEOUT = 4.0
 STANDARD_PORTS = {"zookeeper": 2181, "zk-peer": 2888, "zk-election": 3888, "gearman": 4730,
-                  "store": 11211}  # fmt: skip
-PORT_OFFSETS = {"zookeeper": 0, "zk-peer": 3, "zk-election": 6, "gearman": 10, "store": 110}
+                  "store": 11211, "metrics": 9400}  # fmt: skip
+PORT_OFFSETS = {"zookeeper": 0, "zk-peer": 3, "zk-election": 6, "gearman": 10, "store": 110,
+                "metrics": 210}  # fmt: skip
+PORT_BLOCK = max(PORT_OFFSETS.values()) + 100  # ports a `--port-base` cluster may use (100 nodes)
 
 Progress = Callable[[str], None]
 
@@ -54,6 +56,7 @@ class NodePlan:
     gearman: str
     store: str
     netns: str | None = None  # network namespace its agent (and so its gearmand) runs in
+    metrics: str | None = None  # the agent's Prometheus endpoint (None in plans made before it)
 
     def as_dict(self) -> dict[str, str]:
         """Its `cluster.json` entry (`netns` only when set, so plans stay as they were)."""
@@ -160,6 +163,7 @@ class LocalCluster:
                     gearman=f"{placement.node_host(i)}:{port('gearman', i)}",
                     store=f"{services}:{port('store', i)}",
                     netns=placement.netns(i),
+                    metrics=f"{placement.node_host(i)}:{port('metrics', i)}",
                 )
                 for i in range(nodes)
             ],
@@ -324,11 +328,20 @@ def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
                 f"session_timeout = {cluster.session_timeout}",
                 "[paths]",
                 f'run_dir = "{cluster.node_dir(node.name).resolve()}"',
+                *_metrics_section(node),
                 "",
             ]
         )
     )
     return path
+
+
+def _metrics_section(node: NodePlan) -> list[str]:
+    """The agent config's [metrics] table (none for plans made before metrics existed)."""
+    if node.metrics is None:
+        return []
+    endpoint = Endpoint.parse(node.metrics)
+    return ["[metrics]", f'address = "{endpoint.host}"', f"port = {endpoint.port}"]
 
 
 def down(directory: Path, progress: Progress) -> LocalCluster | None:

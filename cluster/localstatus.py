@@ -6,18 +6,18 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 
-from cluster import membership
+from cluster import membership, zkclient
 from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.functions import FunctionRegistry, known_in_cluster
-from cluster.membership import MemberRecord, read_members
+from cluster.membership import MemberEntry, read_member_entries, read_members, session_text
 from cluster.process import log_tail
 from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
@@ -42,11 +42,15 @@ class NodeStatus:
     store_items: int | None
     restarts: int
     deferred_jobs: int
+    gearmand_started: float | None = None  # last (re)start of its gearmand (epoch's mtime)
+    zk_session: str | None = None  # the agent's ZooKeeper session (holds its member record)
+    zk_session_state: str | None = None  # "live"; "expiring" while a dead agent's lingers
+    metrics: str | None = None  # the agent's Prometheus endpoint (host:port), if it has one
 
 
 def connect(cluster: LocalCluster, timeout: float = 2.0) -> KazooClient | None:
     """A started kazoo client, or None when ZooKeeper does not answer within `timeout`."""
-    zk = KazooClient(hosts=cluster.zookeeper, timeout=4.0)
+    zk = zkclient.make_client(cluster.zookeeper, timeout=4.0)
     try:
         zk.start(timeout=timeout)
     except Exception:
@@ -69,8 +73,14 @@ def cluster_function_names(cluster: LocalCluster) -> set[str]:
         zk.close()
 
 
-def node_status(cluster: LocalCluster, node_name: str, member: MemberRecord | None) -> NodeStatus:
+def node_status(
+    cluster: LocalCluster,
+    node_name: str,
+    entry: MemberEntry | None,
+    gearmand_started: float | None = None,
+) -> NodeStatus:
     node = next(n for n in cluster.nodes if n.name == node_name)
+    member = entry.record if entry else None
     agent_key = f"agent:{node.name}"
     agent_alive = cluster.running(agent_key)
     if not agent_alive:
@@ -90,6 +100,10 @@ def node_status(cluster: LocalCluster, node_name: str, member: MemberRecord | No
         store_items=_store_items(Endpoint.parse(node.store)),
         restarts=member.restarts if member else 0,
         deferred_jobs=member.deferred_jobs if member else 0,
+        gearmand_started=gearmand_started,
+        zk_session=session_text(entry.session) if entry else None,
+        zk_session_state=("live" if agent_alive else "expiring") if entry else None,
+        metrics=node.metrics,
     )
 
 
@@ -107,31 +121,69 @@ def _store_items(endpoint: Endpoint) -> int | None:
         return None
 
 
-def collect(cluster: LocalCluster) -> dict[str, Any]:
-    """The whole status as a JSON-ready dict (the `--json` schema documented in the README)."""
+@dataclass
+class _ZooKeeperView:
+    """What the status reads from ZooKeeper in one go (empty when it is unreachable)."""
+
+    reachable: bool = False
+    members: dict[str, MemberEntry] = field(default_factory=dict)
+    stores: list[dict[str, Any]] = field(default_factory=list)
+    takeovers: list[dict[str, Any]] = field(default_factory=list)
+    takeover_paused: bool = False
+
+
+def _read_zookeeper(cluster: LocalCluster, zk: KazooClient | None) -> _ZooKeeperView:
+    if zk is None or not zk.connected:
+        return _ZooKeeperView(stores=[_store_status(None, ClusterPaths(""), n.name, n.store)
+                                      for n in cluster.nodes])  # fmt: skip
     paths = ClusterPaths(cluster.cluster)
-    zk = connect(cluster)
     try:
-        members = read_members(zk, paths)
-        stores = [_store_status(zk, paths, node.name, node.store) for node in cluster.nodes]
-        takeovers = read_takeovers(zk, paths)
+        return _ZooKeeperView(
+            reachable=True,
+            members=read_member_entries(zk, paths),
+            stores=[_store_status(zk, paths, node.name, node.store) for node in cluster.nodes],
+            takeovers=read_takeovers(zk, paths),
+            takeover_paused=zk.exists(paths.takeover_paused) is not None,
+        )
+    except KazooException:  # the connection dropped while we read
+        return _read_zookeeper(cluster, None)
+
+
+def collect(cluster: LocalCluster, zk: KazooClient | None = None) -> dict[str, Any]:
+    """The whole status as a JSON-ready dict (the `--json` schema documented in the README).
+
+    Without `zk` it opens (and closes) a ZooKeeper session of its own; `gearctl cluster status
+    --watch` passes one session kept open across refreshes.
+    """
+    own_session = zk is None
+    if own_session:
+        zk = connect(cluster)
+    try:
+        view = _read_zookeeper(cluster, zk)
     finally:
-        if zk is not None:
+        if own_session and zk is not None:
             zk.stop()
             zk.close()
+    started = {store["store"]: store.get("gearmand_started") for store in view.stores}
     return {
         "cluster": cluster.cluster,
         "zookeeper": {
             "address": cluster.zookeeper,
-            "reachable": zk is not None,
+            "reachable": view.reachable,
             "members": [
                 {"address": address, "mode": zookeeper_mode(Endpoint.parse(address), 0.5)}
                 for address in cluster.zookeeper.split(",")
             ],
         },
-        "nodes": [asdict(node_status(cluster, n.name, members.get(n.name))) for n in cluster.nodes],
-        "stores": stores,
-        "takeovers": takeovers,
+        "nodes": [
+            asdict(node_status(cluster, n.name, view.members.get(n.name), started.get(n.name)))
+            for n in cluster.nodes
+        ],
+        "stores": [
+            {k: v for k, v in store.items() if k != "gearmand_started"} for store in view.stores
+        ],
+        "takeovers": view.takeovers,
+        "takeover_paused": view.takeover_paused,
     }
 
 
@@ -156,16 +208,19 @@ def _store_status(
     zk: KazooClient | None, paths: ClusterPaths, store: str, address: str
 ) -> dict[str, Any]:
     epoch: int | None = None
+    started: float | None = None
     owner: dict[str, str] | None = None
     if zk is not None:
         with contextlib.suppress(NoNodeError, ValueError, KazooException):
-            epoch = int(zk.get(paths.store_epoch(store))[0] or b"0")
+            data, stat = zk.get(paths.store_epoch(store))
+            epoch, started = int(data or b"0"), stat.mtime / 1000
         try:
             raw = json.loads(zk.get(paths.store_owner(store))[0] or b"{}")
             owner = {"node": raw.get("node"), "purpose": raw.get("purpose")}
         except (NoNodeError, KazooException, ValueError):
             pass
-    return {"store": store, "address": address, "owner": owner, "epoch": epoch}
+    return {"store": store, "address": address, "owner": owner, "epoch": epoch,
+            "gearmand_started": started}  # fmt: skip
 
 
 def wait_serving(

@@ -20,6 +20,7 @@ RESTARTING = "restarting"
 FENCED = "fenced"
 WAITING = "waiting"  # for the store: a peer owns it (draining it)
 FAILED = "failed"
+STORE_LOST = "store-lost"  # gearmand runs on, its store does not answer
 DOWN = "down"
 
 
@@ -51,17 +52,37 @@ class MemberRecord:
 
 def read_members(zk: KazooClient | None, paths: ClusterPaths) -> dict[str, MemberRecord]:
     """Every member record now in ZooKeeper, by node name (unreadable ones are left out)."""
+    return {name: entry.record for name, entry in read_member_entries(zk, paths).items()}
+
+
+@dataclass(frozen=True)
+class MemberEntry:
+    """A member record with the ZooKeeper session that holds it (its znode's ephemeralOwner)."""
+
+    record: MemberRecord
+    session: int
+    registered: float  # when the session created the record (znode ctime), epoch seconds
+
+
+def read_member_entries(zk: KazooClient | None, paths: ClusterPaths) -> dict[str, MemberEntry]:
+    """Every member record now in ZooKeeper with its session, by node name."""
     if zk is None:
         return {}
     try:
         names = zk.get_children(paths.members)
     except NoNodeError:
         return {}
-    members: dict[str, MemberRecord] = {}
+    members: dict[str, MemberEntry] = {}
     for name in names:
         try:
-            data, _ = zk.get(paths.member(name))
-            members[name] = MemberRecord.decode(data)
+            data, stat = zk.get(paths.member(name))
+            members[name] = MemberEntry(MemberRecord.decode(data), stat.ephemeralOwner,
+                                        stat.ctime / 1000)  # fmt: skip
         except (NoNodeError, ValueError, TypeError):
             continue  # the member left while we looked, or wrote a record we cannot read
     return members
+
+
+def session_text(session: int) -> str:
+    """A ZooKeeper session id as ZooKeeper's own logs print it (0x...)."""
+    return f"{session:#x}"

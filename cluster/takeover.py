@@ -8,6 +8,9 @@ Before loading anything the winner fences the old server (design invariant 4): i
 must refuse connections, or its process must be gone (checked when it ran on this host). If
 neither can be established it waits and reports, and never drains.
 
+While `takeover-paused` exists (`gearctl takeover pause`) no survivor scans. `drain_store` is
+the drain itself, shared with the operator's `gearctl store drain` (cluster/drain.py).
+
 One survivor drains a whole store (rather than survivors sharing it): the restore then keeps the
 store's FIFO order per priority, and a drainer that dies leaves one store to resume, not pieces.
 """
@@ -31,7 +34,8 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.lease import DRAIN, StoreLease
-from cluster.restore import restore
+from cluster.metrics import AgentMetrics
+from cluster.restore import Progress, RestoreReport, restore
 from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
 
@@ -67,6 +71,7 @@ class Takeover:
     jobs: int = 0
     seconds: float = 0.0
     outcome: str = "running"
+    manual: bool = False  # `gearctl store drain`, not a survivor's automatic take-over
 
 
 def old_server_is_dead(record: StoreRecord, timeout: float = 1.0) -> tuple[bool, str]:
@@ -98,8 +103,10 @@ class TakeoverWatcher:
         target: Endpoint,
         may_drain: Callable[[], bool],
         stopping: threading.Event,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.zk = zk
+        self.metrics = metrics
         self.paths = paths
         self.node = node
         self.target = target
@@ -131,6 +138,8 @@ class TakeoverWatcher:
             if self.stopping.is_set() or not self.may_drain():
                 continue
             try:
+                if takeover_paused(self.zk, self.paths):
+                    continue
                 for store in self._orphans():
                     self._take_over(store)
             except (GearctlError, KazooException) as exc:
@@ -183,35 +192,74 @@ class TakeoverWatcher:
         return known_in_cluster(self.zk, self.paths, self.functions, self.target, 1.0)
 
     def _drain(self, store: str, source: Store, how: str, lease: StoreLease) -> None:
-        expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
         known = self._known()
-        takeover = Takeover(store=store, by=self.node, started=time.time())
-        path = self.zk.create(
-            f"{self.paths.takeovers}/t-", json.dumps(asdict(takeover)).encode(),
-            sequence=True, makepath=True,
+        if self.metrics:
+            self.metrics.takeover_started()
+        takeover, report = drain_store(
+            self.zk, self.paths, store, source, self.target, by=self.node, how=how, known=known,
+            should_continue=lambda: self.may_drain() and lease.held(),
         )  # fmt: skip
-        log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected,
-                    self.target)  # fmt: skip
-        try:
-            report = restore(
-                source,
-                self.target,
-                expected=expected,
-                keep_prefix=None,
-                known_functions=known,
-                should_continue=lambda: self.may_drain() and lease.held(),
-            )
-            takeover.jobs, takeover.outcome = report.moved, "done"
-            if report.deferred:
-                takeover.outcome = f"done; {report.deferred} jobs wait for their function name"
-                self.idle[store] = (report.deferred, len(known))
-        except GearctlError as exc:
-            log.error("draining store %s stopped: %s", store, exc)
-            takeover.outcome = f"interrupted: {exc}"
-            report = getattr(exc, "report", None)
-            takeover.jobs = report.moved if report is not None else 0
-        takeover.finished = time.time()
-        takeover.seconds = takeover.finished - takeover.started
-        log.warning("take-over of store %s %s: %d jobs in %.2fs", store, takeover.outcome,
-                    takeover.jobs, takeover.seconds)  # fmt: skip
-        self.zk.set(path, json.dumps(asdict(takeover)).encode())
+        if self.metrics:
+            self.metrics.takeover_finished(takeover.outcome, takeover.jobs)
+        if report is not None and report.deferred and takeover.outcome.startswith("done"):
+            self.idle[store] = (report.deferred, len(known))
+
+
+def takeover_paused(zk: KazooClient, paths: ClusterPaths) -> bool:
+    """Is automatic take-over paused (`gearctl takeover pause`)? Manual drains still run."""
+    return zk.exists(paths.takeover_paused) is not None
+
+
+def drain_store(
+    zk: KazooClient,
+    paths: ClusterPaths,
+    store: str,
+    source: Store,
+    target: Endpoint,
+    *,
+    by: str,
+    how: str,
+    known: set[str],
+    should_continue: Callable[[], bool],
+    progress: Progress | None = None,
+    manual: bool = False,
+) -> tuple[Takeover, RestoreReport | None]:
+    """Drain a dead node's `store` into gearmand `target`, recorded under `takeovers/`.
+
+    The caller holds the store's lease (purpose `drain`) and has fenced its old gearmand
+    (`old_server_is_dead`); `should_continue` must turn False once the lease is lost. Returns
+    the take-over record as written and the restore's report (None if it never started).
+    """
+    expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
+    takeover = Takeover(store=store, by=by, started=time.time(), manual=manual)
+    path = zk.create(
+        f"{paths.takeovers}/t-", json.dumps(asdict(takeover)).encode(),
+        sequence=True, makepath=True,
+    )  # fmt: skip
+    log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected,
+                target)  # fmt: skip
+    report: RestoreReport | None = None
+    try:
+        report = restore(
+            source,
+            target,
+            expected=expected,
+            keep_prefix=None,
+            known_functions=known,
+            progress=progress,
+            should_continue=should_continue,
+        )
+        takeover.jobs, takeover.outcome = report.moved, "done"
+        if report.deferred:
+            takeover.outcome = f"done; {report.deferred} jobs wait for their function name"
+    except GearctlError as exc:
+        log.error("draining store %s stopped: %s", store, exc)
+        takeover.outcome = f"interrupted: {exc}"
+        report = getattr(exc, "report", None)
+        takeover.jobs = report.moved if report is not None else 0
+    takeover.finished = time.time()
+    takeover.seconds = takeover.finished - takeover.started
+    log.warning("take-over of store %s %s: %d jobs in %.2fs", store, takeover.outcome,
+                takeover.jobs, takeover.seconds)  # fmt: skip
+    zk.set(path, json.dumps(asdict(takeover)).encode())
+    return takeover, report

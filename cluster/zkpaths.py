@@ -6,6 +6,7 @@
 /gearctl/<cluster>/stores/<node>/owner   ephemeral: who serves or drains the store now
 /gearctl/<cluster>/functions/<name>      persistent: function names seen, to split keys
 /gearctl/<cluster>/takeovers/<seq>       persistent: take-over history
+/gearctl/<cluster>/takeover-paused       persistent, optional: automatic take-over paused
 """
 
 from __future__ import annotations
@@ -50,3 +51,7 @@ class ClusterPaths:
     @property
     def takeovers(self) -> str:
         return f"{self.root}/takeovers"
+
+    @property
+    def takeover_paused(self) -> str:
+        return f"{self.root}/takeover-paused"

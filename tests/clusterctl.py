@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 
 from cluster.endpoint import Endpoint
+from cluster.localcluster import PORT_BLOCK
 from tests.conftest import free_port_block
 
 
@@ -37,7 +38,7 @@ def status_json(directory: Path) -> dict[str, Any]:
 @contextmanager
 def local_cluster(directory: Path, nodes: int = 3) -> Iterator[Path]:
     """`cluster up` on a free block of ports; `cluster down` afterwards, whatever happens."""
-    base = free_port_block(120)
+    base = free_port_block(PORT_BLOCK)
     args = ("--nodes", str(nodes), "--dir", str(directory), "--port-base", str(base))
     result = gearctl("cluster", "up", *args)
     try:

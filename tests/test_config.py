@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,80 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def with_auth_file(tmp_path: Path, content: str | None, mode: int = 0o600) -> Path:
+    """VALID plus `[zookeeper] auth_file` pointing at a secret file holding `content`."""
+    secret = tmp_path / "zk.secret"
+    if content is not None:
+        secret.write_text(content)
+        secret.chmod(mode)
+    return write(tmp_path, VALID.replace("session_timeout = 2", f'auth_file = "{secret}"'))
+
+
+def test_zookeeper_credentials_are_optional_and_read_from_their_file(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, VALID)).zookeeper_auth is None
+    auth = load_config(with_auth_file(tmp_path, "gearctl:s3cr3t\n")).zookeeper_auth
+    assert auth is not None
+    assert (auth.user, auth.password) == ("gearctl", "s3cr3t")
+    assert "s3cr3t" not in repr(auth)
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        (None, 0o600, "cannot read"),
+        ("gearctl:s3cr3t\n", 0o640, "lets others read it"),
+        ("gearctl:s3cr3t\n", 0o604, "lets others read it"),
+        ("gearctl\n", 0o600, "one line `user:password`"),
+        (":s3cr3t\n", 0o600, "one line `user:password`"),
+        ("gearctl:\n", 0o600, "one line `user:password`"),
+        ("gearctl:s3 cr3t\n", 0o600, "one line `user:password`"),
+        ("a:b\nc:d\n", 0o600, "one line `user:password`"),
+        ("", 0o600, "one line `user:password`"),
+    ],
+)
+def test_bad_credentials_file_is_named(
+    tmp_path: Path, content: str | None, mode: int, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"zookeeper\.auth_file: .*" + message):
+        load_config(with_auth_file(tmp_path, content, mode))
+
+
+def test_credentials_path_must_be_absolute(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("session_timeout = 2", 'auth_file = "zk.secret"'))
+    with pytest.raises(ConfigError, match=r"zookeeper\.auth_file .* absolute"):
+        load_config(path)
+
+
+def test_metrics_and_log_format_default_to_off_and_text(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    assert config.metrics is None
+    assert config.log_format == "text"
+
+
+def test_metrics_listen_on_gearmand_host_unless_an_address_is_given(tmp_path: Path) -> None:
+    extra = '[metrics]\nport = 9400\n[log]\nformat = "json"\n'
+    config = load_config(write(tmp_path, VALID + extra))
+    assert config.metrics == Endpoint("127.0.0.1", 9400)
+    assert config.log_format == "json"
+    config = load_config(write(tmp_path, VALID + '[metrics]\nport = 9401\naddress = "10.0.0.5"\n'))
+    assert config.metrics == Endpoint("10.0.0.5", 9401)
+    assert load_config(write(tmp_path, VALID + "[metrics]\nport = 0\n")).metrics is None
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("[metrics]\nport = 70000\n", "metrics.port = 70000 is outside"),
+        ("[metrics]\nport = 9400.5\n", "metrics.port = 9400.5 must be a whole number"),
+        ('[metrics]\nport = "9400"\n', "metrics.port must be a number"),
+        ('[metrics]\nport = 9400\naddress = "10.0.0.5:9400"\n', "metrics.address must be a host"),
+        ("[metrics]\nport = 9400\naddress = 5\n", "metrics.address must be a host"),
+        ("[metrics]\nprot = 9400\n", "unknown field metrics.prot"),
+        ('[log]\nformat = "xml"\n', "log.format = 'xml': use one of text, json"),
+    ],
+)
+def test_bad_metrics_or_log_field_is_named(tmp_path: Path, section: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, VALID + section))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from cluster.endpoint import Endpoint
+from cluster.localcluster import PORT_BLOCK
 from tests.clusterctl import gearctl, local_cluster, status_json
 from tests.conftest import HOST, free_port_block
 
@@ -48,8 +52,11 @@ def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path)
     assert status["zookeeper"]["reachable"] is True
     for node in status["nodes"]:
         assert set(node) >= {"name", "gearman", "store", "agent_pid", "gearmand_pid",
-                             "state", "queued_jobs", "store_items"}  # fmt: skip
+                             "state", "queued_jobs", "store_items", "gearmand_started",
+                             "zk_session", "zk_session_state"}  # fmt: skip
         assert alive(node["agent_pid"]) and alive(node["gearmand_pid"])
+        assert node["zk_session"].startswith("0x") and node["zk_session_state"] == "live"
+        assert node["gearmand_started"] > 0
         host, port = node["gearman"].split(":")
         worker = subprocess.Popen(
             ["gearman", "-h", host, "-p", port, "-w", "-c", "1", "-f", "reverse", "--", "rev"],
@@ -73,6 +80,50 @@ def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path)
     result = gearctl("cluster", "down", "--dir", str(cluster_dir))
     assert result.returncode == 0, result.stderr
     assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_status_table_and_watch_on_one_zookeeper_session(cluster_dir: Path) -> None:
+    status = status_json(cluster_dir)
+    table = gearctl("cluster", "status", "--dir", str(cluster_dir))
+    assert table.returncode == 0, table.stderr
+    header = table.stdout.splitlines()[1]
+    for column in ("node", "state", "gearman", "store", "queued", "items", "store owner",
+                   "restarts", "last restart", "zookeeper session"):  # fmt: skip
+        assert column in header
+    for node in status["nodes"]:
+        assert f"{node['zk_session']} live" in table.stdout
+
+    zk_port = Endpoint.parse(status["zookeeper"]["address"]).port
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "cluster", "status", "--dir", str(cluster_dir),
+         "--watch", "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        sessions = []  # local ports of the watch's connections to ZooKeeper, one set per table
+        assert watch.stdout is not None
+        while len(sessions) < 5:
+            line = watch.stdout.readline()
+            assert line, f"--watch ended: {watch.stderr.read() if watch.stderr else ''}"
+            if line.startswith("node3 "):
+                sessions.append(zookeeper_client_ports(watch.pid, zk_port))
+        watch.send_signal(signal.SIGINT)
+        _, stderr = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert set.intersection(*sessions), f"a new ZooKeeper connection per refresh: {sessions}"
+
+
+def zookeeper_client_ports(pid: int, zk_port: int) -> set[int]:
+    return {
+        conn.laddr.port
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.raddr and conn.raddr.port == zk_port and conn.status == psutil.CONN_ESTABLISHED
+    }
 
 
 def test_background_job_is_persisted_in_the_node_store(cluster_dir: Path) -> None:
@@ -123,7 +174,7 @@ def test_up_rejects_unwritable_dir(tmp_path: Path) -> None:
 
 
 def test_port_in_use_is_named_and_nothing_is_left_running(tmp_path: Path) -> None:
-    base = free_port_block(120)
+    base = free_port_block(PORT_BLOCK)
     directory = tmp_path / "c"
     with socket.socket() as squatter:
         squatter.bind((HOST, base + 111))  # node2's store port
@@ -136,6 +187,6 @@ def test_port_in_use_is_named_and_nothing_is_left_running(tmp_path: Path) -> Non
     listening = [
         conn.laddr.port
         for conn in psutil.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and base <= conn.laddr.port < base + 120
+        if conn.status == psutil.CONN_LISTEN and base <= conn.laddr.port < base + PORT_BLOCK
     ]
     assert listening == []

@@ -1,0 +1,97 @@
+"""`gearctl store drain` and `gearctl takeover pause/resume` on a real 3-node cluster.
+
+Automatic take-over is paused first, so no survivor drains the dead node's store by itself: the
+manual drain is the only one, whatever the timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+
+from cluster.lease import DRAIN, StoreLease
+from cluster.zkpaths import ClusterPaths
+from tests.clusterctl import gearctl, local_cluster, node, status_json
+from tests.clusterctl import wait_until as wait_status
+from tests.test_takeover import JOBS, load, run_to_completion
+
+pytestmark = pytest.mark.integration
+
+
+def drain(directory: Path, store: str, into: str) -> tuple[int, dict[str, object], str]:
+    result = gearctl("store", "drain", store, "--into", into, "--dir", str(directory), "--json")
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def test_drain_is_refused_until_the_node_is_dead_and_fenced_then_moves_every_job_once(
+    tmp_path: Path,
+) -> None:
+    with local_cluster(tmp_path / "c") as directory:
+        assert gearctl("takeover", "pause", "--dir", str(directory)).returncode == 0
+        load(directory, "node2")
+        victim = node(status_json(directory), "node2")
+
+        code, report, stderr = drain(directory, "node2", "node1")
+        assert code == 1 and str(report["outcome"]).startswith("refused")
+        assert "still has a ZooKeeper session" in stderr
+
+        # The agent dies, its gearmand lives on (nobody fences it): once the session has
+        # expired the store has no owner, but the old server is not fenced.
+        os.kill(victim["agent_pid"], signal.SIGKILL)
+        status = wait_status(directory, lambda s: node(s, "node2")["zk_session"] is None)
+        code, report, stderr = drain(directory, "node2", "node1")
+        assert code == 1 and "is not fenced" in stderr, stderr
+        assert f"gearmand pid {victim['gearmand_pid']} is still running" in stderr
+
+        os.kill(victim["gearmand_pid"], signal.SIGKILL)
+        time.sleep(2.5)  # survivors scan at least twice: paused, none of them drains
+        status = status_json(directory)
+        assert status["takeover_paused"] is True and status["takeovers"] == []
+        assert node(status, "node2")["store_items"] == JOBS
+
+        zk = KazooClient(hosts=status["zookeeper"]["address"])
+        zk.start(timeout=10)
+        try:
+            other = StoreLease(zk, ClusterPaths("local").store_owner("node2"), "node3", DRAIN)
+            assert other.try_acquire() is None
+            code, report, stderr = drain(directory, "node2", "node1")
+            assert code == 1 and "held by node3 (drain" in stderr, stderr
+            assert "another drain runs" in stderr
+            other.release()
+        finally:
+            zk.stop()
+            zk.close()
+
+        code, report, stderr = drain(directory, "node2", "node1")
+        assert code == 0, stderr
+        assert report["outcome"] == "done" and report["moved"] == report["expected"] == JOBS
+        assert report["fenced"] == f"gearmand pid {victim['gearmand_pid']} is gone"
+        status = status_json(directory)
+        (takeover,) = status["takeovers"]
+        assert (takeover["store"], takeover["by"], takeover["jobs"]) == ("node2", "node1", JOBS)
+        assert takeover["manual"] is True and takeover["outcome"] == "done"
+        assert node(status, "node2")["store_items"] == 0
+        assert node(status, "node1")["queued_jobs"] == JOBS
+
+        assert gearctl("takeover", "resume", "--dir", str(directory)).returncode == 0
+        assert status_json(directory)["takeover_paused"] is False
+        ledger = run_to_completion(directory, {"job": JOBS})
+        assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
+
+
+def test_drain_rejects_bad_targets(tmp_path: Path) -> None:
+    with local_cluster(tmp_path / "c", nodes=2) as directory:
+        for into, message in [
+            ("node2", "cannot drain store node2 into its own node"),
+            ("node9", "--into node9: no such live node"),
+        ]:
+            code, _, stderr = drain(directory, "node2", into)
+            assert code == 1 and message in stderr, stderr
+        code, _, stderr = drain(directory, "nodeX", "node1")
+        assert code == 1 and "no store nodeX in cluster local" in stderr
