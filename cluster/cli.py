@@ -242,26 +242,34 @@ def store_inspect(
     directory: DirOption = Path(".gearctl"),
     as_json: JsonOption = False,
 ) -> None:
-    """Jobs in a store by incarnation prefix, function and priority (read-only)."""
+    """Jobs in a store by incarnation prefix, function and priority, with the oldest job's age.
+
+    `live` groups are restored or new jobs of the gearmand serving the store now; `waiting`
+    groups wait for a restore or a drain. Read-only."""
     from cluster.endpoint import Endpoint
     from cluster.inspect_store import inspect_store
     from cluster.localcluster import LocalCluster
-    from cluster.localstatus import cluster_function_names
+    from cluster.localstatus import cluster_function_names, live_prefix
 
     try:
         cluster = LocalCluster.load(directory)
         nodes = {n.name: n.store for n in cluster.nodes} if cluster else {}
         endpoint = Endpoint.parse(nodes.get(store, store))
         known = cluster_function_names(cluster) if cluster else set()
-        summary = inspect_store(endpoint, known)
+        prefix = live_prefix(cluster, store) if cluster and store in nodes else None
+        summary = inspect_store(endpoint, known, prefix)
     except GearctlError as exc:
         raise fail(exc) from None
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"store {summary['store']}: {summary['items']} items, {summary['bytes']} bytes")
+    if summary["jobs"]:
+        typer.echo(f"  {'prefix':8} {'jobs':8} {'function':30} {'priority':8} {'count':>7}  oldest")
     for row in summary["jobs"]:
-        typer.echo(f"  {row['prefix']:8} {row['function']:30} {row['priority']:7} {row['count']}")
+        age = "-" if row["oldest_age_s"] is None else f"{row['oldest_age_s']}s"
+        typer.echo(f"  {row['prefix']:8} {row['incarnation']:8} {row['function']:30} "
+                   f"{row['priority']:8} {row['count']:>7}  {age}")  # fmt: skip
     if summary["not_jobs"]:
         typer.echo(f"  {summary['not_jobs']} keys are no gearmand jobs")
 

@@ -1,11 +1,15 @@
 """`gearctl store inspect`: what a memcached store holds, read-only.
 
 Jobs are counted by function, priority and incarnation prefix (the live gearmand's prefix holds
-restored and new jobs; older prefixes hold jobs still waiting for a restore or a drain).
+restored and new jobs; older prefixes hold jobs still waiting for a restore or a drain). The age
+of a group's oldest job is how long ago memcached last wrote or read its key (metadump's `la`,
+to memcached's one-minute resolution of reads): for a job gearmand stored and nobody read back,
+the time since it was stored. gearctl's own reads leave it alone (Store.get_many).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -15,12 +19,18 @@ from cluster.protocol import Priority
 from cluster.store import Store
 
 
-def inspect_store(endpoint: Endpoint, known_functions: set[str]) -> dict[str, Any]:
-    """A JSON-ready summary of the store at `endpoint` (one snapshot; nothing is changed)."""
+def inspect_store(
+    endpoint: Endpoint, known_functions: set[str], live_prefix: str | None = None
+) -> dict[str, Any]:
+    """A JSON-ready summary of the store at `endpoint` (one snapshot; nothing is changed).
+
+    `live_prefix` is the prefix of the gearmand serving this store now (None: not known); each
+    group is then `live` (restored or new jobs) or `waiting` (for a restore or a drain)."""
     store = Store(endpoint)
     items = store.snapshot()
     values = store.get_many([item.key for item in items])
     jobs: Counter[tuple[str, str, str]] = Counter()
+    oldest: dict[tuple[str, str, str], int] = {}
     not_jobs: list[str] = []
     for item in items:
         try:
@@ -36,14 +46,35 @@ def inspect_store(endpoint: Endpoint, known_functions: set[str]) -> dict[str, An
             priority = Priority.from_flags(flags).value
         except ValueError:
             priority = f"flags {flags}"
-        jobs[(key.prefix, function, priority)] += 1
+        group = (key.prefix, function, priority)
+        jobs[group] += 1
+        if item.last_access is not None:
+            oldest[group] = min(oldest.get(group, item.last_access), item.last_access)
+    now = time.time()
     return {
         "store": str(endpoint),
         "items": store.curr_items(),
         "bytes": store.bytes_used(),
         "jobs": [
-            {"prefix": prefix, "function": function, "priority": priority, "count": count}
-            for (prefix, function, priority), count in sorted(jobs.items())
+            _row(group, count, live_prefix, round(now - oldest[group]) if group in oldest else None)
+            for group, count in sorted(jobs.items())
         ],
         "not_jobs": len(not_jobs),
+    }
+
+
+def _row(
+    group: tuple[str, str, str], count: int, live_prefix: str | None, oldest_age_s: int | None
+) -> dict[str, Any]:
+    prefix, function, priority = group
+    incarnation = "unknown" if live_prefix is None else "waiting"
+    if prefix == live_prefix:
+        incarnation = "live"
+    return {
+        "prefix": prefix,
+        "incarnation": incarnation,
+        "function": function,
+        "priority": priority,
+        "count": count,
+        "oldest_age_s": oldest_age_s,
     }

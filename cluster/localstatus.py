@@ -17,6 +17,7 @@ from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.functions import FunctionRegistry, known_in_cluster
+from cluster.jobkey import incarnation_prefix
 from cluster.membership import MemberEntry, read_member_entries, read_members, session_text
 from cluster.process import log_tail
 from cluster.store import Store
@@ -68,6 +69,20 @@ def cluster_function_names(cluster: LocalCluster) -> set[str]:
         paths = ClusterPaths(cluster.cluster)
         own = Endpoint.parse(cluster.nodes[0].gearman)
         return known_in_cluster(zk, paths, FunctionRegistry(zk, paths.functions), own, 1.0)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def live_prefix(cluster: LocalCluster, node: str) -> str | None:
+    """The key prefix of the gearmand that serves `node`'s store now; None if not known."""
+    zk = connect(cluster)
+    if zk is None:
+        return None
+    try:
+        return incarnation_prefix(int(zk.get(ClusterPaths(cluster.cluster).store_epoch(node))[0]))
+    except (NoNodeError, ValueError):
+        return None
     finally:
         zk.stop()
         zk.close()

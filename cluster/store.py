@@ -37,7 +37,9 @@ BUSY_WAIT = 0.02  # seconds between tries while another lru_crawler job runs
 BUSY_TRIES = 100
 MAX_PASSES = 200
 STALE_PASSES = 8
-_METADUMP_LINE = re.compile(rb"key=(\S+) (?:\S+ )*?cas=(\d+) (?:\S+ )*?size=(\d+)")
+_METADUMP_LINE = re.compile(
+    rb"key=(\S+) (?:exp=\S+ )?(?:la=(\d+) )?(?:\S+ )*?cas=(\d+) (?:\S+ )*?size=(\d+)"
+)
 _ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
 
 
@@ -50,6 +52,7 @@ class StoredItem:
     key: str
     cas: int  # memcached's store order: sorting by it restores FIFO order
     size: int  # bytes memcached uses for the item (key, value and header)
+    last_access: int | None = None  # unix time of the last write or read (metadump `la`)
 
 
 def encode_key(key: str) -> bytes:
@@ -66,10 +69,10 @@ def parse_metadump_line(line: bytes) -> StoredItem | None:
     if match is None:
         log.warning("skipping unreadable metadump line %r", line[:200])
         return None
-    key, cas, size = match.groups()
+    key, last_access, cas, size = match.groups()
     if b"%" in key:
         key = unquote_to_bytes(key)
-    return StoredItem(decode_key(key), int(cas), int(size))
+    return StoredItem(decode_key(key), int(cas), int(size), int(last_access or 0) or None)
 
 
 class _ValueAndFlags:
@@ -134,10 +137,13 @@ class Store:
     # -- bulk (pipelined meta commands) --------------------------------------------------------
 
     def get_many(self, keys: Iterable[str]) -> dict[str, tuple[bytes, int]]:
-        """(value, flags) of every key that exists, read in pipelined `mg` batches."""
+        """(value, flags) of every key that exists, read in pipelined `mg` batches.
+
+        Reads do not touch the items (`u`): their last-access time and LRU place stay as they
+        were, so `store inspect` can still tell how long ago gearmand stored a job."""
         found: dict[str, tuple[bytes, int]] = {}
         with self._connection("multi-get") as conn:
-            for batch, request in _batches(keys, b"mg %b b v f O%d q\r\n"):
+            for batch, request in _batches(keys, b"mg %b b v f u O%d q\r\n"):
                 conn.sendall(request)
                 for line in _replies(conn.reader, self.endpoint):
                     if not line.startswith(b"VA "):
@@ -202,10 +208,11 @@ class Store:
             while line != b"END":  # a restore waits for this loop: parse_metadump_line inlined
                 found = match(line)
                 if found is not None:
-                    key, cas, size = found.groups()
+                    key, last_access, cas, size = found.groups()
                     if b"%" in key:
                         key = unquote_to_bytes(key)
-                    append(StoredItem(decode_key(key), int(cas), int(size)))
+                    seen = int(last_access or 0) or None
+                    append(StoredItem(decode_key(key), int(cas), int(size), seen))
                 elif line.startswith(_ERRORS):
                     raise StoreError(f"memcached store {self.endpoint}: metadump: {line!r}")
                 else:

@@ -138,6 +138,9 @@ def test_background_job_is_persisted_in_the_node_store(cluster_dir: Path) -> Non
     assert inspected.returncode == 0, inspected.stderr
     (row,) = json.loads(inspected.stdout)["jobs"]
     assert (row["function"], row["priority"], row["count"]) == ("img-resize", "normal", 1)
+    (store,) = [s for s in status_json(cluster_dir)["stores"] if s["store"] == "node2"]
+    assert (row["prefix"], row["incarnation"]) == (f"g{store['epoch']}_", "live")
+    assert row["oldest_age_s"] is not None and row["oldest_age_s"] >= 0
 
 
 def test_up_again_is_idempotent(cluster_dir: Path) -> None:

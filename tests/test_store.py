@@ -94,7 +94,8 @@ def fill(store: Store, count: int, prefix: str = "g1_img-resize-u-") -> list[str
 
 def test_metadump_lines_parse_and_bad_lines_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
     line = b"key=g1_img-resize-u-1 exp=-1 la=1795723763 cas=7 fetch=no cls=1 size=88"
-    assert parse_metadump_line(line) == StoredItem("g1_img-resize-u-1", 7, 88)
+    assert parse_metadump_line(line) == StoredItem("g1_img-resize-u-1", 7, 88, 1795723763)
+    assert parse_metadump_line(b"key=g1_f-u exp=-1 cas=3 size=60") == StoredItem("g1_f-u", 3, 60)
     encoded = b"key=g1_%C3%BCn-a%09b%FF exp=-1 la=1 cas=2 fetch=no cls=1 size=70"
     item = parse_metadump_line(encoded)
     assert item is not None
@@ -195,6 +196,23 @@ def test_values_flags_and_deletes_round_trip(memcached: Endpoint) -> None:
     assert store.get_many(keys) == {}
     assert [item.key for item in store.snapshot()] == ["g1_f-b"]
     assert store.bytes_used() > 0 and store.stats()["curr_items"] == "1"
+
+
+@integration
+def test_bulk_reads_leave_items_untouched(memcached: Endpoint) -> None:
+    """`store inspect` tells a job's age from its last access: gearctl's reads must not count."""
+    store = Store(memcached)
+    store.set("g1_f-old", b"x", 0)
+    (before,) = store.items()
+    assert before.last_access is not None
+    assert store.get_many(["g1_f-old"]) == {"g1_f-old": (b"x", 0)}
+    with socket.create_connection((memcached.host, memcached.port), timeout=5) as conn:
+        conn.sendall(b"lru_crawler metadump all\r\n")
+        dump = b""
+        while not dump.endswith(b"END\r\n"):
+            dump += conn.recv(4096) or b"END\r\n"
+    assert b"fetch=no" in dump, dump  # a plain mg would have marked it fetched (and bumped it)
+    assert store.items() == [before]
 
 
 @integration
