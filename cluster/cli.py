@@ -153,8 +153,6 @@ def cluster_servers(
     """Print the live gearmand servers as host:port,... (gearman -h/-p, PHP addServers)."""
     from cluster.servers_cmd import live_servers
 
-    if directory is not None and zookeeper is not None:
-        raise fail(GearctlError("give --dir or --zookeeper, not both"))
     try:
         servers = live_servers(directory, zookeeper, cluster)
     except GearctlError as exc:

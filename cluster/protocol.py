@@ -11,10 +11,11 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum, StrEnum
-from itertools import islice
+from itertools import accumulate, islice
 
 from cluster.endpoint import Endpoint
 from cluster.errors import (
@@ -474,18 +475,14 @@ class GearmanConnection:
         ERROR, raise BatchSubmitError; if the connection fails, BatchConnectionError. Both carry
         the handles of the leading jobs acknowledged before, and close the connection (answers
         still in flight are discarded). A job that cannot be encoded (bad priority, NUL in its
-        function or unique) raises ValueError when the pipeline reaches it.
+        function or unique) raises ValueError before anything is sent.
         """
-        return self._pipeline(_batches(jobs, max(1, window // 2)), window)
+        packets = encode_background([(f, p, u, pr) for f, u, p, pr in jobs], iter(()))
+        return self.submit_packets(packets, window=window)
 
     def submit_packets(self, packets: Sequence[bytes], *, window: int = 1000) -> list[bytes]:
         """Like submit_background_many, for submits encoded already (`encode_background`)."""
-        half = max(1, window // 2)
-        batches = (
-            (b"".join(packets[start : start + half]), min(half, len(packets) - start))
-            for start in range(0, len(packets), half)
-        )
-        return self._pipeline(batches, window)
+        return self._pipeline(_packet_batches(packets, max(1, window // 2)), window)
 
     def _pipeline(self, batches: Iterable[tuple[bytes, int]], window: int) -> list[bytes]:
         """Send (submits, count) batches, at most `window` submits unanswered; the handles."""
@@ -611,37 +608,16 @@ class GearmanConnection:
         self.send(request(PacketType.WORK_FAIL, handle))
 
 
-def _batches(jobs: Iterable[tuple[str, str, bytes, str]], size: int) -> Iterator[tuple[bytes, int]]:
-    """Encoded background submits: (bytes, job count), at most `size` jobs or about
-    BATCH_BYTES per batch. ValueError for a bad priority or a NUL in a function or unique."""
-    pack, req = HEADER.pack, Magic.REQ.value
-    heads: dict[tuple[str, str], tuple[PacketType, bytes]] = {}
-    last_function = last_priority = None  # most batches repeat one function and priority
-    type_, name = PacketType.SUBMIT_JOB_BG, b""
-    parts: list[bytes] = []
-    append = parts.append
-    count = length = 0
-    for function, unique, payload, priority in jobs:
-        if function is not last_function or priority is not last_priority:
-            head = heads.get((function, priority))
-            if head is None:
-                head = heads[function, priority] = _submit_head(function, priority)
-            type_, name = head
-            last_function, last_priority = function, priority
-        # A str test: `b"\0" in some_bytes` costs several times more in CPython 3.11.
-        if "\0" in unique:
-            raise ValueError(f"unique {unique!r} contains NUL")
-        data = b"%s%s\0%s" % (name, unique.encode("utf-8", "surrogateescape"), payload)
-        append(pack(req, type_, len(data)))
-        append(data)
-        count += 1
-        length += len(data)
-        if count == size or length >= BATCH_BYTES:
-            yield b"".join(parts), count
-            parts.clear()
-            count = length = 0
-    if count:
-        yield b"".join(parts), count
+def _packet_batches(packets: Sequence[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+    """Packets joined into (bytes, count) batches of at most `size` packets, a batch ending
+    with the packet that brings it to BATCH_BYTES (batch ends found in C: the hot path)."""
+    ends = list(accumulate(map(len, packets)))
+    start = 0
+    while start < len(packets):
+        full = bisect_left(ends, (ends[start - 1] if start else 0) + BATCH_BYTES, start) + 1
+        end = min(start + size, full, len(packets))
+        yield b"".join(packets[start:end]), end - start
+        start = end
 
 
 def _submit_head(function: str, priority: str) -> tuple[PacketType, bytes]:

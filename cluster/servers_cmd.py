@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster import zksession
 from cluster.discovery import LIVE_STATES
 from cluster.endpoint import Endpoint
-from cluster.errors import GearctlError
 from cluster.localstatus import read_members
-from cluster.zkpaths import ClusterPaths
-
-DEFAULT_DIR = Path(".gearctl")
 
 
 def live_servers(
@@ -25,32 +22,10 @@ def live_servers(
     With `zookeeper`, read the members of `cluster` there; otherwise use the local cluster in
     `directory` (default `.gearctl`): its ZooKeeper address and cluster name.
     """
-    from kazoo.client import KazooClient
-
-    if zookeeper is None:
-        from cluster.localcluster import LocalCluster
-
-        directory = directory or DEFAULT_DIR
-        local = LocalCluster.load(directory)
-        if local is None:
-            raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
-        zookeeper, cluster = local.zookeeper, local.cluster
-    zk = KazooClient(hosts=zookeeper, timeout=timeout)
-    try:
-        zk.start(timeout=timeout)
-    except Exception as exc:
-        zk.close()
-        raise GearctlError(
-            f"ZooKeeper {zookeeper} does not answer within {timeout}s: {exc}"
-        ) from exc
-    try:
-        members = read_members(zk, ClusterPaths(cluster))
-    finally:
-        zk.stop()
-        zk.close()
-    servers = []
-    for name in sorted(members):
-        record = members[name]
-        if record.state in LIVE_STATES:
-            servers.append(str(Endpoint.parse(record.gearman)))
-    return servers
+    with zksession.session(directory, zookeeper, cluster, timeout=timeout) as (zk, paths):
+        members = read_members(zk, paths)
+    return [
+        str(Endpoint.parse(members[name].gearman))
+        for name in sorted(members)
+        if members[name].state in LIVE_STATES
+    ]

@@ -193,3 +193,12 @@ def test_port_in_use_is_named_and_nothing_is_left_running(tmp_path: Path) -> Non
         if conn.status == psutil.CONN_LISTEN and base <= conn.laddr.port < base + PORT_BLOCK
     ]
     assert listening == []
+
+
+def test_servers_lists_every_serving_node_for_other_clients(cluster_dir: Path) -> None:
+    nodes = status_json(cluster_dir)["nodes"]
+    listed = gearctl("cluster", "servers", "--dir", str(cluster_dir))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == ",".join(node["gearman"] for node in nodes)
+    both = gearctl("cluster", "servers", "--dir", str(cluster_dir), "--zookeeper", "127.0.0.1:1")
+    assert both.returncode != 0 and "not both" in both.stderr

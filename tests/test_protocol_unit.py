@@ -32,7 +32,7 @@ from cluster.protocol import (
     Packet,
     PacketType,
     Priority,
-    _batches,
+    _packet_batches,
     background_submit_type,
     decode,
     encode,
@@ -228,19 +228,14 @@ def test_priorities() -> None:
 
 def test_batches_encode_like_encode() -> None:
     jobs = [("f", f"u{i}", b"p\0ay", ("high", "normal", "low")[i % 3]) for i in range(5)]
-    chunks = list(_batches(jobs, 2))
+    packets = encode_background([(f, d, u, p) for f, u, d, p in jobs], iter(()))
+    chunks = list(_packet_batches(packets, 2))
     assert [count for _, count in chunks] == [2, 2, 1]
     expected = b"".join(
         encode(Packet(Magic.REQ, background_submit_type(p), (f.encode(), u.encode(), d)))
         for f, u, d, p in jobs
     )
     assert b"".join(data for data, _ in chunks) == expected
-    with pytest.raises(ValueError, match=r"function .* contains NUL"):
-        list(_batches([("f\0", "u", b"", "low")], 10))
-    with pytest.raises(ValueError, match=r"unique .* contains NUL"):
-        list(_batches([("f", "u\0", b"", "low")], 10))
-    with pytest.raises(ValueError, match="urgent"):
-        list(_batches([("f", "u", b"", "urgent")], 10))
 
 
 def test_encode_background_takes_every_job_shape() -> None:
@@ -280,8 +275,11 @@ def test_encode_background_takes_every_job_shape() -> None:
 
 
 def test_batches_are_capped_in_bytes() -> None:
-    jobs = [("f", str(i), b"x" * (BATCH_BYTES // 2), "normal") for i in range(5)]
-    assert [count for _, count in _batches(jobs, 1000)] == [2, 2, 1]
+    packets = [b"x" * (BATCH_BYTES // 2)] * 5
+    assert [count for _, count in _packet_batches(packets, 1000)] == [2, 2, 1]
+    assert [count for _, count in _packet_batches([b"x" * BATCH_BYTES * 2, b"y"], 9)] == [1, 1]
+    assert [count for _, count in _packet_batches([b"y"] * 7, 3)] == [3, 3, 1]
+    assert list(_packet_batches([], 3)) == []
 
 
 def created(handle: bytes) -> bytes:
