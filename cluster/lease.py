@@ -145,6 +145,7 @@ class SessionGuard:
         self.session_lost = False
         self.fenced_at: float | None = None
         self.last_answered = time.monotonic()  # send time of the last answered heartbeat
+        self.last_sent = 0.0
         self.in_flight = False
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="session-guard", daemon=True)
@@ -162,9 +163,12 @@ class SessionGuard:
         self.state = state
 
     def _beat(self) -> None:
+        sent = time.monotonic()
         if self.in_flight or self.state != KazooState.CONNECTED:
             return
-        sent = time.monotonic()
+        if sent - self.last_sent < self.HEARTBEAT:
+            return  # the loop runs 4 times a heartbeat (fence precision), beats only once
+        self.last_sent = sent
         self.in_flight = True
 
         def answered(result: object) -> None:
