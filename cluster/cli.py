@@ -52,8 +52,9 @@ def cluster_up(
     port_base: Annotated[
         int,
         typer.Option(
-            help="0: standard ports (ZooKeeper 2181, gearmand 4730+i, memcached 11211+i); "
-            "N: ZooKeeper N, gearmand N+10+i, memcached N+110+i."
+            help="0: standard ports (ZooKeeper 2181, gearmand 4730+i, memcached 11211+i, "
+            "metrics 9400+i); N: ZooKeeper N, gearmand N+10+i, memcached N+110+i, "
+            "metrics N+210+i."
         ),
     ] = 0,
     session_timeout: Annotated[
