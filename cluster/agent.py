@@ -319,10 +319,6 @@ class Agent:
         except KazooException as exc:
             log.warning("could not publish function names: %s", exc)
 
-    @property
-    def gearmand_pid(self) -> int | None:
-        return self.gearmand.pid if self.gearmand is not None else None
-
     def _stop_gearmand(self, kill: bool = False) -> None:
         with self.gearmand_lock:
             proc, self.gearmand = self.gearmand, None

@@ -167,7 +167,8 @@ class TakeoverWatcher:
         source = Store(Endpoint.parse(record.address))
         try:
             items = source.curr_items()
-            if items == 0 or self.idle.get(store) == (items, len(self._known())):
+            idle = self.idle.get(store)  # asking the cluster for names costs a round of I/O
+            if items == 0 or (idle is not None and idle == (items, len(self._known()))):
                 return
         except GearctlError as exc:
             log.warning("orphaned store %s (%s) unreachable: %s; will retry", store,

@@ -54,16 +54,18 @@ def gearmand(memcached: Endpoint, tmp_path: Path) -> Iterator[RunningGearmand]:
         buckets=200003,
     )
     proc = start_gearmand(launch)
-    wait_until(
-        lambda: is_serving(launch.endpoint, 0.5),
-        timeout=10,
-        what="gearmand",
-        alive=lambda: proc.poll() is None,
-        log_path=launch.log_path,
-    )
-    yield RunningGearmand(launch.endpoint, memcached, launch.prefix, proc.pid)
-    stop_pid(proc.pid)
-    proc.wait()
+    try:
+        wait_until(
+            lambda: is_serving(launch.endpoint, 0.5),
+            timeout=10,
+            what="gearmand",
+            alive=lambda: proc.poll() is None,
+            log_path=launch.log_path,
+        )
+        yield RunningGearmand(launch.endpoint, memcached, launch.prefix, proc.pid)
+    finally:  # also when it never came up
+        stop_pid(proc.pid)
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

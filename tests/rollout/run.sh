@@ -22,7 +22,8 @@ HOSTS=(1 2 3)
 LOCK=/run/gearctl-rollout.lock
 T0=$(date +%s.%N)
 
-say() { printf '[rollout %6.1fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*" >&2; }
+# awk, not bc: say/die run before the package step installs bc.
+say() { printf '[rollout %6.1fs] %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{print a-b}')" "$*" >&2; }
 die() { say "FAIL: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, sshd, apt-get)"
