@@ -1,4 +1,4 @@
-"""Throughput of cluster.client against one gearmand (builtin queue, 200003 buckets, -t 1).
+"""Throughput of cluster.gearman.client against one gearmand (builtin queue, 200003 buckets, -t 1).
 
 1. Pipelined background submits, each round on a fresh gearmand, run order reversed every other
    round. Goal: Client >= 0.8 of a raw-socket pipelined submitter (same window, same
@@ -35,11 +35,11 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import save
-from cluster.admin import AdminClient, is_serving
-from cluster.client import Client, Worker, new_uniques
 from cluster.endpoint import Endpoint
+from cluster.gearman.admin import AdminClient, is_serving
+from cluster.gearman.client import Client, Worker, new_uniques
+from cluster.gearman.protocol import GearmanConnection
 from cluster.process import free_port, stop_pid, wait_until
-from cluster.protocol import GearmanConnection
 
 HOST = "127.0.0.1"
 PAYLOAD = b"x" * 64

@@ -23,17 +23,18 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cluster import localcluster  # noqa: E402
-from cluster.admin import AdminClient, is_serving  # noqa: E402
 from cluster.endpoint import Endpoint  # noqa: E402
 from cluster.errors import GearctlError  # noqa: E402
+from cluster.gearman.admin import AdminClient, is_serving  # noqa: E402
+from cluster.gearman.protocol import GearmanConnection  # noqa: E402
 from cluster.gearmand_server import (  # noqa: E402
     DEFAULT_EXPECTED_QUEUE_DEPTH,
     GearmandLaunch,
     hashtable_buckets,
     io_threads,
 )
-from cluster.memcached_server import start_memcached  # noqa: E402
+from cluster.local import cluster as localcluster  # noqa: E402
+from cluster.local.memcached_server import start_memcached  # noqa: E402
 from cluster.process import (  # noqa: E402
     free_port,
     free_port_block,
@@ -43,7 +44,6 @@ from cluster.process import (  # noqa: E402
     stop_pid,
     wait_until,
 )
-from cluster.protocol import GearmanConnection  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 HOST = "127.0.0.1"

@@ -5,7 +5,7 @@ every kill is the first death in the agent's backoff window, which restarts at o
 its member record in ZooKeeper says `serving`, then SIGKILLs gearmand and polls the gearmand port
 every `--interval` from the instant of the kill:
 
-- serving: the admin `status` command answers (cluster.admin.is_serving) from a new gearmand
+- serving: the admin `status` command answers (cluster.gearman.admin.is_serving) from a new gearmand
   (admin `getpid` differs from the killed pid);
 - restored (runs with queued jobs): the agent's member record in ZooKeeper is `serving` again with
   the new gearmand pid, i.e. the restore of the store has ended. The queue is then checked.
@@ -25,10 +25,11 @@ import common
 from common import Services, median, poll, table
 from kazoo.client import KazooClient
 
-from cluster import localcluster, membership
-from cluster.admin import AdminClient, is_serving
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.admin import AdminClient, is_serving
+from cluster.local import cluster as localcluster
+from cluster.local import membership
 from cluster.membership import MemberRecord
 from cluster.zkpaths import ClusterPaths
 

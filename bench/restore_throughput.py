@@ -29,7 +29,7 @@ from concurrent.futures import Future
 import common
 from common import FUNCTIONS, Services, median, table
 
-from cluster.protocol import GearmanConnection
+from cluster.gearman.protocol import GearmanConnection
 from cluster.restore import restore
 from cluster.store import Store
 

@@ -29,7 +29,7 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import EventType
 
 from cluster.endpoint import Endpoint
-from cluster.localstatus import collect
+from cluster.local.status import collect
 from cluster.zkpaths import ClusterPaths
 
 FALLBACK_RESTORE_RATE = 10_000.0  # jobs/s, used only when restore_throughput.json is missing

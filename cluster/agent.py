@@ -27,11 +27,11 @@ from types import FrameType
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
 from cluster import membership, zkclient
-from cluster.admin import is_serving
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.errors import GearctlError, LaunchError
 from cluster.functions import FunctionRegistry, known_in_cluster
+from cluster.gearman.admin import is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import Health, check_gearmand
 from cluster.lease import SERVE, Owner, SessionGuard, StoreLease

@@ -18,8 +18,8 @@ import typer
 from cluster.errors import GearctlError
 
 if TYPE_CHECKING:
-    from cluster.drill import DrillResult
-    from cluster.localcluster import LocalCluster
+    from cluster.drill.scenarios import DrillResult
+    from cluster.local.cluster import LocalCluster
 
 # kazoo warns on every reconnect attempt; the CLI reports ZooKeeper trouble itself.
 logging.getLogger("kazoo").setLevel(logging.ERROR)
@@ -65,7 +65,7 @@ def cluster_up(
     ] = 1,
 ) -> None:
     """Start ZooKeeper and, per node, a memcached store and an agent running gearmand."""
-    from cluster import localcluster
+    from cluster.local import cluster as localcluster
 
     try:
         cluster = localcluster.up(
@@ -119,7 +119,7 @@ def cluster_status(
 
 
 def _local_cluster(directory: Path) -> LocalCluster:
-    from cluster.localcluster import LocalCluster
+    from cluster.local.cluster import LocalCluster
 
     cluster = LocalCluster.load(directory)
     if cluster is None:
@@ -128,9 +128,9 @@ def _local_cluster(directory: Path) -> LocalCluster:
 
 
 def _local_status(directory: Path) -> dict[str, Any]:
-    """The local cluster's status (cluster.localstatus.collect); exits with a clear error."""
-    from cluster.localcluster import LocalCluster
-    from cluster.localstatus import collect
+    """The local cluster's status (cluster.local.status.collect); exits with a clear error."""
+    from cluster.local.cluster import LocalCluster
+    from cluster.local.status import collect
 
     try:
         cluster = LocalCluster.load(directory)
@@ -166,7 +166,7 @@ def cluster_servers(
 @cluster_app.command("down")
 def cluster_down(directory: DirOption = Path(".gearctl")) -> None:
     """Stop every process `up` started, by PID."""
-    from cluster.localcluster import down
+    from cluster.local.cluster import down
 
     try:
         cluster = down(directory, progress)
@@ -189,9 +189,9 @@ def drill(
     ] = "local",
 ) -> None:
     """Failover drills on a fresh local cluster; exit 1 if any job is lost or doubled."""
-    from cluster.drill import SCENARIOS, run
+    from cluster.drill.scenarios import SCENARIOS, run
 
-    for name in ("cluster.client", "cluster.worker"):  # the drill reports failovers itself
+    for name in ("cluster.gearman.client", "cluster.gearman.worker"):  # drills report failovers
         logging.getLogger(name).setLevel(logging.ERROR)
     if scenario == "list":
         for item in SCENARIOS.values():
@@ -247,8 +247,8 @@ def store_inspect(
     groups wait for a restore or a drain. Read-only."""
     from cluster.endpoint import Endpoint
     from cluster.inspect_store import inspect_store
-    from cluster.localcluster import LocalCluster
-    from cluster.localstatus import cluster_function_names, live_prefix
+    from cluster.local.cluster import LocalCluster
+    from cluster.local.status import cluster_function_names, live_prefix
 
     try:
         cluster = LocalCluster.load(directory)

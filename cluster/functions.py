@@ -13,9 +13,9 @@ from urllib.parse import quote, unquote
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
-from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.admin import AdminClient
 from cluster.membership import read_members
 from cluster.zkpaths import ClusterPaths
 

@@ -69,7 +69,7 @@ class GearmandLaunch:
 
 
 def start_gearmand(launch: GearmandLaunch) -> subprocess.Popen[bytes]:
-    """Start gearmand; it is not ready until `cluster.admin.is_serving` says so."""
+    """Start gearmand; it is not ready until `cluster.gearman.admin.is_serving` says so."""
     binary = require_binary("gearmand", "gearman-job-server")
     ensure_port_free(launch.endpoint, f"gearmand {launch.endpoint}")
     stdout_log = launch.log_path.with_name(launch.log_path.stem + ".stdout.log")

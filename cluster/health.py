@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.admin import AdminClient
 
 
 class Health(enum.Enum):

@@ -14,8 +14,8 @@ from collections import Counter
 from typing import Any
 
 from cluster.endpoint import Endpoint
+from cluster.gearman.protocol import Priority
 from cluster.jobkey import JobKeyError, SplitMethod, parse_job_key
-from cluster.protocol import Priority
 from cluster.store import Store
 
 

@@ -31,9 +31,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cluster import membership
-from cluster.admin import AdminClient, FunctionStatus
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, StoreError
+from cluster.gearman.admin import AdminClient, FunctionStatus
 from cluster.membership import MemberRecord
 from cluster.restore import RestoreReport
 from cluster.store import Store

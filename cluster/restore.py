@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.protocol import BatchSubmitError, GearmanConnection, Priority
 from cluster.jobkey import JobKeyError, SplitMethod, parse_job_key, split_prefix
-from cluster.protocol import BatchSubmitError, GearmanConnection, Priority
 from cluster.store import Store, StoredItem
 
 log = logging.getLogger("gearctl.restore")

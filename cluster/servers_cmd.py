@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster import zksession
-from cluster.discovery import LIVE_STATES
 from cluster.endpoint import Endpoint
-from cluster.localstatus import read_members
+from cluster.gearman.discovery import LIVE_STATES
+from cluster.local.status import read_members
 
 
 def live_servers(

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cluster import zkclient
-from cluster.localstatus import collect
+from cluster.local.status import collect
 
 if TYPE_CHECKING:
-    from cluster.localcluster import LocalCluster
+    from cluster.local.cluster import LocalCluster
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 FIRST_CONNECT_WAIT = 2.0  # seconds --watch waits for ZooKeeper before its first table

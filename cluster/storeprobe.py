@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.protocol import GearmanConnection
+from cluster.gearman.protocol import GearmanConnection
 
 PROBE_FUNCTION = "gearctl-store-probe"
 

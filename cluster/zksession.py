@@ -22,7 +22,7 @@ def locate(directory: Path | None, zookeeper: str | None, cluster: str) -> tuple
         raise GearctlError("give --dir or --zookeeper, not both")
     if zookeeper is not None:
         return zookeeper, cluster
-    from cluster.localcluster import LocalCluster
+    from cluster.local.cluster import LocalCluster
 
     directory = directory or DEFAULT_DIR
     local = LocalCluster.load(directory)

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from cluster.endpoint import Endpoint
-from cluster.localcluster import PORT_BLOCK
+from cluster.local.cluster import PORT_BLOCK
 from tests.conftest import free_port_block
 
 

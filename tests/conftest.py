@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.admin import is_serving
 from cluster.endpoint import Endpoint
+from cluster.gearman.admin import is_serving
 from cluster.gearmand_server import GearmandLaunch, start_gearmand
-from cluster.memcached_server import start_memcached
+from cluster.local.memcached_server import start_memcached
+from cluster.local.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 from cluster.process import free_port, free_port_block, stop_pid, wait_until
-from cluster.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 
 HOST = "127.0.0.1"
 __all__ = ["HOST", "free_port_block"]

@@ -19,14 +19,14 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from cluster.admin import AdminClient
+from cluster.drill.workload import FUNCTIONS, PRIORITIES, drain, numbered_jobs, submit
 from cluster.endpoint import Endpoint
+from cluster.gearman.admin import AdminClient
 from cluster.jobkey import parse_job_key
+from cluster.local.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 from cluster.process import free_port, read_pidfile, stop_pid
 from cluster.store import Store
-from cluster.workload import FUNCTIONS, PRIORITIES, drain, numbered_jobs, submit
 from cluster.zkpaths import ClusterPaths
-from cluster.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 from tests.conftest import HOST
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cluster.client import (
+from cluster.endpoint import Endpoint
+from cluster.errors import ConfigError
+from cluster.gearman.client import (
     BackgroundJob,
     Client,
     JobFailedError,
@@ -18,16 +20,14 @@ from cluster.client import (
     Worker,
     new_uniques,
 )
-from cluster.discovery import StaticServers, ZooKeeperServers, parse_servers
-from cluster.endpoint import Endpoint
-from cluster.errors import ConfigError
+from cluster.gearman.discovery import StaticServers, ZooKeeperServers, parse_servers
+from cluster.gearman.protocol import Packet, PacketType, decode, encode
 from cluster.membership import MemberRecord
-from cluster.protocol import Packet, PacketType, decode, encode
 from cluster.servers_cmd import live_servers
 
 
 def answer(type_: PacketType, *args: bytes) -> bytes:
-    from cluster.protocol import Magic
+    from cluster.gearman.protocol import Magic
 
     return encode(Packet(Magic.RES, type_, args))
 

@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from cluster.admin import AdminClient
-from cluster.client import Client
+from cluster.gearman.admin import AdminClient
+from cluster.gearman.client import Client
 from tests.clusterctl import (
     gearctl,
     gearman,
@@ -72,7 +72,7 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 WORKER_SCRIPT = """
 import signal, sys
-from cluster.client import Worker
+from cluster.gearman.client import Worker
 zookeeper, cluster, log_path = sys.argv[1:4]
 worker = Worker(zookeeper=zookeeper, cluster=cluster, min_backoff=0.05, max_backoff=0.5)
 log = open(log_path, "a", buffering=1)

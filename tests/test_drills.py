@@ -17,8 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from cluster import netns
-from cluster.drill import (
+from cluster.drill.scenarios import (
     FOREGROUND_DUPLICATE_BOUND,
     SCENARIOS,
     DrillContext,
@@ -27,8 +26,9 @@ from cluster.drill import (
     run,
 )
 from cluster.errors import GearctlError
-from cluster.localcluster import LocalCluster
-from cluster.localstatus import collect
+from cluster.local import netns
+from cluster.local.cluster import LocalCluster
+from cluster.local.status import collect
 from cluster.process import wait_until
 from tests.clusterctl import gearctl, local_cluster, up_again
 

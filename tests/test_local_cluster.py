@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from cluster.endpoint import Endpoint
-from cluster.localcluster import PORT_BLOCK
+from cluster.local.cluster import PORT_BLOCK
 from tests.clusterctl import gearctl, local_cluster, status_json
 from tests.conftest import HOST, free_port_block
 

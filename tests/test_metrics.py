@@ -18,15 +18,15 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.config import load_config
+from cluster.drill.workload import Job, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
-from cluster.localcluster import LocalCluster, write_agent_config
+from cluster.local.cluster import LocalCluster, write_agent_config
 from cluster.logsetup import JsonFormatter, configure
 from cluster.membership import MemberRecord
 from cluster.metrics import AgentMetrics
 from cluster.process import free_port
 from cluster.restore import RestoreReport
-from cluster.workload import Job, numbered_jobs, submit
 from tests.clusterctl import kill_node, local_cluster, status_json, wait_until
 from tests.clusterctl import node as cluster_node
 from tests.conftest import HOST, RunningGearmand

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from cluster.admin import AdminClient, AdminCommandError, is_serving
 from cluster.endpoint import Endpoint
 from cluster.errors import GearmanConnectionError, GearmanServerError, ProtocolError
-from cluster.protocol import (
+from cluster.gearman.admin import AdminClient, AdminCommandError, is_serving
+from cluster.gearman.protocol import (
     BatchConnectionError,
     BatchSubmitError,
     GearmanConnection,

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.admin import (
+from cluster.endpoint import Endpoint
+from cluster.errors import GearmanConnectionError, GearmanServerError, ProtocolError
+from cluster.gearman.admin import (
     AdminCommandError,
     FunctionStatus,
     WorkerInfo,
@@ -19,9 +21,7 @@ from cluster.admin import (
     parse_workers,
     split_reply,
 )
-from cluster.endpoint import Endpoint
-from cluster.errors import GearmanConnectionError, GearmanServerError, ProtocolError
-from cluster.protocol import (
+from cluster.gearman.protocol import (
     ARG_COUNTS,
     BATCH_BYTES,
     MAX_PACKET_SIZE,

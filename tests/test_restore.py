@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from cluster.admin import AdminClient, is_serving
+from cluster.drill.workload import FUNCTIONS, Job, drain, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, start_gearmand
 from cluster.jobkey import job_key
 from cluster.process import free_port, kill_pid, stop_pid, wait_until
 from cluster.restore import BATCH, CHUNK, RestoreIncomplete, restore
 from cluster.store import Store
-from cluster.workload import FUNCTIONS, Job, drain, numbered_jobs, submit
 from tests.conftest import HOST, RunningGearmand
 
 TOTAL = 20_000

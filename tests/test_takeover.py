@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cluster.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
+from cluster.drill.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
 from tests.clusterctl import gearctl, gearman, kill_node, local_cluster, node, status_json
 from tests.clusterctl import wait_until as wait_status
 

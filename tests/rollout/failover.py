@@ -22,12 +22,12 @@ from collections.abc import Callable
 
 import psutil
 
-from cluster.admin import AdminClient
+from cluster.drill.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.admin import AdminClient
+from cluster.gearman.protocol import GearmanConnection
 from cluster.membership import MemberRecord, read_members
-from cluster.protocol import GearmanConnection
-from cluster.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
 from cluster.zkclient import make_client
 from cluster.zkpaths import ClusterPaths
 

@@ -13,19 +13,19 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 
 from cluster import membership, zkclient
-from cluster.admin import AdminClient
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.functions import FunctionRegistry, known_in_cluster
+from cluster.gearman.admin import AdminClient
 from cluster.jobkey import incarnation_prefix
+from cluster.local.zookeeper_server import zookeeper_mode
 from cluster.membership import MemberEntry, read_member_entries, read_members, session_text
 from cluster.process import log_tail
 from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
-from cluster.zookeeper_server import zookeeper_mode
 
 if TYPE_CHECKING:
-    from cluster.localcluster import LocalCluster
+    from cluster.local.cluster import LocalCluster
 
 PROBE_TIMEOUT = 1.0
 SERVING_TIMEOUT = 30.0

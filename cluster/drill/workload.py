@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cluster.client import Client, Worker, WorkerJob
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.protocol import GearmanConnection
+from cluster.gearman.client import Client, Worker, WorkerJob
+from cluster.gearman.protocol import GearmanConnection
 
 PRIORITIES = ("high", "normal", "low")
 FUNCTIONS = ("img-resize", "mail", "search-index-v2")
@@ -157,9 +157,9 @@ class ForegroundLedger:
 
 
 class ForegroundLoad:
-    """Foreground jobs through `cluster.client.Client.submit` while a fault runs.
+    """Foreground jobs through `cluster.gearman.client.Client.submit` while a fault runs.
 
-    A `cluster.client.Worker` serves FOREGROUND_FUNCTION on every live server (following
+    A `cluster.gearman.client.Worker` serves FOREGROUND_FUNCTION on every live server (following
     ZooKeeper, as the clients do) and counts each execution by unique; FOREGROUND_CLIENTS
     threads submit `<prefix>-fg<client>-<n>` one after the other until `stop()`. Use as a
     context manager: `start()` on enter, `stop()` on exit."""

@@ -19,9 +19,16 @@ from pathlib import Path
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
-from cluster.localstatus import wait_serving
-from cluster.memcached_server import DEFAULT_MEMORY_MB, start_memcached
-from cluster.netns import exec_argv as netns_exec_argv
+from cluster.local.memcached_server import DEFAULT_MEMORY_MB, start_memcached
+from cluster.local.netns import exec_argv as netns_exec_argv
+from cluster.local.status import wait_serving
+from cluster.local.zookeeper_server import (
+    JARS,
+    ZooKeeperLaunch,
+    ZooKeeperMember,
+    spawn_zookeeper,
+    wait_zookeeper,
+)
 from cluster.process import (
     ProcessRef,
     is_program_on,
@@ -29,13 +36,6 @@ from cluster.process import (
     require_binary,
     spawn,
     stop_pid,
-)
-from cluster.zookeeper_server import (
-    JARS,
-    ZooKeeperLaunch,
-    ZooKeeperMember,
-    spawn_zookeeper,
-    wait_zookeeper,
 )
 
 LOCAL_HOST = "127.0.0.1"

@@ -631,7 +631,7 @@ def encode_background(jobs: Iterable[object], uniques: Iterator[str]) -> list[by
     """One background submit packet per job, every job checked before any is sent.
 
     A job is (function, payload[, unique[, priority]]) or an object with those attributes
-    (cluster.client.BackgroundJob); a payload is bytes or str; a missing or None unique is
+    (cluster.gearman.client.BackgroundJob); a payload is bytes or str; a missing or None unique is
     taken from `uniques`. ValueError for a bad priority or a NUL in a function or unique,
     TypeError for anything else. One pass: the normalizing is the framing loop itself.
     """

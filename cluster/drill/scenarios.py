@@ -3,10 +3,11 @@
 A drill starts its own 3-node cluster on free loopback ports (or, with hosts "netns", each node
 in a network namespace of its own), queues uniquely numbered background jobs (dashed function
 names, all priorities, payloads of several sizes), injects one fault while foreground jobs go
-through the failover Client (cluster.workload.ForegroundLoad), waits until every acknowledged job
-is queued on a live server again (time to recover), lets a worker drain everything, and counts
-each unique (cluster.workload.Ledger). It passes only with lost = 0, unexpected = 0 and
-duplicated within the scenario's bound, for the foreground jobs also with none failed.
+through the failover Client (cluster.drill.workload.ForegroundLoad), waits until every
+acknowledged job is queued on a live server again (time to recover), lets a worker drain
+everything, and counts each unique (cluster.drill.workload.Ledger). It passes only with
+lost = 0, unexpected = 0 and duplicated within the scenario's bound, for the foreground jobs also
+with none failed.
 """
 
 from __future__ import annotations
@@ -25,16 +26,7 @@ from typing import Any
 
 import psutil
 
-from cluster import localcluster, netns
-from cluster.client import BackgroundJob, Client, NoServerError
-from cluster.endpoint import Endpoint
-from cluster.errors import GearctlError
-from cluster.localstatus import collect, connect, read_takeovers
-from cluster.netns import HostNetwork
-from cluster.process import free_port_block, is_running, wait_until
-from cluster.protocol import GearmanConnection
-from cluster.restore import BATCH
-from cluster.workload import (
+from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
     ForegroundLedger,
@@ -45,6 +37,16 @@ from cluster.workload import (
     numbered_jobs,
     submit,
 )
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.gearman.client import BackgroundJob, Client, NoServerError
+from cluster.gearman.protocol import GearmanConnection
+from cluster.local import cluster as localcluster
+from cluster.local import netns
+from cluster.local.netns import HostNetwork
+from cluster.local.status import collect, connect, read_takeovers
+from cluster.process import free_port_block, is_running, wait_until
+from cluster.restore import BATCH
 from cluster.zkpaths import ClusterPaths
 
 Progress = Callable[[str], None]
@@ -474,7 +476,8 @@ def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local")
     """Run one drill on a fresh local cluster, which is stopped again whatever happens.
 
     `hosts` "netns" runs each node (agent and gearmand) in a network namespace of its own on a
-    test bridge (cluster.netns); ZooKeeper and the stores stay in this namespace, on the bridge.
+    test bridge (cluster.local.netns); ZooKeeper and the stores stay in this namespace, on the
+    bridge.
     Where namespaces cannot be made, NetnsError says why before anything is started."""
     scenario = SCENARIOS[scenario_name]
     if hosts not in HOSTS:

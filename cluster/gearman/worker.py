@@ -1,6 +1,6 @@
 """A Gearman worker that registers on every live server and sleeps until one has work.
 
-    from cluster.client import Worker
+    from cluster.gearman.client import Worker
     worker = Worker(zookeeper="127.0.0.1:2181", cluster="local")  # or Worker(servers=[...])
     worker.register("reverse", lambda job: job.payload[::-1])
     worker.work()            # blocks; worker.stop() from another thread or a signal handler
@@ -10,7 +10,7 @@ One thread, one `selectors` loop over a socket per server plus a wake-up socketp
 - NO_JOB: PRE_SLEEP, and the connection sleeps until the server sends NOOP (no polling);
 - JOB_ASSIGN_UNIQ: run the handler, WORK_COMPLETE (or WORK_FAIL if it raised), grab again;
 - a lost or refused connection is retried with exponential backoff and jitter;
-- the server list comes from `cluster.discovery`: with ZooKeeper, servers that join or turn
+- the server list comes from `cluster.gearman.discovery`: with ZooKeeper, servers that join or turn
   live are connected and those that leave are dropped, as the watches report them.
 The socket handling is written here on top of `protocol.encode/decode` because the worker needs
 one non-blocking-read loop over many servers, which GearmanConnection (blocking) does not offer.
@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from cluster.discovery import ServerSource, server_source
 from cluster.endpoint import Endpoint
 from cluster.errors import ProtocolError
-from cluster.protocol import RECV_SIZE, PacketType, decode, encode, request
+from cluster.gearman.discovery import ServerSource, server_source
+from cluster.gearman.protocol import RECV_SIZE, PacketType, decode, encode, request
 
 log = logging.getLogger(__name__)
 

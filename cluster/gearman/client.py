@@ -1,0 +1,382 @@
+"""A Gearman client that fails over between job servers (and, re-exported here, the Worker).
+
+    from cluster.gearman.client import Client
+    client = Client(zookeeper="127.0.0.1:2181", cluster="local")  # or Client(servers=["h:4730"])
+    client.submit("reverse", b"hello")                  # b"olleh", once a worker ran it
+    client.submit_background("resize", b"img-1")        # the job handle
+    client.submit_background_many([("resize", b"img-2"), ("resize", b"img-3", "my-unique")])
+
+Failover rules:
+- A submit goes to the next live server (round robin). On connection refused, a timeout, a
+  closed connection or a retryable server error (QUEUE_ERROR: the store is full) it is retried
+  on the other live servers, then again after a short backoff, until `retry_timeout` has passed;
+  then NoServerError is raised. Success is only ever reported for a JOB_CREATED.
+- A batch (`submit_background_many`) is one pipeline on one connection. If it breaks, it goes
+  on from the first job whose JOB_CREATED was not read, on the next server: acknowledged jobs
+  are not sent again, and `retry_timeout` counts from the last acknowledgement.
+- A retried job keeps its unique. When the caller gives none the client makes a UUID4 (as
+  libgearman does): gearmand keeps an empty unique empty, and its libmemcached queue stores each
+  job under `<prefix><function>-<unique>`, so jobs with empty uniques would overwrite each other.
+- Delivery is at least once across a failover: a submit whose JOB_CREATED was lost with the
+  connection may have been persisted by the server that died, and runs again when that store
+  is restored. A foreground job interrupted by its server's death is run again on another one.
+- A failed server is skipped for `down_for` seconds unless no other server is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cluster.endpoint import Endpoint
+from cluster.errors import (
+    GearctlError,
+    GearmanConnectionError,
+    GearmanServerError,
+    ProtocolError,
+)
+from cluster.gearman.discovery import ServerSource, server_source
+from cluster.gearman.protocol import (
+    BatchConnectionError,
+    BatchSubmitError,
+    GearmanConnection,
+    JobFailedError,
+    PacketType,
+    Priority,
+    as_payload,
+    encode_background,
+    foreground_submit_type,
+    job_result,
+    request,
+)
+from cluster.gearman.worker import Worker, WorkerJob
+
+__all__ = [
+    "BackgroundJob",
+    "Client",
+    "JobFailedError",
+    "JobTimeoutError",
+    "NoServerError",
+    "Worker",
+    "WorkerJob",
+]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_SERVER_ERRORS = frozenset({"QUEUE_ERROR", "JOB_QUEUE_FULL"})
+"""ERROR codes that mean "this server cannot take the job now": try another one."""
+
+T = TypeVar("T")
+
+
+class NoServerError(GearmanConnectionError):
+    """No live server acknowledged the job within the retry time: it was NOT submitted.
+
+    For a batch, `handles` are those of the leading jobs that were acknowledged (the first
+    `acknowledged` ones); the rest were not.
+    """
+
+    def __init__(self, message: str, handles: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.handles = handles if handles is not None else []
+
+    @property
+    def acknowledged(self) -> int:
+        return len(self.handles)
+
+
+class JobTimeoutError(GearctlError, TimeoutError):
+    """A foreground job gave no result within its timeout (it may still run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundJob:
+    """One job of a batch; `unique=None` gets a fresh UUID4."""
+
+    function: str
+    payload: bytes
+    unique: str | None = None
+    priority: str = "normal"
+
+
+JobSpec = (
+    BackgroundJob
+    | tuple[str, bytes]
+    | tuple[str, bytes, str | None]
+    | tuple[str, bytes, str | None, str]
+)
+
+
+def new_unique() -> str:
+    return str(uuid.uuid4())
+
+
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
+_VARIANT_RFC_4122 = bytes((b & 0x3F) | 0x80 for b in range(256))
+_DASHES = (8, 13, 18, 23)
+_HEX_DIGITS = [(at, n) for n, at in enumerate(p for p in range(36) if p not in _DASHES)]
+"""(position in the 36-character form, index among the 32 hex digits) of each digit."""
+
+
+def new_uniques(count: int) -> list[str]:
+    """`count` random UUID4 strings in canonical form, made in bulk with strided byte copies:
+    several times faster than str(uuid.uuid4()) one by one (for batches)."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT_RFC_4122)
+    digits = raw.hex().encode()
+    text = bytearray(b"-" * (37 * count))  # 36 characters and a newline each
+    for at, n in _HEX_DIGITS:
+        text[at::37] = digits[n::32]
+    text[36::37] = b"\n" * count
+    return text.decode().splitlines()
+
+
+class Client:
+    """Submit jobs to a Gearman cluster, failing over between its live servers.
+
+    Give `servers` (["host:port", ...] or "host:port,...") or `zookeeper` ("host:port,...") with
+    `cluster` (the servers are then the cluster's live members, followed as they come and go).
+    A Client keeps one connection per server and is not thread-safe: use one per thread.
+    """
+
+    def __init__(
+        self,
+        servers: Iterable[str | Endpoint] | str | None = None,
+        *,
+        zookeeper: str | None = None,
+        cluster: str = "local",
+        connect_timeout: float = 2.0,
+        read_timeout: float = 5.0,
+        retry_timeout: float = 15.0,
+        down_for: float = 1.0,
+        source: ServerSource | None = None,
+    ) -> None:
+        self.source = source or server_source(servers, zookeeper, cluster)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.retry_timeout = retry_timeout
+        self.down_for = down_for
+        self._connections: dict[Endpoint, GearmanConnection] = {}
+        self._down_until: dict[Endpoint, float] = {}
+        self._turn = 0
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+        self.source.close()
+
+    # Public API.
+
+    def submit_background(
+        self,
+        function: str,
+        payload: bytes | str,
+        *,
+        unique: str | None = None,
+        priority: str = "normal",
+    ) -> bytes:
+        """Queue a background job; return its handle once a server acknowledged it."""
+        job_unique = new_unique() if unique is None else unique
+        data = as_payload(payload)
+        Priority.parse(priority)
+
+        def attempt(conn: GearmanConnection) -> bytes:
+            conn.read_timeout = self.read_timeout
+            return conn.submit_background(function, data, unique=job_unique, priority=priority)
+
+        return self._with_failover(attempt, f"background job {function!r}", self.retry_timeout)
+
+    def submit_background_many(self, jobs: Iterable[JobSpec], *, window: int = 1000) -> list[bytes]:
+        """Queue many background jobs pipelined on one connection; return handles in order.
+
+        `jobs` holds BackgroundJob or (function, payload[, unique[, priority]]) tuples; all are
+        checked before the first is sent (ValueError, TypeError). At most `window` submits are
+        unanswered at a time. When the server refuses a job (QUEUE_ERROR) or the connection
+        fails, the jobs from the first one not acknowledged on are sent on to another server:
+        an acknowledged job is never sent again, and a job counts as submitted only once a
+        server acknowledged it. Raises NoServerError when no server took the rest within
+        `retry_timeout` of the last acknowledgement (`handles`: those of the leading jobs that
+        were acknowledged).
+        """
+        packets = encode_background(jobs, _fresh_uniques())
+        handles: list[bytes] = []
+
+        def attempt(conn: GearmanConnection) -> None:
+            conn.read_timeout = self.read_timeout
+            rest = packets if not handles else packets[len(handles) :]
+            try:
+                handles.extend(conn.submit_packets(rest, window=window))
+            except (BatchSubmitError, BatchConnectionError) as exc:
+                handles.extend(exc.handles)
+                raise
+
+        try:
+            self._with_failover(
+                attempt, f"batch of {len(packets)} jobs", self.retry_timeout, progress=handles
+            )
+        except NoServerError as exc:
+            exc.handles = handles
+            raise
+        return handles
+
+    def submit(
+        self,
+        function: str,
+        payload: bytes | str,
+        *,
+        unique: str | None = None,
+        priority: str = "normal",
+        timeout: float = 60.0,
+    ) -> bytes:
+        """Run a foreground job and return its result (WORK_COMPLETE's data).
+
+        WORK_FAIL and WORK_EXCEPTION raise JobFailedError (not retried). If the server dies
+        while the job runs, the job is submitted again to another server. JobTimeoutError when
+        no result came within `timeout` seconds; NoServerError when no server took the job.
+        """
+        job_unique = new_unique() if unique is None else unique
+        data = as_payload(payload)
+        type_ = foreground_submit_type(priority)
+        deadline = time.monotonic() + timeout
+        packet = request(type_, _text(function), _text(job_unique), data)
+
+        def attempt(conn: GearmanConnection) -> bytes:
+            return self._run_foreground(conn, packet, deadline)
+
+        return self._with_failover(attempt, f"job {function!r}", timeout, deadline=deadline)
+
+    def servers(self) -> list[Endpoint]:
+        return self.source.servers()
+
+    # Internals.
+
+    def _run_foreground(self, conn: GearmanConnection, packet: object, deadline: float) -> bytes:
+        conn.read_timeout = max(0.001, min(self.read_timeout, deadline - time.monotonic()))
+        conn.send(packet)  # type: ignore[arg-type]
+        created = conn.receive()
+        if created.type is PacketType.ERROR:
+            raise GearmanServerError(_str(created.args[0]), _str(created.args[1]))
+        if created.type is not PacketType.JOB_CREATED:
+            conn.close()
+            raise ProtocolError(f"{conn.endpoint} answered a submit with {created.type.name}")
+        handle = created.args[0]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                conn.close()  # its late answer must not be read as another job's
+                raise JobTimeoutError(f"job {handle.decode(errors='replace')}: no result in time")
+            conn.read_timeout = remaining
+            try:
+                answer = conn.receive()
+            except GearmanConnectionError:
+                if time.monotonic() >= deadline:
+                    raise JobTimeoutError(
+                        f"job {handle.decode(errors='replace')}: no result in time"
+                    ) from None
+                raise
+            result = job_result(answer, handle)
+            if result is not None:
+                return result
+
+    def _with_failover(
+        self,
+        attempt: Callable[[GearmanConnection], T],
+        what: str,
+        retry_timeout: float,
+        *,
+        deadline: float | None = None,
+        progress: Sized = (),
+    ) -> T:
+        """Run `attempt` on live servers in turn until one succeeds or time runs out.
+
+        A failed attempt that made `progress` grow (a batch's acknowledged jobs) starts the
+        `retry_timeout` over.
+        """
+        deadline = deadline if deadline is not None else time.monotonic() + retry_timeout
+        errors: list[str] = []
+        delay = 0.05
+        while True:
+            for endpoint in self._candidates():
+                done = len(progress)
+                try:
+                    return attempt(self._connection(endpoint))
+                except GearmanServerError as exc:
+                    if exc.code not in RETRYABLE_SERVER_ERRORS:
+                        raise
+                    errors.append(f"{endpoint}: {exc}")
+                    self._mark_down(endpoint)
+                except (GearmanConnectionError, ProtocolError) as exc:
+                    errors.append(f"{endpoint}: {exc}")
+                    self._drop(endpoint)
+                    self._mark_down(endpoint)
+                if len(progress) > done:
+                    deadline = max(deadline, time.monotonic() + retry_timeout)
+                    delay = 0.05
+                if time.monotonic() >= deadline:
+                    break
+            now = time.monotonic()
+            if now >= deadline:
+                tried = "; ".join(errors[-3:]) or "no live server known"
+                raise NoServerError(f"{what}: no server acknowledged it in time ({tried})")
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, 1.0)
+
+    def _candidates(self) -> list[Endpoint]:
+        """Live servers starting at the next in turn; recently failed ones last."""
+        servers = self.source.servers()
+        for gone in set(self._connections) - set(servers):
+            self._drop(gone)
+        if not servers:
+            return []
+        self._turn = (self._turn + 1) % len(servers)
+        rotated = servers[self._turn :] + servers[: self._turn]
+        now = time.monotonic()
+        healthy = [s for s in rotated if self._down_until.get(s, 0.0) <= now]
+        return healthy + [s for s in rotated if s not in healthy]
+
+    def _connection(self, endpoint: Endpoint) -> GearmanConnection:
+        conn = self._connections.get(endpoint)
+        if conn is None:
+            conn = GearmanConnection(
+                endpoint, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout
+            )
+            self._connections[endpoint] = conn
+        return conn
+
+    def _drop(self, endpoint: Endpoint) -> None:
+        conn = self._connections.pop(endpoint, None)
+        if conn is not None:
+            conn.close()
+
+    def _mark_down(self, endpoint: Endpoint) -> None:
+        log.info("gearmand %s failed; trying another server", endpoint)
+        self._down_until[endpoint] = time.monotonic() + self.down_for
+
+
+def _fresh_uniques() -> Iterator[str]:
+    """Endless UUID4 strings, made in blocks growing from 16 to 1,024."""
+    block = 16
+    while True:
+        yield from new_uniques(block)
+        block = min(2 * block, 1024)
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _str(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")

@@ -1,0 +1,1 @@
+"""What only `gearctl cluster up` needs: the local cluster on loopback or network namespaces."""
