@@ -148,8 +148,9 @@ class Coordination:
     def register(self, record: MemberRecord) -> bool:
         """Create our member record; False while an earlier session's record still exists."""
         try:
-            self.zk.create(self.paths.member(record.node), record.encode(), ephemeral=True,
-                           makepath=True)  # fmt: skip
+            self.zk.create(
+                self.paths.member(record.node), record.encode(), ephemeral=True, makepath=True
+            )
             return True
         except NodeExistsError:
             return False
@@ -368,13 +369,11 @@ class StoreLease:
             return owner
 
     @_translated
-    def acquire(self, stop: threading.Event, on_wait: Callable[[Owner], None]) -> bool:
-        """Block until the lease is ours (True) or `stop` is set (False)."""
-        while not stop.is_set():
-            holder = self.try_acquire()
-            if holder is None:
+    def acquire(self, until: Callable[[], bool]) -> bool:
+        """Block until the lease is ours (True) or `until()` holds (False)."""
+        while not until():
+            if self.try_acquire() is None:
                 return True
-            on_wait(holder)
             released = threading.Event()
             if self.zk.exists(self.path, watch=_setter(released)) is None:
                 continue

@@ -1,0 +1,486 @@
+"""The node agent as a state machine: keeps one gearmand serving the node's store, and only
+while it owns the store (states and diagram: cluster.agent.states, docs/architecture.md).
+
+The main loop repeats `run_cycle`: run the current state's step, which returns the next state,
+and `transition` to it. Only the main loop changes the state and writes the member record.
+Other threads only signal: the session guard calls `fence` (it kills gearmand at once, since a
+step may block for seconds, and marks the agent fenced) and `unfence`; SIGTERM calls `stop`.
+`transition` and `fence` share a lock, so a record write is either done before a fence or
+not done at all: no `serving` lands after a fence.
+
+Every dependency is passed in (coordination, gearmand launcher, store, restore, clock), so the
+unit tests (tests/test_agent_states.py) drive each transition with fakes in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cluster.agent.states import PUBLISHED, State, check_transition
+from cluster.backoff import RestartPolicy
+from cluster.config import AgentConfig
+from cluster.coord import MemberRecord, NodeState, Purpose, StoreRecord
+from cluster.errors import GearctlError, LaunchError
+from cluster.health import Check, Health
+from cluster.metrics import AgentMetrics
+from cluster.process import log_tail
+from cluster.restore import RestoreIncomplete, RestoreReport, restore
+
+log = logging.getLogger("gearctl.agent")
+
+DEFERRED_RETRY_EVERY = 1.0  # seconds between tries of jobs whose function name was unknown
+RESTORE_RETRY_AFTER = 0.5
+RETRY_AFTER = 1.0  # after a failed step, an unreachable store, a launch failure
+UNFENCE_POLL = 0.1
+
+
+class Gearmand(Protocol):
+    """A started gearmand process (subprocess.Popen in production)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+
+class Launcher(Protocol):
+    """Starts, checks, stops and fences the node's gearmand (cluster.agent.gearmand)."""
+
+    def start(self, prefix: str) -> Gearmand | None: ...
+    def check(self, proc: Any) -> Check: ...
+    def writes_store(self) -> bool: ...
+    def stop(self, kill: bool = False) -> None: ...
+    def fence(self) -> None: ...
+    def unfence(self) -> None: ...
+
+
+class Clock:
+    """Time for the agent: monotonic seconds, and waits that end early when `event` is set."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, seconds: float, event: threading.Event) -> None:
+        event.wait(seconds)
+
+
+class AgentMachine:
+    def __init__(
+        self,
+        config: AgentConfig,
+        coord: Any,  # cluster.coord.Coordination, or a fake
+        launcher: Launcher,
+        store: Any,  # cluster.store.Store (curr_items, ping), or a fake
+        *,
+        metrics: AgentMetrics,
+        known_functions: Callable[[], set[str]],
+        publish_functions: Callable[[tuple[str, ...]], None],
+        restorer: Callable[..., RestoreReport] = restore,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.coord = coord
+        self.launcher = launcher
+        self.store = store
+        self.metrics = metrics
+        self.known_functions = known_functions
+        self.publish_functions = publish_functions
+        self.restorer = restorer
+        self.clock = clock or Clock()
+        self.lease = coord.lease(config.node, config.node, Purpose.SERVE)
+        self.policy = RestartPolicy()
+        self.state = State.STARTING
+        self.record = MemberRecord(
+            node=config.node,
+            gearman=str(config.gearman),
+            store=str(config.store),
+            agent_pid=os.getpid(),
+            gearmand_pid=None,
+            state=NodeState.STARTING,
+        )
+        self.registered = False
+        self.stopping = threading.Event()
+        self.fenced = threading.Event()  # cleared only by the main loop, in FENCED
+        self.unfenced = threading.Event()  # the guard's word that the session is back
+        self.session_renewed = threading.Event()
+        self.interrupt = threading.Event()  # set by stop and fence: ends every wait at once
+        self.lock = threading.Lock()  # a record write and a fence never interleave
+        self.proc: Gearmand | None = None
+        self.prefix = ""
+        self.expected = 0  # jobs under older prefixes, counted while gearmand was down
+        self.reason = ""  # why the last step failed (logged on entering FAILED & co.)
+        self.steps: dict[State, Callable[[], State]] = {
+            State.STARTING: self._start,
+            State.OWNING: self._own,
+            State.WAITING: self._wait_for_store,
+            State.COUNTING: self._count,
+            State.STORE_UNREACHABLE: self._retry_later,
+            State.LAUNCHING: self._launch,
+            State.RESTORING: self._restore,
+            State.SERVING: self._serve,
+            State.STORE_LOST: self._wait_store_back,
+            State.RESTARTING: self._restart,
+            State.FAILED: self._retry_later,
+            State.RECOVERING: self._recover,
+            State.FENCED: self._wait_unfenced,
+        }
+
+    # -- signals (any thread) -----------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.interrupt.set()
+
+    def fence(self, reason: str) -> None:
+        """The session guard's call: stop serving the store before a peer may own it.
+
+        Marked first (so a gearmand that dies of the kill is not taken for a crash), killed at
+        once (not by the main loop: a step may block for seconds), then the lock waits out a
+        record write in flight: once this returns, no write lands."""
+        self.fenced.set()
+        self.interrupt.set()
+        self.launcher.fence()
+        with self.lock:
+            self.fenced.set()
+            self.unfenced.clear()
+        log.error("fenced (%s): gearmand killed", reason)
+
+    def unfence(self, session_was_lost: bool) -> None:
+        """The session guard's call once a heartbeat is answered again (the main loop, waiting
+        in FENCED, then starts over)."""
+        if session_was_lost:
+            self.session_renewed.set()
+        self.unfenced.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopping.is_set() or self.fenced.is_set()
+
+    def may_drain(self) -> bool:
+        """Peers' stores are drained only into a gearmand that serves, under a live session."""
+        return self.state is State.SERVING and not self.fenced.is_set()
+
+    # -- the machine ----------------------------------------------------------------------
+
+    def run_cycle(self) -> State:
+        """Run the current state's step and move to the state it returns."""
+        if self.stopping.is_set():
+            target = State.STOPPED
+        elif self.fenced.is_set() and self.state is not State.FENCED:
+            target = State.FENCED
+        else:
+            try:
+                target = self.steps[self.state]()
+            except GearctlError as exc:
+                # ZooKeeper or the store went away mid-step: report, and start over from a
+                # stopped gearmand (the next count of the store needs it quiescent).
+                log.error("%s: %s", type(exc).__name__, exc)
+                self.metrics.count_error(exc)
+                target = State.RECOVERING
+        self.transition(target)
+        return self.state
+
+    def transition(self, target: State) -> None:
+        """Enter `target` (FENCED instead, once fenced), publishing what it shows; raises
+        IllegalTransition for a transition the diagram does not have."""
+        with self.lock:
+            if self.fenced.is_set() and target is not State.STOPPED:
+                if self.state is State.FENCED:
+                    return  # fenced again before it could start over: wait again
+                target = State.FENCED
+            check_transition(self.state, target)
+            self.state = target
+            if target is State.FENCED:
+                self._enter_fenced()
+            elif PUBLISHED[target] is not None:
+                self._publish(**self._entry_changes(target))
+
+    def _entry_changes(self, target: State) -> dict[str, Any]:
+        changes: dict[str, Any] = {"state": PUBLISHED[target]}
+        if target is State.RESTORING:
+            assert self.proc is not None
+            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0}
+        elif target is State.RESTARTING:
+            changes |= {"gearmand_pid": None, "restarts": self.record.restarts + 1}
+        elif target in (State.FAILED, State.STORE_UNREACHABLE):
+            changes["gearmand_pid"] = None
+            tail = log_tail(self.config.log_dir / "gearmand.log", 5)
+            log.error("%s\nlast lines of gearmand.log:\n%s", self.reason, tail)
+        return changes
+
+    def _publish(self, **changes: Any) -> None:
+        """Change the member record and write it (the caller holds `lock`; never once fenced)."""
+        self.record = self.record.with_changes(**changes)
+        self.metrics.record(self.record)
+        if not self.registered or self.fenced.is_set():
+            return  # registering writes it; a fenced agent writes nothing
+        try:
+            self.coord.update_member(self.record)
+        except GearctlError as exc:
+            log.warning("could not update the member record: %s", exc)
+
+    def _update(self, **changes: Any) -> None:
+        with self.lock:
+            self._publish(**changes)
+
+    def _enter_fenced(self) -> None:
+        self.record = self.record.with_changes(state=NodeState.FENCED, gearmand_pid=None)
+        self.metrics.fenced()
+
+    def _wait(self, seconds: float) -> None:
+        self.clock.wait(seconds, self.interrupt)
+
+    def _interrupted_state(self) -> State:
+        return State.STOPPED if self.stopping.is_set() else State.FENCED
+
+    # -- the steps: each returns the next state -------------------------------------------
+
+    def _start(self) -> State:
+        """Register our member record (again, after a lost session), waiting out one left by
+        an earlier session."""
+        while not self.registered:
+            if self.interrupted:
+                return self._interrupted_state()
+            try:
+                if self.coord.register(self.record):
+                    self.registered = True
+                    break
+                log.warning("member %s still held by an earlier session; waiting", self.config.node)
+                self._wait(self.config.session_timeout / 4)
+            except GearctlError as exc:
+                log.error("cannot register member %s: %s", self.config.node, exc)
+                self._wait(RETRY_AFTER)
+        return State.OWNING
+
+    def _own(self) -> State:
+        owner = self.lease.try_acquire()
+        if owner is None:
+            return State.COUNTING
+        log.warning(
+            "store %s is held by %s (%s); waiting", self.config.node, owner.node, owner.purpose
+        )
+        return State.WAITING
+
+    def _wait_for_store(self) -> State:
+        if self.lease.acquire(until=lambda: self.interrupted):
+            return State.COUNTING
+        return self._interrupted_state()
+
+    def _count(self) -> State:
+        try:
+            self.expected = self.store.curr_items()
+        except GearctlError as exc:
+            self.metrics.count_error(exc)
+            self.reason = f"store {self.config.store} unreachable: {exc}"
+            return State.STORE_UNREACHABLE
+        return State.LAUNCHING
+
+    def _retry_later(self) -> State:
+        delay = self.policy.max_delay if self.policy.crash_looping else RETRY_AFTER
+        self._wait(delay if self.state is State.FAILED else RETRY_AFTER)
+        return State.OWNING
+
+    def _launch(self) -> State:
+        epoch = self.coord.next_epoch(self.config.node)
+        self.prefix = f"g{epoch}_"
+        try:
+            proc = self.launcher.start(self.prefix)
+        except LaunchError as exc:
+            self.reason = str(exc)
+            return State.FAILED
+        if proc is None:
+            return self._interrupted_state()  # fenced while starting
+        self.proc = proc
+        self.coord.describe_store(
+            self.config.node,
+            StoreRecord(
+                address=str(self.config.store),
+                gearman=str(self.config.gearman),
+                host=socket.gethostname(),
+                gearmand_pid=proc.pid,
+            ),
+        )
+        return State.RESTORING
+
+    def _restore(self) -> State:
+        """Restore until every old job is back (but deferred ones)."""
+        assert self.proc is not None
+        expected = self.expected
+        while expected:
+            log.info("restoring %d stored jobs", expected)
+            try:
+                report = self.restorer(
+                    self.store,
+                    self.config.gearman,
+                    expected=expected,
+                    keep_prefix=self.prefix,
+                    known_functions=self.known_functions(),
+                    progress=_log_progress,
+                    should_continue=lambda: not self.interrupted,
+                )
+            except RestoreIncomplete as exc:
+                log.error("%s", exc)
+                if self.proc.poll() is not None:
+                    return self._gearmand_gone(f"died (status {self.proc.returncode})")
+                if self.interrupted:
+                    return self._interrupted_state()
+                expected = exc.report.left_in_store
+                self.metrics.moved(exc.report.moved)
+                self._wait(RESTORE_RETRY_AFTER)
+                continue
+            log.info(
+                "restored %d jobs in %.2fs (%d skipped, %d deferred)",
+                report.moved,
+                report.seconds,
+                len(report.skipped),
+                report.deferred,
+            )
+            self.metrics.restored(report)
+            self._update(deferred_jobs=report.deferred)
+            break
+        return State.SERVING
+
+    def _serve(self) -> State:
+        """Health-check gearmand until it dies or hangs, or the store stops answering."""
+        failures = 0
+        retry_deferred_at = 0.0
+        while not self.interrupted:
+            failures, gone = self._check_gearmand(failures)
+            if gone:
+                return gone
+            if not self.store.ping():  # gearmand keeps its queue in memory: never restart it
+                log.error(
+                    "store %s lost: gearmand keeps its queued jobs in memory but cannot "
+                    "persist new ones; waiting for the store",
+                    self.config.store,
+                )
+                return State.STORE_LOST
+            if self.record.deferred_jobs and self.clock.monotonic() >= retry_deferred_at:
+                self._restore_deferred()
+                retry_deferred_at = self.clock.monotonic() + DEFERRED_RETRY_EVERY
+            self._wait(self.config.check_interval)
+        return self._interrupted_state()
+
+    def _wait_store_back(self) -> State:
+        """`store-lost`: gearmand outlives its store: it keeps the queued jobs in memory but
+        refuses new background jobs (QUEUE_ERROR), and a worker's WORK_COMPLETE re-queues the
+        job (its key cannot be deleted). `store-lost` takes the node off the live servers, so
+        clients and workers that follow them go elsewhere; it is `serving` again once gearmand
+        writes to the store again (cluster.storeprobe), which memcached answering does not yet
+        mean."""
+        failures = 0
+        while not self.interrupted:
+            failures, gone = self._check_gearmand(failures)
+            if gone:
+                return gone
+            if self.store.ping() and self.launcher.writes_store():
+                log.warning(
+                    "store %s is back (empty if it was restarted): gearmand writes to it again",
+                    self.config.store,
+                )
+                return State.SERVING
+            self._wait(self.config.check_interval)
+        return self._interrupted_state()
+
+    def _check_gearmand(self, failures: int) -> tuple[int, State | None]:
+        """One health check: (failed checks in a row, RESTARTING if gearmand is gone or hung)."""
+        assert self.proc is not None
+        check = self.launcher.check(self.proc)
+        if check.health is Health.GONE:
+            return failures, self._gearmand_gone(f"died (status {self.proc.poll()})")
+        failures = 0 if check.health is Health.SERVING else failures + 1
+        if failures >= self.config.hang_checks:
+            return failures, self._gearmand_gone(
+                f"is {check.health.value} after {failures} checks; killing it"
+            )
+        self._publish_functions(check.functions)
+        return failures, None
+
+    def _gearmand_gone(self, what: str) -> State:
+        assert self.proc is not None
+        log.error("gearmand pid %d %s", self.proc.pid, what)
+        self.launcher.stop(kill=True)
+        return State.RESTARTING
+
+    def _restart(self) -> State:
+        delay = self.policy.record_death(self.clock.monotonic())
+        self.proc = None
+        if self.policy.crash_looping:
+            self.reason = f"gearmand crash loop: {len(self.policy.deaths)} deaths"
+            return State.FAILED
+        log.warning("restarting gearmand in %.2fs", delay)
+        self._wait(delay)
+        return State.OWNING
+
+    def _recover(self) -> State:
+        self.launcher.stop(kill=True)
+        self.proc = None
+        self._wait(RETRY_AFTER)
+        return State.OWNING
+
+    def _wait_unfenced(self) -> State:
+        self.launcher.stop(kill=True)  # killed by the fence already: reap it
+        self.proc = None
+        while not self.stopping.is_set():
+            with self.lock:  # a fence coming now clears `unfenced` again
+                if self.unfenced.is_set():
+                    self.unfenced.clear()
+                    self.fenced.clear()
+                    self.interrupt.clear()
+                    self.launcher.unfence()
+                    break
+            self.clock.wait(UNFENCE_POLL, self.stopping)
+        if self.stopping.is_set():
+            self.interrupt.set()
+            return State.STOPPED
+        if self.session_renewed.is_set():
+            self.session_renewed.clear()
+            self.registered = False  # the old session's record went with it
+            log.info("new ZooKeeper session: registering again")
+        return State.STARTING
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _restore_deferred(self) -> None:
+        """Try the deferred jobs again: function names may have become known since."""
+        try:
+            report = self.restorer(
+                self.store,
+                self.config.gearman,
+                expected=self.record.deferred_jobs,
+                keep_prefix=self.prefix,
+                known_functions=self.known_functions(),
+            )
+        except RestoreIncomplete as exc:
+            log.warning("deferred jobs: %s", exc)
+            return
+        if report.moved:
+            log.info(
+                "restored %d deferred jobs; %d still wait for their function name",
+                report.moved,
+                report.deferred,
+            )
+            self.metrics.moved(report.moved)
+            self._update(deferred_jobs=report.deferred)
+
+    def _publish_functions(self, names: tuple[str, ...]) -> None:
+        """Record new function names in ZooKeeper (only names not published yet cost a write)."""
+        try:
+            self.publish_functions(names)
+        except GearctlError as exc:
+            log.warning("could not publish function names: %s", exc)
+
+
+def _log_progress(report: RestoreReport) -> None:
+    log.info(
+        "restore: %d of %d jobs moved (%.0f jobs/s)",
+        report.moved,
+        report.expected,
+        report.moved / max(report.seconds, 1e-6),
+    )

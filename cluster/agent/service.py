@@ -1,0 +1,115 @@
+"""The agent process: the state machine's real dependencies, its loop on the main thread, and
+beside it the session guard (fencing) and the take-over watcher.
+
+One agent per node (systemd runs it in production, `gearctl cluster up` locally).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+from cluster.agent.gearmand import GearmandLauncher
+from cluster.agent.machine import AgentMachine
+from cluster.agent.states import State
+from cluster.config import AgentConfig
+from cluster.coord import Coordination
+from cluster.errors import GearctlError
+from cluster.fencing import SessionGuard
+from cluster.functions import FunctionRegistry, known_in_cluster
+from cluster.metrics import AgentMetrics
+from cluster.store import Store
+from cluster.takeover import TakeoverWatcher
+
+log = logging.getLogger("gearctl.agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
+        self.coord = Coordination.new(
+            config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
+        )
+        self.launcher = GearmandLauncher(config)
+        functions = FunctionRegistry(self.coord)
+        self.machine = AgentMachine(
+            config,
+            self.coord,
+            self.launcher,
+            Store(config.store, timeout=config.check_timeout * 2),
+            metrics=self.metrics,
+            known_functions=lambda: known_in_cluster(
+                functions, config.gearman, config.check_timeout
+            ),
+            publish_functions=functions.publish,
+        )
+        self.guard = SessionGuard(
+            self.coord,
+            config.session_timeout,
+            config.safety_margin,
+            self.machine.fence,
+            self.machine.unfence,
+        )
+        self.takeovers = TakeoverWatcher(
+            self.coord,
+            config.node,
+            config.gearman,
+            self.machine.may_drain,
+            self.machine.stopping,
+            metrics=self.metrics,
+        )
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the process exit status."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics.serve(self.config.metrics)  # a port in use is logged; gearman goes on
+        self.launcher.stop_leftover()
+        self._connect_zookeeper()
+        self.guard.start()
+        watching = False
+        try:
+            while self.machine.run_cycle() is not State.STOPPED:
+                if self.machine.registered and not watching:
+                    self.takeovers.start()
+                    watching = True
+        finally:
+            self._shutdown()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        self.machine.stop()
+
+    def _connect_zookeeper(self) -> None:
+        """Connect, retrying with backoff: ZooKeeper being down is not a reason to crash."""
+        self.coord.add_listener(self.guard.listener)
+        self.coord.add_listener(self.metrics.zookeeper_state)
+        delay = 0.5
+        while not self.machine.stopping.is_set():
+            try:
+                self.coord.start(timeout=max(5.0, self.config.session_timeout))
+                return
+            except GearctlError as exc:
+                log.error(
+                    "ZooKeeper %s unreachable (%s); retrying in %.1fs",
+                    self.config.zookeeper_hosts,
+                    exc,
+                    delay,
+                )
+                self.machine.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _shutdown(self) -> None:
+        self.guard.stop()
+        self.metrics.stop()
+        self.launcher.stop()
+        try:
+            self.machine.lease.release()
+            self.coord.close()  # closing the session removes the ephemeral member record
+        except Exception:
+            log.exception("closing the ZooKeeper session failed")
+        log.info("agent %s stopped", self.config.node)

@@ -1,0 +1,467 @@
+"""The agent's state machine, driven with fakes (no process, no server): every transition of
+its diagram, and the scenarios that matter for safety. Runs in well under a second."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.agent.machine import AgentMachine
+from cluster.agent.states import TRANSITIONS, IllegalTransition, State
+from cluster.config import parse_config
+from cluster.coord import CoordinationError, MemberRecord, NodeState, Owner, Purpose
+from cluster.errors import LaunchError, StoreError
+from cluster.health import Check, Health
+from cluster.metrics import AgentMetrics
+from cluster.restore import RestoreIncomplete, RestoreReport
+
+
+class FakeLease:
+    def __init__(self) -> None:
+        self.holder: Owner | None = None  # a drainer
+        self.failing = False
+
+    def try_acquire(self) -> Owner | None:
+        if self.failing:
+            raise CoordinationError("ZooKeeper: ConnectionLoss")
+        return self.holder
+
+    def acquire(self, until: Callable[[], bool]) -> bool:
+        if self.failing:
+            raise CoordinationError("ZooKeeper: ConnectionLoss")
+        return self.holder is None  # the real one blocks until then, or until `until()`
+
+
+@dataclass
+class FakeCoordination:
+    lease_: FakeLease = field(default_factory=FakeLease)
+    written: list[MemberRecord] = field(default_factory=list)
+    registrations: int = 0
+    earlier_session_records: int = 0  # register() answers False this many times
+    epoch: int = 0
+    failing: bool = False
+
+    def lease(self, _store: str, _node: str, _purpose: Purpose) -> FakeLease:
+        return self.lease_
+
+    def register(self, record: MemberRecord) -> bool:
+        if self.earlier_session_records:
+            self.earlier_session_records -= 1
+            return False
+        self.registrations += 1
+        self.written.append(record)
+        return True
+
+    def update_member(self, record: MemberRecord) -> None:
+        self.written.append(record)
+
+    def next_epoch(self, _store: str) -> int:
+        if self.failing:
+            raise CoordinationError("ZooKeeper: ConnectionLoss")
+        self.epoch += 1
+        return self.epoch
+
+    def describe_store(self, _store: str, _record: object) -> None:
+        pass
+
+    @property
+    def states(self) -> list[str]:
+        return [record.state for record in self.written]
+
+
+class FakeGearmand:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+class FakeLauncher:
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.proc: FakeGearmand | None = None
+        self.health: list[Health] = []  # answers of check(), then SERVING
+        self.writes = True
+        self.fail_start = False
+        self.fenced = False
+        self.killed = 0
+
+    def start(self, prefix: str) -> FakeGearmand | None:
+        if self.fenced:
+            return None
+        if self.fail_start:
+            raise LaunchError("gearmand exited at once (status 1)")
+        self.started.append(prefix)
+        self.proc = FakeGearmand(1000 + len(self.started))
+        return self.proc
+
+    def check(self, proc: FakeGearmand) -> Check:
+        health = self.health.pop(0) if self.health else Health.SERVING
+        if health is Health.GONE:
+            proc.returncode = -9
+        return Check(health, ("resize",) if health is Health.SERVING else ())
+
+    def writes_store(self) -> bool:
+        return self.writes
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None:
+            self.proc.returncode = -9 if kill else 0
+            self.killed += kill
+        self.proc = None
+
+    def fence(self) -> None:
+        self.fenced = True
+        self.stop(kill=True)
+
+    def unfence(self) -> None:
+        self.fenced = False
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.items: int | Exception = 3
+        self.answers: list[bool] = []  # answers of ping(), then True
+
+    def curr_items(self) -> int:
+        if isinstance(self.items, Exception):
+            raise self.items
+        return self.items
+
+    def ping(self) -> bool:
+        return self.answers.pop(0) if self.answers else True
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float, _event: object) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+@dataclass
+class Node:
+    agent: AgentMachine
+    coord: FakeCoordination
+    launcher: FakeLauncher
+    store: FakeStore
+    clock: FakeClock
+    restores: list[Callable[..., RestoreReport]]
+    published: list[tuple[str, ...]]
+
+    def to(self, state: State) -> None:
+        """Put the agent in `state` as if it got there by the diagram."""
+        self.agent.state = state
+        self.agent.registered = True
+        self.agent.expected = 3
+        if state in (State.RESTORING, State.SERVING, State.STORE_LOST):
+            self.agent.proc = self.launcher.start("g1_")
+        if state is State.FENCED:
+            self.agent.fence("test")
+            self.agent.unfence(session_was_lost=False)  # the step starts over
+
+    def cycle(self) -> State:
+        return self.agent.run_cycle()
+
+
+def full_restore(_store: object, _target: object, *, expected: int, **_kw: Any) -> RestoreReport:
+    return RestoreReport(expected=expected, moved=expected)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    config = parse_config(
+        {
+            "node": {"name": "n1", "cluster": "t"},
+            "gearmand": {"listen": "127.0.0.1:4730"},
+            "store": {"address": "127.0.0.1:11211"},
+            "zookeeper": {"hosts": "127.0.0.1:2181"},
+            "paths": {"run_dir": str(tmp_path)},
+        }
+    )
+    coord, launcher, store, clock = FakeCoordination(), FakeLauncher(), FakeStore(), FakeClock()
+    restores: list[Callable[..., RestoreReport]] = []
+    published: list[tuple[str, ...]] = []
+
+    def restorer(*args: Any, **kwargs: Any) -> RestoreReport:
+        return (restores.pop(0) if restores else full_restore)(*args, **kwargs)
+
+    agent = AgentMachine(
+        config,
+        coord,
+        launcher,
+        store,
+        metrics=AgentMetrics("n1", config.gearman, config.store),
+        known_functions=lambda: {"resize"},
+        publish_functions=published.append,
+        restorer=restorer,
+        clock=clock,  # type: ignore[arg-type]
+    )
+    return Node(agent, coord, launcher, store, clock, restores, published)
+
+
+def run_until(node: Node, state: State, limit: int = 20) -> list[State]:
+    seen = []
+    while node.agent.state is not state:
+        seen.append(node.cycle())
+        assert len(seen) < limit, seen
+    return seen
+
+
+# -- every transition of the diagram -----------------------------------------------------------
+
+
+def arrange(node: Node, source: State, target: State) -> None:
+    """Set the fakes so that the step of `source` leads to `target`."""
+    node.to(source)
+    edge = (source, target)
+    if target is State.STOPPED:
+        node.agent.stop()
+    elif target is State.FENCED:
+        node.agent.fence("test")
+    elif target is State.RECOVERING:
+        failure = StoreError("store 127.0.0.1:11211: connection reset")
+        node.coord.lease_.failing = node.coord.failing = True  # owning, waiting, launching
+        node.restores.append(_raise(failure))  # restoring, and serving's retry of deferred jobs
+        node.agent.record = node.agent.record.with_changes(deferred_jobs=1)
+        node.launcher.writes_store = _raise(failure)  # type: ignore[method-assign]
+    elif edge == (State.OWNING, State.WAITING):
+        node.coord.lease_.holder = Owner("n2", Purpose.DRAIN, 7)
+    elif edge == (State.COUNTING, State.STORE_UNREACHABLE):
+        node.store.items = StoreError("store 127.0.0.1:11211: connection refused")
+    elif edge == (State.LAUNCHING, State.FAILED):
+        node.launcher.fail_start = True
+    elif edge == (State.RESTORING, State.RESTARTING):
+        node.restores.append(_dies_midway(node))
+    elif edge == (State.SERVING, State.STORE_LOST):
+        node.store.answers = [False]
+    elif edge in ((State.SERVING, State.RESTARTING), (State.STORE_LOST, State.RESTARTING)):
+        node.launcher.health = [Health.GONE]
+    elif edge == (State.RESTARTING, State.FAILED):
+        node.agent.policy.deaths.extend([0.0] * 4)  # the fifth death within the window
+
+
+def _raise(exc: Exception) -> Callable[..., Any]:
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+def _dies_midway(node: Node) -> Callable[..., RestoreReport]:
+    def restorer(*_args: Any, expected: int, **_kwargs: Any) -> RestoreReport:
+        assert node.launcher.proc is not None
+        node.launcher.proc.returncode = -9
+        raise RestoreIncomplete("gearmand closed the connection", RestoreReport(expected, 1))
+
+    return restorer
+
+
+EDGES = sorted(
+    ((source, target) for source, targets in TRANSITIONS.items() for target in targets),
+    key=lambda edge: (edge[0].value, edge[1].value),
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), EDGES, ids=[f"{s.value}->{t.value}" for s, t in EDGES]
+)
+def test_every_transition_of_the_diagram(node: Node, source: State, target: State) -> None:
+    arrange(node, source, target)
+    assert node.cycle() is target
+
+
+def test_a_transition_the_diagram_lacks_is_refused(node: Node) -> None:
+    with pytest.raises(IllegalTransition, match="starting -> serving"):
+        node.agent.transition(State.SERVING)
+    assert node.agent.state is State.STARTING
+    node.to(State.STOPPED)
+    with pytest.raises(IllegalTransition):
+        node.agent.transition(State.OWNING)
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+def test_first_start_publishes_restoring_then_serving_with_a_fresh_prefix(node: Node) -> None:
+    seen = run_until(node, State.SERVING)
+    assert seen == [State.OWNING, State.COUNTING, State.LAUNCHING, State.RESTORING, State.SERVING]
+    # the second `restoring` write carries the count of deferred jobs
+    assert node.coord.states == ["starting", "restoring", "restoring", "serving"]
+    assert node.launcher.started == ["g1_"]
+    assert node.coord.written[-1].gearmand_pid == 1001
+    assert node.agent.may_drain()
+
+
+def test_lease_held_by_a_drainer_means_waiting_until_it_is_released(node: Node) -> None:
+    node.coord.lease_.holder = Owner("n2", Purpose.DRAIN, 7)
+    assert run_until(node, State.WAITING) == [State.OWNING, State.WAITING]
+    assert node.coord.states[-1] == NodeState.WAITING
+    node.coord.lease_.holder = None
+    assert node.cycle() is State.COUNTING
+    assert node.launcher.started == []  # nothing ran while the peer drained
+
+
+def test_store_unreachable_is_store_lost_without_gearmand_and_retried(node: Node) -> None:
+    node.store.items = StoreError("store 127.0.0.1:11211: connection refused")
+    run_until(node, State.STORE_UNREACHABLE)
+    assert node.coord.written[-1].state == NodeState.STORE_LOST
+    assert node.coord.written[-1].gearmand_pid is None
+    assert node.launcher.started == []
+    node.store.items = 0
+    assert run_until(node, State.SERVING)[0] is State.OWNING
+
+
+def test_a_lost_store_while_serving_keeps_gearmand_until_it_writes_again(node: Node) -> None:
+    run_until(node, State.SERVING)
+    node.store.answers = [False]
+    assert node.cycle() is State.STORE_LOST
+    node.store.answers = [True]
+    node.launcher.writes = False  # memcached answers, gearmand does not write to it yet
+    node.launcher.health = [Health.SERVING] * 3 + [Health.GONE]
+    assert node.cycle() is State.RESTARTING  # gearmand died meanwhile: restart it
+    assert node.coord.states[-3:] == ["serving", "store-lost", "restarting"]
+    assert node.launcher.killed == 1
+
+
+def test_a_crash_loop_is_failed_and_retried_at_the_longest_delay(node: Node) -> None:
+    for _ in range(5):
+        run_until(node, State.SERVING)
+        node.launcher.health = [Health.GONE]
+        node.cycle()
+    assert node.agent.state is State.RESTARTING
+    assert node.cycle() is State.FAILED
+    assert node.coord.written[-1].state == NodeState.FAILED
+    assert node.coord.written[-1].restarts == 5
+    assert node.cycle() is State.OWNING
+    assert node.clock.waits[-1] == node.agent.policy.max_delay
+
+
+def test_a_hung_gearmand_is_killed_after_hang_checks(node: Node) -> None:
+    run_until(node, State.SERVING)
+    node.launcher.health = [Health.UNRESPONSIVE] * node.agent.config.hang_checks
+    assert node.cycle() is State.RESTARTING
+    assert node.launcher.killed == 1
+    assert node.cycle() is State.OWNING
+    assert run_until(node, State.SERVING)[-1] is State.SERVING
+    assert node.launcher.started == ["g1_", "g2_"]
+
+
+def test_a_fence_during_a_restore_never_publishes_serving(node: Node) -> None:
+    def fenced_at_the_end(*_args: Any, expected: int, **_kwargs: Any) -> RestoreReport:
+        node.agent.fence("no answer from ZooKeeper for 3.7s")
+        return RestoreReport(expected=expected, moved=expected)
+
+    node.restores.append(fenced_at_the_end)
+    run_until(node, State.RESTORING)
+    assert node.cycle() is State.FENCED
+    assert "serving" not in node.coord.states
+    assert node.launcher.proc is None and node.launcher.fenced
+    assert node.agent.record.state == NodeState.FENCED
+    assert not node.agent.may_drain()
+
+
+def test_a_fence_while_starting_gearmand_starts_none(node: Node) -> None:
+    run_until(node, State.LAUNCHING)
+    node.launcher.fence()  # the guard's fence comes while the step runs: gearmand refused
+    assert node.cycle() is State.FENCED
+    assert node.launcher.started == []
+
+
+def test_after_a_lost_session_the_agent_registers_again_and_serves(node: Node) -> None:
+    run_until(node, State.SERVING)
+    node.agent.fence("ZooKeeper session lost")
+    assert node.cycle() is State.FENCED
+    node.agent.unfence(session_was_lost=True)
+    node.coord.earlier_session_records = 1  # the old session's record is still there
+    assert node.cycle() is State.STARTING
+    assert run_until(node, State.SERVING)[0] is State.OWNING
+    assert node.coord.registrations == 2
+    assert node.launcher.started == ["g1_", "g2_"]
+    assert node.coord.states[-2:] == ["restoring", "serving"]
+
+
+def test_a_fence_without_a_lost_session_keeps_the_record(node: Node) -> None:
+    run_until(node, State.SERVING)
+    node.agent.fence("no answer from ZooKeeper for 3.7s")
+    node.cycle()
+    node.agent.unfence(session_was_lost=False)
+    assert node.cycle() is State.STARTING
+    assert node.coord.states[-1] == "starting"
+    assert node.coord.registrations == 1
+
+
+def test_a_partial_restore_is_retried_with_what_is_left(node: Node) -> None:
+    def partial(*_args: Any, expected: int, **_kwargs: Any) -> RestoreReport:
+        raise RestoreIncomplete("1 job not found", RestoreReport(expected, moved=expected - 1))
+
+    seen: list[int] = []
+
+    def rest(*_args: Any, expected: int, **_kwargs: Any) -> RestoreReport:
+        seen.append(expected)
+        return RestoreReport(expected=expected, moved=expected)
+
+    node.restores.extend([partial, rest])
+    assert run_until(node, State.SERVING)[-1] is State.SERVING
+    assert seen == [1]  # the retry asks only for what the first try left
+    assert node.clock.waits == [0.5]
+
+
+def test_stop_ends_the_machine_from_any_state(node: Node) -> None:
+    run_until(node, State.SERVING)
+    node.agent.stop()
+    assert node.cycle() is State.STOPPED
+    assert TRANSITIONS[State.STOPPED] == frozenset()
+
+
+def test_a_fence_over_before_the_loop_saw_it_still_goes_through_fenced(node: Node) -> None:
+    """The guard fences and unfences while a step blocks: the main loop still starts over
+    from a stopped gearmand, and starts a new one (the launcher is not left refusing)."""
+    run_until(node, State.SERVING)
+    node.agent.fence("no answer from ZooKeeper for 3.7s")
+    node.agent.unfence(session_was_lost=False)
+    assert node.cycle() is State.FENCED
+    assert node.cycle() is State.STARTING
+    run_until(node, State.SERVING)
+    assert node.launcher.started == ["g1_", "g2_"]
+    assert not node.launcher.fenced
+
+
+def test_a_second_fence_while_fenced_waits_for_its_own_unfence(node: Node) -> None:
+    run_until(node, State.SERVING)
+    node.agent.fence("first")
+    node.cycle()
+    node.agent.unfence(session_was_lost=False)
+    node.agent.fence("second")  # before the main loop took the first unfence
+    node.clock.wait = lambda _s, _e: node.agent.stop()  # type: ignore[method-assign]
+    assert node.cycle() is State.STOPPED  # it waited (and was stopped), never unfenced
+    assert node.launcher.fenced
+
+
+def test_a_fence_right_after_the_unfence_keeps_the_agent_fenced(node: Node) -> None:
+    run_until(node, State.SERVING)
+    node.agent.fence("first")
+    node.cycle()
+    node.agent.unfence(session_was_lost=False)
+    step = node.agent.steps[State.FENCED]
+
+    def unfenced_then_fenced_again() -> State:
+        target = step()
+        node.agent.fence("second")  # between the step and its transition
+        return target
+
+    node.agent.steps[State.FENCED] = unfenced_then_fenced_again
+    assert node.cycle() is State.FENCED
+    assert node.agent.fenced.is_set() and node.coord.states[-1] == "serving"
