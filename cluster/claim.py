@@ -107,10 +107,17 @@ def claim_and_drain(
         names = known()
         started()
         takeover, report = _drain(
-            coord, store, Store(Endpoint.parse(record.address)), target, by=by, how=how,
-            known=names, keep_going=lambda: keep_going() and lease.held(), progress=progress,
+            coord,
+            store,
+            Store(Endpoint.parse(record.address)),
+            target,
+            by=by,
+            how=how,
+            known=names,
+            keep_going=lambda: keep_going() and lease.held(),
+            progress=progress,
             manual=manual,
-        )  # fmt: skip
+        )
     finally:
         lease.release()
     return Drained(how, takeover, report)
@@ -133,8 +140,7 @@ def _drain(
     expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
     takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
     path = coord.record_takeover(takeover)
-    log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected,
-                target)  # fmt: skip
+    log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected, target)
     report: RestoreReport | None = None
     try:
         report = restore(
@@ -152,7 +158,12 @@ def _drain(
         log.error("draining store %s stopped: %s", store, exc)
         report = getattr(exc, "report", None)
         takeover.finish(Outcome.INTERRUPTED, report.moved if report is not None else 0, str(exc))
-    log.warning("take-over of store %s %s: %d jobs in %.2fs", store, takeover.outcome_text,
-                takeover.jobs, takeover.seconds)  # fmt: skip
+    log.warning(
+        "take-over of store %s %s: %d jobs in %.2fs",
+        store,
+        takeover.outcome_text,
+        takeover.jobs,
+        takeover.seconds,
+    )
     coord.update_takeover(path, takeover)
     return takeover, report

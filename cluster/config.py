@@ -27,6 +27,7 @@ Example (deploy/agent.example.toml has the commented version):
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -199,8 +200,9 @@ class _Fields:
         """An optional host name or IP address, without port ("" when absent)."""
         value = self.get(dotted, default="")
         if not isinstance(value, str) or ":" in value or value != value.strip():
-            raise ConfigError(f"{dotted} must be a host name or IP address without port, "
-                              f"not {value!r}")  # fmt: skip
+            raise ConfigError(
+                f"{dotted} must be a host name or IP address without port, not {value!r}"
+            )
         return value
 
     def choice(self, dotted: str, choices: tuple[str, ...], default: str) -> str:
@@ -225,3 +227,42 @@ class _Fields:
             for key in table:
                 if f"{section}.{key}" not in self.read:
                     raise ConfigError(f"unknown field {section}.{key}")
+
+
+def render_config(
+    *,
+    node: str,
+    cluster: str,
+    gearman: Endpoint | str,
+    store: Endpoint | str,
+    zookeeper: str,
+    run_dir: Path,
+    session_timeout: float | None = None,
+    auth_file: Path | None = None,
+    metrics: Endpoint | None = None,
+) -> str:
+    """An agent TOML file with these values (what `load_config` reads back); the fields left
+    None keep their defaults. `gearctl cluster up` and the tests write their agents' with it."""
+
+    def text(value: object) -> str:
+        return json.dumps(str(value))  # a TOML basic string: the same escapes as JSON
+
+    lines = [
+        "[node]",
+        f"name = {text(node)}",
+        f"cluster = {text(cluster)}",
+        "[gearmand]",
+        f"listen = {text(gearman)}",
+        "[store]",
+        f"address = {text(store)}",
+        "[zookeeper]",
+        f"hosts = {text(zookeeper)}",
+    ]
+    if session_timeout is not None:
+        lines.append(f"session_timeout = {session_timeout}")
+    if auth_file is not None:
+        lines.append(f"auth_file = {text(auth_file)}")
+    lines += ["[paths]", f"run_dir = {text(run_dir)}"]
+    if metrics is not None:
+        lines += ["[metrics]", f"address = {text(metrics.host)}", f"port = {metrics.port}"]
+    return "\n".join(lines) + "\n"

@@ -74,10 +74,16 @@ def drain_by_hand(
     target = _target(coord.member_entries(), into)
     stop = interrupted or threading.Event()
     drained = claim_and_drain(
-        coord, store, record, target, by=into, manual=True, progress=progress,
+        coord,
+        store,
+        record,
+        target,
+        by=into,
+        manual=True,
+        progress=progress,
         known=lambda: known_in_cluster(FunctionRegistry(coord), target, 1.0),
         keep_going=lambda: not stop.is_set(),
-    )  # fmt: skip
+    )
     takeover, report = drained.takeover, drained.report
     return DrainResult(
         store=store,

@@ -14,5 +14,6 @@ def live_servers(zookeeper: str, cluster: str = "local", timeout: float = 5.0) -
     """Live servers (`host:port`) of `cluster` in ZooKeeper `zookeeper`, ordered by node name."""
     with zksession.session(zookeeper, cluster, timeout=timeout) as coord:
         members = coord.members()
-    return [str(Endpoint.parse(members[name].gearman)) for name in sorted(members)
-            if members[name].live]  # fmt: skip
+    return [
+        str(Endpoint.parse(members[name].gearman)) for name in sorted(members) if members[name].live
+    ]

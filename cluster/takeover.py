@@ -89,8 +89,9 @@ class TakeoverWatcher:
             if items == 0 or (idle is not None and idle == (items, len(self._known()))):
                 return
         except GearctlError as exc:
-            log.warning("orphaned store %s (%s) unreachable: %s; will retry", store,
-                        record.address, exc)  # fmt: skip
+            log.warning(
+                "orphaned store %s (%s) unreachable: %s; will retry", store, record.address, exc
+            )
             return
         known: set[str] = set()
 
@@ -100,9 +101,15 @@ class TakeoverWatcher:
 
         try:
             drained = claim_and_drain(
-                self.coord, store, record, self.target, by=self.node, known=names,
-                keep_going=self.may_drain, started=self._started,
-            )  # fmt: skip
+                self.coord,
+                store,
+                record,
+                self.target,
+                by=self.node,
+                known=names,
+                keep_going=self.may_drain,
+                started=self._started,
+            )
         except ClaimRefused as refused:
             if refused.refusal is Refusal.NOT_FENCED and store not in self.unfenced_reported:
                 log.error("not draining store %s: %s", store, refused.detail)

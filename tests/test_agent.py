@@ -19,6 +19,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from cluster.config import render_config
 from cluster.coord import ClusterPaths
 from cluster.drill.workload import FUNCTIONS, PRIORITIES, drain, numbered_jobs, submit
 from cluster.endpoint import Endpoint
@@ -112,23 +113,22 @@ def _children(zk: KazooClient, path: str) -> list[str]:
         return []
 
 
-def write_config(path: Path, node: str, gearman: Endpoint, store: Endpoint, zk: Endpoint,
-                 run_dir: Path, session_timeout: float = 4.0) -> None:  # fmt: skip
-    path.write_text(
-        f'[node]\nname = "{node}"\ncluster = "test"\n'
-        f'[gearmand]\nlisten = "{gearman}"\n'
-        f'[store]\naddress = "{store}"\n'
-        f'[zookeeper]\nhosts = "{zk}"\nsession_timeout = {session_timeout}\n'
-        f'[paths]\nrun_dir = "{run_dir}"\n'
-    )
-
-
 def make_node(tmp_path: Path, memcached: Endpoint, zookeeper: Endpoint, name: str) -> AgentNode:
     run_dir = tmp_path / name
     run_dir.mkdir()
     gearman = Endpoint(HOST, free_port())
     config = run_dir / "agent.toml"
-    write_config(config, name, gearman, memcached, zookeeper, run_dir)
+    config.write_text(
+        render_config(
+            node=name,
+            cluster="test",
+            gearman=gearman,
+            store=memcached,
+            zookeeper=str(zookeeper),
+            session_timeout=4.0,
+            run_dir=run_dir,
+        )
+    )
     return AgentNode(name, gearman, memcached, zookeeper, config, run_dir)
 
 
@@ -228,8 +228,9 @@ def test_sigstop_gearmand_is_detected_and_replaced(node: AgentNode) -> None:
 
 def test_zookeeper_loss_fences_gearmand_and_recovers(tmp_path: Path, memcached: Endpoint) -> None:
     zk_dir = tmp_path / "zk"
-    launch = ZooKeeperLaunch(Endpoint(HOST, free_port()), zk_dir / "data", zk_dir / "zk.log",
-                             zk_dir / "zk.pid")  # fmt: skip
+    launch = ZooKeeperLaunch(
+        Endpoint(HOST, free_port()), zk_dir / "data", zk_dir / "zk.log", zk_dir / "zk.pid"
+    )
     zk_proc = start_zookeeper(launch)
     agent = make_node(tmp_path, memcached, launch.endpoint, "fenced")
     agent.start()

@@ -51,9 +51,19 @@ def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path)
     assert [n["state"] for n in status["nodes"]] == ["serving"] * 3
     assert status["zookeeper"]["reachable"] is True
     for node in status["nodes"]:
-        assert set(node) >= {"name", "gearman", "store", "agent_pid", "gearmand_pid",
-                             "state", "queued_jobs", "store_items", "gearmand_started",
-                             "zk_session", "zk_session_state"}  # fmt: skip
+        assert set(node) >= {
+            "name",
+            "gearman",
+            "store",
+            "agent_pid",
+            "gearmand_pid",
+            "state",
+            "queued_jobs",
+            "store_items",
+            "gearmand_started",
+            "zk_session",
+            "zk_session_state",
+        }
         assert alive(node["agent_pid"]) and alive(node["gearmand_pid"])
         assert node["zk_session"].startswith("0x") and node["zk_session_state"] == "live"
         assert node["gearmand_started"] > 0
@@ -66,8 +76,11 @@ def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path)
         try:
             client = subprocess.run(
                 ["gearman", "-h", host, "-p", port, "-f", "reverse", f"hello {node['name']}"],
-                capture_output=True, text=True, timeout=30, check=True,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
             assert client.stdout.strip() == f"hello {node['name']}"[::-1]
             assert worker.wait(timeout=30) == 0
         finally:
@@ -87,18 +100,40 @@ def test_status_table_and_watch_on_one_zookeeper_session(cluster_dir: Path) -> N
     table = gearctl("cluster", "status", "--dir", str(cluster_dir))
     assert table.returncode == 0, table.stderr
     header = table.stdout.splitlines()[1]
-    for column in ("node", "state", "gearman", "store", "queued", "items", "store owner",
-                   "restarts", "last restart", "zookeeper session"):  # fmt: skip
+    for column in (
+        "node",
+        "state",
+        "gearman",
+        "store",
+        "queued",
+        "items",
+        "store owner",
+        "restarts",
+        "last restart",
+        "zookeeper session",
+    ):
         assert column in header
     for node in status["nodes"]:
         assert f"{node['zk_session']} live" in table.stdout
 
     zk_port = Endpoint.parse(status["zookeeper"]["address"]).port
     watch = subprocess.Popen(
-        [sys.executable, "-m", "cluster", "cluster", "status", "--dir", str(cluster_dir),
-         "--watch", "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cluster",
+            "cluster",
+            "status",
+            "--dir",
+            str(cluster_dir),
+            "--watch",
+            "--interval",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         sessions = []  # local ports of the watch's connections to ZooKeeper, one set per table
         assert watch.stdout is not None
@@ -129,8 +164,11 @@ def zookeeper_client_ports(pid: int, zk_port: int) -> set[int]:
 def test_background_job_is_persisted_in_the_node_store(cluster_dir: Path) -> None:
     node = status_json(cluster_dir)["nodes"][1]
     host, port = node["gearman"].split(":")
-    subprocess.run(["gearman", "-h", host, "-p", port, "-b", "-f", "img-resize", "-u", "j1", "x"],
-                   check=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        ["gearman", "-h", host, "-p", port, "-b", "-f", "img-resize", "-u", "j1", "x"],
+        check=True,
+        timeout=30,
+    )
     after = status_json(cluster_dir)["nodes"][1]
     assert after["queued_jobs"] == 1
     assert after["store_items"] == 1
@@ -182,8 +220,9 @@ def test_port_in_use_is_named_and_nothing_is_left_running(tmp_path: Path) -> Non
     with socket.socket() as squatter:
         squatter.bind((HOST, base + 111))  # node2's store port
         squatter.listen()
-        result = gearctl("cluster", "up", "--nodes", "3", "--dir", str(directory),
-                         "--port-base", str(base))  # fmt: skip
+        result = gearctl(
+            "cluster", "up", "--nodes", "3", "--dir", str(directory), "--port-base", str(base)
+        )
     assert result.returncode != 0
     assert f"{HOST}:{base + 111} is in use by" in result.stderr
     assert "stopping what this run started" in result.stderr

@@ -22,6 +22,8 @@ from cluster.restore import BATCH, CHUNK, RestoreIncomplete, restore
 from cluster.store import Store
 from tests.conftest import HOST, RunningGearmand
 
+pytestmark = pytest.mark.integration
+
 TOTAL = 20_000
 
 

@@ -16,6 +16,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import Permissions
 
+from cluster.config import render_config
 from cluster.coord import ClusterPaths
 from cluster.endpoint import Endpoint
 from cluster.process import free_port, read_pidfile, stop_pid
@@ -48,11 +49,15 @@ def secured_agent(
     secret.chmod(0o600)
     config = tmp_path / "agent.toml"
     config.write_text(
-        f'[node]\nname = "{node}"\ncluster = "{cluster}"\n'
-        f'[gearmand]\nlisten = "{Endpoint(HOST, free_port())}"\n'
-        f'[store]\naddress = "{memcached}"\n'
-        f'[zookeeper]\nhosts = "{zookeeper}"\nauth_file = "{secret}"\n'
-        f'[paths]\nrun_dir = "{tmp_path}"\n'
+        render_config(
+            node=node,
+            cluster=cluster,
+            gearman=Endpoint(HOST, free_port()),
+            store=memcached,
+            zookeeper=str(zookeeper),
+            auth_file=secret,
+            run_dir=tmp_path,
+        )
     )
     with (tmp_path / "agent.out").open("ab") as log:
         proc = subprocess.Popen(

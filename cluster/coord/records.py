@@ -137,8 +137,9 @@ class Owner:
     @classmethod
     def decode(cls, data: bytes, session: int) -> Owner:
         raw = json.loads(data.decode() or "{}")
-        return cls(node=str(raw.get("node", "?")), purpose=str(raw.get("purpose", "?")),
-                   session=session)  # fmt: skip
+        return cls(
+            node=str(raw.get("node", "?")), purpose=str(raw.get("purpose", "?")), session=session
+        )
 
 
 class Outcome(enum.StrEnum):

@@ -597,10 +597,6 @@ class GearmanConnection:
                 return JobAssignment(handle, _str(function), _str(unique), payload)
             # NOOP: a wake-up left over from an earlier PRE_SLEEP.
 
-    def pre_sleep(self) -> None:
-        """Tell the server to wake this worker with NOOP when a job arrives."""
-        self.send(request(PacketType.PRE_SLEEP))
-
     def work_complete(self, handle: bytes, data: bytes = b"") -> None:
         self.send(request(PacketType.WORK_COMPLETE, handle, data))
 

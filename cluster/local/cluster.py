@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cluster import coord
+from cluster.config import render_config
 from cluster.coord import CoordinationError, NodeState
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
@@ -46,10 +47,22 @@ SERVING_TIMEOUT = 30.0
 LOCAL_HOST = "127.0.0.1"
 CLUSTER_NAME = "local"
 DEFAULT_SESSION_TIMEOUT = 4.0
-STANDARD_PORTS = {"zookeeper": 2181, "zk-peer": 2888, "zk-election": 3888, "gearman": 4730,
-                  "store": 11211, "metrics": 9400}  # fmt: skip
-PORT_OFFSETS = {"zookeeper": 0, "zk-peer": 3, "zk-election": 6, "gearman": 10, "store": 110,
-                "metrics": 210}  # fmt: skip
+STANDARD_PORTS = {
+    "zookeeper": 2181,
+    "zk-peer": 2888,
+    "zk-election": 3888,
+    "gearman": 4730,
+    "store": 11211,
+    "metrics": 9400,
+}
+PORT_OFFSETS = {
+    "zookeeper": 0,
+    "zk-peer": 3,
+    "zk-election": 6,
+    "gearman": 10,
+    "store": 110,
+    "metrics": 210,
+}
 PORT_BLOCK = max(PORT_OFFSETS.values()) + 100  # ports a `--port-base` cluster may use (100 nodes)
 
 Progress = Callable[[str], None]
@@ -370,37 +383,22 @@ def zookeeper_launches(cluster: LocalCluster) -> list[ZooKeeperLaunch]:
 
 
 def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
+    """The node's agent.toml (no [metrics] for plans made before metrics existed)."""
     path = cluster.node_dir(node.name) / "agent.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "\n".join(
-            [
-                "[node]",
-                f'name = "{node.name}"',
-                f'cluster = "{cluster.cluster}"',
-                "[gearmand]",
-                f'listen = "{node.gearman}"',
-                "[store]",
-                f'address = "{node.store}"',
-                "[zookeeper]",
-                f'hosts = "{cluster.zookeeper}"',
-                f"session_timeout = {cluster.session_timeout}",
-                "[paths]",
-                f'run_dir = "{cluster.node_dir(node.name).resolve()}"',
-                *_metrics_section(node),
-                "",
-            ]
+        render_config(
+            node=node.name,
+            cluster=cluster.cluster,
+            gearman=node.gearman,
+            store=node.store,
+            zookeeper=cluster.zookeeper,
+            session_timeout=cluster.session_timeout,
+            run_dir=cluster.node_dir(node.name).resolve(),
+            metrics=Endpoint.parse(node.metrics) if node.metrics else None,
         )
     )
     return path
-
-
-def _metrics_section(node: NodePlan) -> list[str]:
-    """The agent config's [metrics] table (none for plans made before metrics existed)."""
-    if node.metrics is None:
-        return []
-    endpoint = Endpoint.parse(node.metrics)
-    return ["[metrics]", f'address = "{endpoint.host}"', f"port = {endpoint.port}"]
 
 
 def down(directory: Path, progress: Progress) -> LocalCluster | None:

@@ -191,5 +191,10 @@ def _store_status(session: Coordination | None, store: str, address: str) -> dic
         with contextlib.suppress(CoordinationError):
             found = session.owner(store)
             owner = {"node": found.node, "purpose": found.purpose} if found else None
-    return {"store": store, "address": address, "owner": owner, "epoch": epoch,
-            "gearmand_started": started}  # fmt: skip
+    return {
+        "store": store,
+        "address": address,
+        "owner": owner,
+        "epoch": epoch,
+        "gearmand_started": started,
+    }
