@@ -1,16 +1,10 @@
 """The coordination layer: every znode of a cluster, its path, its typed record, its reads and
 writes. Only this package and cluster.zkclient (which builds the clients) import kazoo."""
 
-from cluster.coord.coordination import (
-    Coordination,
-    CoordinationError,
-    CoordinationRefused,
-    MemberFollower,
-    SessionState,
-    StoreLease,
-    connect,
-    session,
-)
+from cluster.coord.coordination import Coordination, SessionState, connect, session
+from cluster.coord.errors import CoordinationError, CoordinationRefused
+from cluster.coord.lease import StoreLease
+from cluster.coord.members import MemberFollower
 from cluster.coord.paths import ClusterPaths
 from cluster.coord.records import (
     AGENT_STATES,

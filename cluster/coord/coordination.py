@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
-import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import (
-    BadVersionError,
-    KazooException,
-    NoAuthError,
-    NodeExistsError,
-    NoNodeError,
-)
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.recipe.watchers import ChildrenWatch
 
+from cluster.coord.errors import CoordinationError, translated
+from cluster.coord.lease import StoreLease
+from cluster.coord.members import MemberFollower
 from cluster.coord.paths import ClusterPaths
 from cluster.coord.records import (
     MemberEntry,
@@ -38,43 +31,7 @@ from cluster.coord.records import (
     StoreRecord,
     TakeoverRecord,
 )
-from cluster.errors import GearctlError
 from cluster.zkclient import ZkCredentials, make_client
-
-log = logging.getLogger("gearctl.coord")
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class CoordinationError(GearctlError):
-    """ZooKeeper failed a request (connection lost, session expired, ...)."""
-
-
-class CoordinationRefused(CoordinationError):
-    """ZooKeeper refused a change: ACLs are on and this session lacks the credentials."""
-
-
-def _translated(method: Callable[P, R]) -> Callable[P, R]:
-    """kazoo's exceptions as CoordinationError, so no caller needs to know kazoo."""
-
-    @functools.wraps(method)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except NoAuthError as exc:
-            raise CoordinationRefused(f"ZooKeeper {_hosts(args)} refused the change") from exc
-        except KazooException as exc:
-            raise CoordinationError(
-                f"ZooKeeper {_hosts(args)}: {type(exc).__name__} {exc}"
-            ) from exc
-
-    return call
-
-
-def _hosts(args: tuple[object, ...]) -> str:
-    """The ensemble of the Coordination (or StoreLease) whose method failed."""
-    return str(getattr(args[0], "hosts", "?")) if args else "?"
 
 
 class SessionState(enum.StrEnum):
@@ -144,7 +101,7 @@ class Coordination:
 
     # -- members/<node> (each agent its own, ephemeral) -----------------------------------
 
-    @_translated
+    @translated
     def register(self, record: MemberRecord) -> bool:
         """Create our member record; False while an earlier session's record still exists."""
         try:
@@ -155,7 +112,7 @@ class Coordination:
         except NodeExistsError:
             return False
 
-    @_translated
+    @translated
     def update_member(self, record: MemberRecord) -> None:
         self.zk.set(self.paths.member(record.node), record.encode())
 
@@ -163,7 +120,7 @@ class Coordination:
         """Every member record now in ZooKeeper, by node name (unreadable ones are left out)."""
         return {name: entry.record for name, entry in self.member_entries().items()}
 
-    @_translated
+    @translated
     def member_entries(self) -> dict[str, MemberEntry]:
         """Every member record now in ZooKeeper with its session, by node name."""
         members: dict[str, MemberEntry] = {}
@@ -173,7 +130,7 @@ class Coordination:
                 members[name] = entry
         return members
 
-    @_translated
+    @translated
     def member_entry(self, node: str) -> MemberEntry | None:
         """`node`'s member record and session; None if it has none (or one we cannot read)."""
         try:
@@ -182,7 +139,7 @@ class Coordination:
         except (NoNodeError, ValueError, TypeError):
             return None  # the member left while we looked, or wrote a record we cannot read
 
-    @_translated
+    @translated
     def on_members_changed(self, callback: Callable[[], None]) -> None:
         """`callback()` (kazoo's thread) whenever a member joins or leaves."""
         self.zk.ensure_path(self.paths.members)
@@ -199,12 +156,12 @@ class Coordination:
 
     # -- stores/<node> (its agent), epoch (its agent, compare-and-set) ---------------------
 
-    @_translated
+    @translated
     def describe_store(self, store: str, record: StoreRecord) -> None:
         self.zk.ensure_path(self.paths.store(store))
         self.zk.set(self.paths.store(store), record.encode())
 
-    @_translated
+    @translated
     def store_record(self, store: str) -> StoreRecord | None:
         """None when the store is not in the cluster; ValueError/KeyError if never described."""
         try:
@@ -212,7 +169,7 @@ class Coordination:
         except NoNodeError:
             return None
 
-    @_translated
+    @translated
     def next_epoch(self, store: str) -> int:
         """Increment the store's incarnation counter (compare-and-set) and return it."""
         path = self.paths.store_epoch(store)
@@ -232,7 +189,7 @@ class Coordination:
             except BadVersionError:
                 time.sleep(0.01)
 
-    @_translated
+    @translated
     def epoch(self, store: str) -> tuple[int, float] | None:
         """(epoch, when it was last set, epoch seconds), or None before the first start."""
         try:
@@ -241,7 +198,7 @@ class Coordination:
         except (NoNodeError, ValueError):
             return None
 
-    @_translated
+    @translated
     def orphans(self, exclude: str) -> list[str]:
         """Stores (but `exclude`) whose node has no member record and which nobody owns."""
         members = set(self._children(self.paths.members))
@@ -255,7 +212,7 @@ class Coordination:
 
     # -- stores/<node>/owner (the store's agent, or its drainer; ephemeral) ---------------
 
-    @_translated
+    @translated
     def owner(self, store: str) -> Owner | None:
         try:
             data, stat = self.zk.get(self.paths.store_owner(store))
@@ -271,28 +228,28 @@ class Coordination:
 
     # -- functions/<name> (any agent; never removed) -------------------------------------
 
-    @_translated
+    @translated
     def function_names(self) -> set[str]:
         return {unquote(child) for child in self._children(self.paths.functions)}
 
-    @_translated
+    @translated
     def add_function(self, name: str) -> None:
         with contextlib.suppress(NodeExistsError):
             self.zk.create(f"{self.paths.functions}/{quote(name, safe='')}", makepath=True)
 
     # -- takeovers/t-<seq> (a drainer: survivor or `store drain`) -------------------------
 
-    @_translated
+    @translated
     def record_takeover(self, takeover: TakeoverRecord) -> str:
         """Write a new take-over record; returns its path, for `update_takeover`."""
         path = f"{self.paths.takeovers}/t-"
         return str(self.zk.create(path, takeover.encode(), sequence=True, makepath=True))
 
-    @_translated
+    @translated
     def update_takeover(self, path: str, takeover: TakeoverRecord) -> None:
         self.zk.set(path, takeover.encode())
 
-    @_translated
+    @translated
     def takeover_history(self) -> list[TakeoverRecord]:
         """Every take-over, oldest first (running ones have outcome RUNNING)."""
         history = []
@@ -306,12 +263,12 @@ class Coordination:
 
     # -- takeover-paused (the operator) ---------------------------------------------------
 
-    @_translated
+    @translated
     def takeover_paused(self) -> bool:
         """Is automatic take-over paused (`gearctl takeover pause`)? Manual drains still run."""
         return self.zk.exists(self.paths.takeover_paused) is not None
 
-    @_translated
+    @translated
     def pause_takeover(self, record: PauseRecord) -> bool:
         """Pause automatic take-over; False if it was paused already."""
         try:
@@ -320,7 +277,7 @@ class Coordination:
         except NodeExistsError:
             return False
 
-    @_translated
+    @translated
     def resume_takeover(self) -> bool:
         """Resume automatic take-over; False if it was not paused."""
         try:
@@ -334,131 +291,6 @@ class Coordination:
             return list(self.zk.get_children(path))
         except NoNodeError:
             return []
-
-
-class StoreLease:
-    """Ownership of one store by this session: the store's ephemeral owner znode."""
-
-    def __init__(self, coord: Coordination, store: str, node: str, purpose: Purpose) -> None:
-        self.coord = coord
-        self.zk = coord.zk
-        self.hosts = coord.hosts
-        self.store = store
-        self.path = coord.paths.store_owner(store)
-        self.node = node
-        self.purpose = purpose
-
-    def current_owner(self) -> Owner | None:
-        return self.coord.owner(self.store)
-
-    def held(self) -> bool:
-        owner = self.current_owner()
-        return owner is not None and owner.session == self.coord.session_id
-
-    @_translated
-    def try_acquire(self) -> Owner | None:
-        """Take the lease if it is free or already ours; otherwise return who holds it."""
-        me = Owner(self.node, self.purpose, self.coord.session_id)
-        try:
-            self.zk.create(self.path, me.encode(), ephemeral=True, makepath=True)
-            return None
-        except NodeExistsError:
-            owner = self.current_owner()
-            if owner is None or owner.session == me.session:
-                return None if owner else self.try_acquire()
-            return owner
-
-    @_translated
-    def acquire(self, until: Callable[[], bool]) -> bool:
-        """Block until the lease is ours (True) or `until()` holds (False)."""
-        while not until():
-            if self.try_acquire() is None:
-                return True
-            released = threading.Event()
-            if self.zk.exists(self.path, watch=_setter(released)) is None:
-                continue
-            released.wait(1.0)
-        return False
-
-    @_translated
-    def release(self) -> None:
-        """Delete the lease if this session holds it."""
-        try:
-            _, stat = self.zk.get(self.path)
-            if stat.ephemeralOwner == self.coord.session_id:
-                self.zk.delete(self.path, version=stat.version)
-        except NoNodeError:
-            pass
-
-
-def _setter(event: threading.Event) -> Callable[[object], None]:
-    """A kazoo watch callback that only sets `event` (watches must not block)."""
-    return lambda _watched: event.set()
-
-
-class MemberFollower:
-    """Every member record, followed with watches: a DataWatch on the members folder (it may
-    not exist yet), then a ChildrenWatch on it and a DataWatch per member. The callbacks only
-    copy records under a lock and call `on_change`, which must not block either."""
-
-    def __init__(self, coord: Coordination, on_change: Callable[[], None]) -> None:
-        self.coord = coord
-        self.on_change = on_change
-        self.closed = False
-        self._lock = threading.Lock()
-        self._members: dict[str, MemberRecord] = {}
-        self._watched: set[str] = set()
-        self._children_watch: ChildrenWatch | None = None
-        DataWatch(coord.zk, coord.paths.members, self._on_members_folder)
-
-    def members(self) -> dict[str, MemberRecord]:
-        with self._lock:
-            return dict(self._members)
-
-    def close(self) -> None:
-        self.closed = True  # every watch ends at its next event
-
-    def _on_members_folder(self, _data: bytes | None, stat: object) -> bool | None:
-        if self.closed:
-            return False
-        if stat is not None and self._children_watch is None:
-            self._children_watch = ChildrenWatch(
-                self.coord.zk, self.coord.paths.members, self._on_children
-            )
-            return False  # the folder is never deleted while the cluster exists
-        return None
-
-    def _on_children(self, children: list[str]) -> bool | None:
-        if self.closed:
-            return False
-        with self._lock:
-            for gone in set(self._members) - set(children):
-                self._members.pop(gone, None)
-            new = set(children) - self._watched
-            self._watched |= new
-        for node in sorted(new):
-            DataWatch(self.coord.zk, self.coord.paths.member(node), self._member_watcher(node))
-        self.on_change()
-        return None
-
-    def _member_watcher(self, node: str) -> Callable[[bytes | None, object], bool | None]:
-        def on_data(data: bytes | None, _stat: object) -> bool | None:
-            if self.closed:
-                return False
-            with self._lock:
-                if data is None:
-                    self._members.pop(node, None)
-                    self._watched.discard(node)
-                else:
-                    try:
-                        self._members[node] = MemberRecord.decode(data)
-                    except (ValueError, TypeError) as exc:
-                        log.warning("member %s: unreadable record: %s", node, exc)
-                        self._members.pop(node, None)
-            self.on_change()
-            return False if data is None else None  # a deleted member: stop watching it
-
-        return on_data
 
 
 def connect(
