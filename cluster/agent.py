@@ -26,7 +26,7 @@ from types import FrameType
 
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
-from cluster import membership, zkclient
+from cluster import membership, sdnotify, zkclient
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.errors import GearctlError, LaunchError
@@ -66,6 +66,7 @@ class Agent:
         self.guard = SessionGuard(
             self.zk, config.session_timeout, config.safety_margin, self._fence,
             self._on_reconnected,
+            watchdog=sdnotify.WatchdogPing(config.session_timeout - config.safety_margin),
         )  # fmt: skip
         self.lease = StoreLease(self.zk, self.paths.store_owner(config.node), config.node, SERVE)
         self.functions = FunctionRegistry(self.zk, self.paths.functions)
@@ -99,6 +100,7 @@ class Agent:
         self.guard.start()
         try:
             self._register()
+            sdnotify.notify("READY=1")  # the supervisor's watchdog runs from now on
             self.takeovers.start()
             while not self.stopping.is_set():
                 try:

@@ -23,6 +23,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import KazooState
 
+from cluster.errors import ConfigError
+from cluster.sdnotify import WatchdogPing
+
 log = logging.getLogger("gearctl.lease")
 
 SERVE = "serve"
@@ -108,6 +111,26 @@ class StoreLease:
             pass
 
 
+class NegotiatedTimeout:
+    """The session timeout the server granted, in seconds (kazoo 2.11 keeps it to itself: its
+    connection's `_connect` returns 2/3 of it as the read timeout; we record that)."""
+
+    def __init__(self, zk: KazooClient) -> None:
+        self.read_timeout_ms: float | None = None
+        connection = zk._connection
+        connect = connection._connect
+
+        def recording(*args: object) -> tuple[float, float]:
+            read_timeout, connect_timeout = connect(*args)
+            self.read_timeout_ms = read_timeout
+            return read_timeout, connect_timeout
+
+        connection._connect = recording
+
+    def seconds(self) -> float | None:
+        return None if self.read_timeout_ms is None else self.read_timeout_ms * 1.5 / 1000
+
+
 def _setter(event: threading.Event) -> Callable[[object], None]:
     """A kazoo watch callback that only sets `event` (watches must not block)."""
     return lambda _watched: event.set()
@@ -128,6 +151,7 @@ class SessionGuard:
     """
 
     HEARTBEAT = 0.2
+    POLL = HEARTBEAT / 4  # the loop runs 4 times a heartbeat: a fence is at most this late
 
     def __init__(
         self,
@@ -136,9 +160,20 @@ class SessionGuard:
         safety_margin: float,
         fence: Callable[[str], None],
         reconnected: Callable[[bool], None],
+        watchdog: WatchdogPing | None = None,
     ) -> None:
+        if safety_margin < 2 * self.POLL:
+            raise ConfigError(
+                f"zookeeper.safety_margin = {safety_margin} must be at least {2 * self.POLL:g}s "
+                f"(twice the session guard's poll interval of {self.POLL:g}s): a fence may be "
+                "that late"
+            )
         self.zk = zk
+        self.safety_margin = safety_margin
         self.fence_after = session_timeout - safety_margin
+        self.negotiated = NegotiatedTimeout(zk)
+        self.session_id: int | None = None
+        self.watchdog = watchdog
         self.fence = fence
         self.reconnected = reconnected
         self.state = KazooState.CONNECTED
@@ -151,8 +186,24 @@ class SessionGuard:
         self.thread = threading.Thread(target=self._run, name="session-guard", daemon=True)
 
     def start(self) -> None:
+        """Start guarding the session the (connected) client holds now."""
         self.last_answered = time.monotonic()
+        self._new_session()
         self.thread.start()
+
+    def _new_session(self) -> None:
+        """Take the session id, and fence on ZooKeeper's negotiated timeout (a server grants
+        at most 20 x tickTime, whatever was asked for)."""
+        self.session_id = self._current_session()
+        timeout = self.negotiated.seconds()
+        if timeout is not None and timeout - self.safety_margin != self.fence_after:
+            self.fence_after = timeout - self.safety_margin
+            log.warning("ZooKeeper negotiated a session timeout of %.1fs: fencing after %.1fs "
+                        "without an answer", timeout, self.fence_after)  # fmt: skip
+
+    def _current_session(self) -> int | None:
+        client_id = self.zk.client_id
+        return client_id[0] if client_id else None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -182,19 +233,38 @@ class SessionGuard:
             self.in_flight = False
 
     def _run(self) -> None:
-        while not self.stopping.wait(self.HEARTBEAT / 4):
+        while not self.stopping.wait(self.POLL):
             self._beat()
+            self._check_replaced()
             silent = time.monotonic() - self.last_answered
             if self.fenced_at is not None:
                 if self.state == KazooState.CONNECTED and self.last_answered > self.fenced_at:
                     self.fenced_at = None
                     lost, self.session_lost = self.session_lost, False
                     self.reconnected(lost)
-                continue
-            if self.state == KazooState.LOST:
+            elif self.state == KazooState.LOST:
                 self._fence("ZooKeeper session lost")
             elif silent >= self.fence_after:
                 self._fence(f"no answer from ZooKeeper for {silent:.1f}s")
+            if self.watchdog is not None:
+                if self.fenced_at is not None:
+                    self.watchdog.fenced()
+                else:
+                    self.watchdog.alive(self.last_answered + self.fence_after)
+
+    def _check_replaced(self) -> None:
+        """kazoo may open a new session a few ms after LOST, before this loop sees LOST: a
+        session id that changed is a lost session (fence, and register again)."""
+        current = self._current_session()
+        if current is None or current == self.session_id:
+            return
+        if self.session_id is None:  # the first session
+            self._new_session()
+            return
+        old, self.session_lost = self.session_id, True
+        if self.fenced_at is None:
+            self._fence(f"ZooKeeper session {old:#x} expired and was replaced by {current:#x}")
+        self._new_session()
 
     def _fence(self, reason: str) -> None:
         self.fenced_at = time.monotonic()

@@ -20,7 +20,7 @@ from cluster.gearman.admin import AdminClient
 from cluster.jobkey import incarnation_prefix
 from cluster.local.zookeeper_server import zookeeper_mode
 from cluster.membership import MemberEntry, read_member_entries, read_members, session_text
-from cluster.process import log_tail
+from cluster.process import log_tail, pid_inside, pid_outside
 from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
 
@@ -96,9 +96,8 @@ def node_status(
 ) -> NodeStatus:
     node = next(n for n in cluster.nodes if n.name == node_name)
     member = entry.record if entry else None
-    agent_key = f"agent:{node.name}"
-    agent_alive = cluster.running(agent_key)
-    if not agent_alive:
+    agent = cluster.agent_pid(node.name)  # PIDs as this machine sees them (a host has its own)
+    if agent is None:
         state = membership.DOWN
     elif member is None:
         state = membership.STARTING
@@ -108,8 +107,8 @@ def node_status(
         name=node.name,
         gearman=node.gearman,
         store=node.store,
-        agent_pid=cluster.processes[agent_key].pid if agent_alive else None,
-        gearmand_pid=member.gearmand_pid if member and agent_alive else None,
+        agent_pid=agent,
+        gearmand_pid=pid_outside(member.gearmand_pid, agent) if member and agent else None,
         state=state,
         queued_jobs=_queued_jobs(Endpoint.parse(node.gearman)),
         store_items=_store_items(Endpoint.parse(node.store)),
@@ -117,7 +116,7 @@ def node_status(
         deferred_jobs=member.deferred_jobs if member else 0,
         gearmand_started=gearmand_started,
         zk_session=session_text(entry.session) if entry else None,
-        zk_session_state=("live" if agent_alive else "expiring") if entry else None,
+        zk_session_state=("live" if agent else "expiring") if entry else None,
         metrics=node.metrics,
     )
 
@@ -258,9 +257,10 @@ def wait_serving(
                         _agent_failure(cluster, name, f"the agent (pid {pid}) exited")
                     )
                 member = members.get(name)
-                agent_pid = cluster.processes[f"agent:{name}"].pid
+                agent = cluster.agent_pid(name)
                 # A record left by an earlier agent's session does not count.
-                if member and member.state == membership.SERVING and member.agent_pid == agent_pid:
+                if (member and member.state == membership.SERVING and agent is not None
+                        and member.agent_pid == pid_inside(agent)):  # fmt: skip
                     progress(f"{name}: serving on {member.gearman}")
                     waiting.discard(name)
             if waiting and time.monotonic() > deadline:
