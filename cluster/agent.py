@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -195,8 +194,7 @@ class Agent:
 
     def _describe_store(self, gearmand_pid: int) -> None:
         """Tell peers where our store and gearmand are, for a take-over after our death."""
-        record = StoreRecord(address=str(self.config.store), gearman=str(self.config.gearman),
-                             host=socket.gethostname(), gearmand_pid=gearmand_pid)  # fmt: skip
+        record = StoreRecord.here(str(self.config.store), str(self.config.gearman), gearmand_pid)
         self.zk.ensure_path(self.paths.store(self.config.node))
         self.zk.set(self.paths.store(self.config.node), record.encode())
 

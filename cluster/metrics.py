@@ -103,7 +103,7 @@ class AgentMetrics:
         self.takeovers = Counter(
             "gearctl_takeovers",
             "Take-overs of dead peers' stores by this agent, by outcome: started, done, "
-            "interrupted",
+            "interrupted, fencing-failed (the old gearmand kept answering: not taken over)",
             ["node", "outcome"],
             registry=r,
         )
@@ -192,6 +192,9 @@ class AgentMetrics:
 
     def takeover_started(self) -> None:
         self.takeovers.labels(self.node, "started").inc()
+
+    def fencing_failed(self) -> None:
+        self.takeovers.labels(self.node, "fencing-failed").inc()
 
     def takeover_finished(self, outcome: str, jobs: int) -> None:
         """`outcome` as the take-over record has it: "done..." or "interrupted: ..."."""

@@ -4,9 +4,10 @@ Every agent runs a `TakeoverWatcher` thread. When the member list changes (and a
 second, to retry) it looks for orphaned stores:
 a store with jobs whose node has no member record and which nobody owns. The first survivor to
 create the store's owner znode (purpose `drain`) wins; the others see it owned and stay out.
-Before loading anything the winner fences the old server (design invariant 4): its gearmand
-must refuse connections, or its process must be gone (checked when it ran on this host). If
-neither can be established it waits and reports, and never drains.
+Before loading anything the winner applies the take-over rule (design invariant 4,
+`old_server_is_dead`): a gearmand that refuses connections or cannot be reached is dead by the
+lease rule; one that still answers is shut down over admin first; one that keeps answering is
+never drained from, and reported loudly (log, metric, a `refused` take-over record).
 
 While `takeover-paused` exists (`gearctl takeover pause`) no survivor scans. `drain_store` is
 the drain itself, shared with the operator's `gearctl store drain` (cluster/drain.py).
@@ -17,6 +18,7 @@ store's FIFO order per priority, and a drainer that dies leaves one store to res
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -24,8 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import psutil
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
@@ -33,8 +35,10 @@ from kazoo.recipe.watchers import ChildrenWatch
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.functions import FunctionRegistry, known_in_cluster
+from cluster.gearman.admin import AdminClient
 from cluster.lease import DRAIN, StoreLease
 from cluster.metrics import AgentMetrics
+from cluster.process import is_running, pid_namespace
 from cluster.restore import Progress, RestoreReport, restore
 from cluster.store import Store
 from cluster.zkpaths import ClusterPaths
@@ -46,12 +50,18 @@ SCAN_EVERY = 1.0
 
 @dataclass(frozen=True)
 class StoreRecord:
-    """What peers need to know of a store to take it over: written by its owner at each start."""
+    """What peers need to know of a store to take it over: written by its owner at each start.
+
+    `boot_id` (the kernel's) and `pid_namespace` (inode) say where `gearmand_pid` means
+    something: only a peer with both equal may look the PID up. `host` is for people only:
+    hostnames repeat across containers and cloned machines."""
 
     address: str
     gearman: str
     host: str
     gearmand_pid: int | None
+    boot_id: str | None = None
+    pid_namespace: int | None = None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -59,7 +69,25 @@ class StoreRecord:
     @classmethod
     def decode(cls, data: bytes) -> StoreRecord:
         raw = json.loads(data.decode())
-        return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"))
+        return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"),
+                   raw.get("boot_id"), raw.get("pid_namespace"))  # fmt: skip
+
+    @classmethod
+    def here(cls, address: str, gearman: str, gearmand_pid: int) -> StoreRecord:
+        return cls(address, gearman, socket.gethostname(), gearmand_pid, boot_id(),
+                   pid_namespace())  # fmt: skip
+
+    def same_pid_table(self) -> bool:
+        """Is `gearmand_pid` a PID of this kernel and PID namespace?"""
+        mine = (boot_id(), pid_namespace())
+        return None not in mine and (self.boot_id, self.pid_namespace) == mine
+
+
+def boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
 
 
 @dataclass
@@ -74,22 +102,50 @@ class Takeover:
     manual: bool = False  # `gearctl store drain`, not a survivor's automatic take-over
 
 
+FENCING_FAILED = "fencing failed"
+SHUTDOWN_CONFIRM = 3.0  # seconds a gearmand sent admin `shutdown` has to stop answering
+
+
 def old_server_is_dead(record: StoreRecord, timeout: float = 1.0) -> tuple[bool, str]:
-    """Fencing check: (True, how) if the store's last gearmand is known dead, else (False, why)."""
-    if record.host == socket.gethostname() and record.gearmand_pid is not None:
-        try:
-            if psutil.Process(record.gearmand_pid).status() != psutil.STATUS_ZOMBIE:
-                return False, f"gearmand pid {record.gearmand_pid} is still running on this host"
-        except psutil.Error:
-            return True, f"gearmand pid {record.gearmand_pid} is gone"
+    """The take-over rule (design invariant 4), once the owner's session expired and its owner
+    znode is gone (the caller checked both): (True, how) when the store's last gearmand is
+    dead, else (False, why; starting with FENCING_FAILED when it still answers).
+
+    Refusing connections, or unreachable (timeout, no route, host unreachable): dead by the
+    lease rule, its agent fenced it or its host is gone. Still answering: fencing failed
+    somewhere; it gets gearmand's admin `shutdown` and is dead once it stops answering."""
+    if record.same_pid_table() and record.gearmand_pid and not is_running(record.gearmand_pid):
+        return True, f"gearmand pid {record.gearmand_pid} is gone (same kernel, PID namespace)"
     endpoint = Endpoint.parse(record.gearman)
+    gone = _unreachable(endpoint, timeout)
+    if gone is not None:
+        return True, gone + ": dead by the lease rule"
+    log.error("%s: gearmand %s still accepts connections after its owner's session expired; "
+              "sending it admin shutdown", FENCING_FAILED, endpoint)  # fmt: skip
+    deadline = time.monotonic() + SHUTDOWN_CONFIRM
+    while time.monotonic() < deadline:
+        with contextlib.suppress(GearctlError):
+            AdminClient(endpoint, timeout=timeout).shutdown()
+        gone = _unreachable(endpoint, timeout)
+        if gone is not None:
+            return True, (
+                f"gearmand {endpoint} still answered after its owner's session "
+                f"expired ({FENCING_FAILED}): shut down over admin; {gone}"
+            )
+        time.sleep(0.1)
+    return False, (f"{FENCING_FAILED}: gearmand {endpoint} still answers after its owner's "
+                   f"session expired, and admin shutdown did not stop it")  # fmt: skip
+
+
+def _unreachable(endpoint: Endpoint, timeout: float) -> str | None:
+    """How a connection to `endpoint` failed (refused, timed out, no route), None if accepted."""
     try:
         with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout):
-            return False, f"gearmand {endpoint} still accepts connections"
+            return None
     except ConnectionRefusedError:
-        return True, f"gearmand {endpoint} refuses connections"
+        return f"gearmand {endpoint} refuses connections"
     except OSError as exc:
-        return False, f"gearmand {endpoint} cannot be reached to confirm it is dead ({exc})"
+        return f"gearmand {endpoint} cannot be reached ({exc or 'timed out'})"
 
 
 class TakeoverWatcher:
@@ -183,11 +239,23 @@ class TakeoverWatcher:
                 if store not in self.unfenced_reported:
                     log.error("not draining store %s: %s", store, how)
                     self.unfenced_reported.add(store)
+                    if how.startswith(FENCING_FAILED):
+                        self._report_fencing_failed(store, how)
                 return
             self.unfenced_reported.discard(store)
             self._drain(store, source, how, lease)
         finally:
             lease.release()
+
+    def _report_fencing_failed(self, store: str, how: str) -> None:
+        """Loudly: a metric, and a take-over record `status` shows (outcome `refused: ...`)."""
+        if self.metrics:
+            self.metrics.fencing_failed()
+        now = time.time()
+        record = Takeover(store=store, by=self.node, started=now, finished=now,
+                          outcome=f"refused: {how}")  # fmt: skip
+        self.zk.create(f"{self.paths.takeovers}/t-", json.dumps(asdict(record)).encode(),
+                       sequence=True, makepath=True)  # fmt: skip
 
     def _known(self) -> set[str]:
         return known_in_cluster(self.zk, self.paths, self.functions, self.target, 1.0)

@@ -19,7 +19,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,23 +29,32 @@ import psutil
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
+    BackgroundWorkers,
     ForegroundLedger,
     ForegroundLoad,
     Job,
     Ledger,
-    drain,
     numbered_jobs,
     submit,
 )
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.admin import is_serving
 from cluster.gearman.client import BackgroundJob, Client, NoServerError
 from cluster.gearman.protocol import GearmanConnection
+from cluster.gearmand_server import GearmandLaunch
 from cluster.local import cluster as localcluster
 from cluster.local import netns
 from cluster.local.netns import HostNetwork
 from cluster.local.status import collect, connect, read_takeovers
-from cluster.process import free_port_block, is_running, wait_until
+from cluster.process import (
+    ProcessRef,
+    free_port_block,
+    is_running,
+    require_binary,
+    spawn,
+    wait_until,
+)
 from cluster.restore import BATCH
 from cluster.zkpaths import ClusterPaths
 
@@ -70,6 +79,7 @@ class DrillContext:
     started: float = field(default_factory=time.monotonic)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     network: HostNetwork | None = None  # the namespaces of a multi-host drill
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # drill's end
     violations: list[str] = field(default_factory=list)  # broken invariants besides the ledger
     extra_jobs: list[Job] = field(default_factory=list)  # background jobs submitted by the fault
     extra_acknowledged: set[str] = field(default_factory=set)
@@ -397,6 +407,158 @@ def _wait_node1_back(
               + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
 
 
+FAULT_TIMEOUT = 30.0
+
+
+def _node1_host(ctx: DrillContext) -> tuple[HostNetwork, netns.Host]:
+    network = ctx.network
+    assert network is not None, f"{ctx.scenario} runs on network-namespace hosts"
+    node1 = ctx.cluster().nodes[0]
+    assert node1.netns is not None
+    return network, network.host(node1.netns)
+
+
+@contextlib.contextmanager
+def _zookeeper(ctx: DrillContext) -> Iterator[tuple[Any, ClusterPaths]]:
+    cluster = ctx.cluster()
+    zk = connect(cluster)
+    if zk is None:
+        raise GearctlError("drill: ZooKeeper does not answer")
+    try:
+        yield zk, ClusterPaths(cluster.cluster)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def _wait_gone(ctx: DrillContext, zk: Any, path: str, what: str) -> float:
+    deadline = time.monotonic() + FAULT_TIMEOUT
+    while zk.exists(path) is not None:
+        if time.monotonic() > deadline:
+            raise GearctlError(f"drill: {what} still there {FAULT_TIMEOUT:.0f}s after the fault")
+        time.sleep(0.01)
+    ctx.event(f"{what} gone")
+    return time.monotonic()
+
+
+def _takeover_how(ctx: DrillContext, takeover: dict[str, Any]) -> str:
+    """The survivor's own words for why node1's old gearmand counted as dead."""
+    marker = "taking over store node1: "
+    lines = [ln for ln in ctx.agent_log(takeover["by"]).splitlines() if marker in ln]
+    if not lines:
+        raise GearctlError(f"drill: no take-over line in {takeover['by']}'s log")
+    return lines[-1].split(marker, 1)[1].split("; draining")[0]
+
+
+def host_down(ctx: DrillContext) -> None:
+    """node1's host dies: every process in it killed, its link down (its address times out,
+    no RST); a survivor must take its store over by the lease rule alone."""
+    network, host = _node1_host(ctx)
+    with _zookeeper(ctx) as (zk, paths):
+        died = time.time()
+        killed = network.power_off(host.name)
+        ctx.event(f"host {host.name} ({host.address}) powered off: {len(killed)} processes "
+                  f"killed, {host.veth_root} down")  # fmt: skip
+        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        ctx.event(f"take-over of node1's store by {takeover['by']} started "
+                  f"{takeover['started'] - died:.2f}s after the host died (session timeout "
+                  f"{ctx.cluster().session_timeout:g}s)")  # fmt: skip
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
+
+
+def agent_hang(ctx: DrillContext) -> None:
+    """SIGSTOP node1's agent: its watchdog must kill agent and gearmand before the session
+    expires; a survivor then takes the store over."""
+    node = ctx.node("node1")
+    with _zookeeper(ctx) as (zk, paths):
+        ctx.kill(node["agent_pid"], signal.SIGSTOP, "node1 agent")
+        deadline = time.monotonic() + FAULT_TIMEOUT
+        while is_running(node["gearmand_pid"]):
+            if time.monotonic() > deadline:
+                raise GearctlError("drill: node1's gearmand still runs beside its hung agent")
+            time.sleep(0.01)
+        killed_at = time.monotonic()
+        ctx.event(f"node1's gearmand pid {node['gearmand_pid']} gone")
+        expired_at = _wait_gone(ctx, zk, paths.member("node1"), "node1's session (member record)")
+        if "watchdog: pid" not in ctx.agent_log("node1"):
+            ctx.violation("node1's gearmand died, but not by its watchdog")
+        if expired_at <= killed_at:
+            ctx.violation("node1's session expired before its watchdog killed agent and gearmand")
+        else:
+            ctx.event(f"the watchdog killed agent and gearmand {expired_at - killed_at:.2f}s "
+                      "before the session expired")  # fmt: skip
+        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
+
+
+def session_blip(ctx: DrillContext) -> None:
+    """node1's session expires and a new one opens at once: node1 is cut off ZooKeeper (take-over
+    paused, so that only node1 may own its store) until its member record is gone, then healed;
+    it must have fenced, and must register again and serve under a new session."""
+    network, host = _node1_host(ctx)
+    with _zookeeper(ctx) as (zk, paths):
+        zk.ensure_path(paths.takeover_paused)
+        session = zk.exists(paths.member("node1")).ephemeralOwner
+        gearmand_pid = ctx.node("node1")["gearmand_pid"]
+        log_before = len(ctx.agent_log("node1"))
+        network.partition(host.name)
+        ctx.event(f"node1 cut off (take-over paused); session {session:#x}")
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, paths, gearmand_pid)
+        network.heal(host.name)
+        ctx.event("healed at once: node1's client finds its session expired and opens a new one")
+        if expired_at <= fenced_at:
+            ctx.violation("node1's session expired before its agent fenced gearmand")
+        zk.delete(paths.takeover_paused)
+        deadline = time.monotonic() + FAULT_TIMEOUT
+        while True:
+            node, stat = ctx.node("node1"), zk.exists(paths.member("node1"))
+            if (node["state"] == "serving" and stat is not None
+                    and stat.ephemeralOwner != session):  # fmt: skip
+                break
+            if time.monotonic() > deadline:
+                raise GearctlError("drill: node1 not serving under a new session after the blip")
+            time.sleep(0.05)
+        log = ctx.agent_log("node1")[log_before:]
+        how = "replaced" if "was replaced by" in log else "lost"
+        ctx.event(f"node1 registered again (session {stat.ephemeralOwner:#x}, noticed as {how}) "
+                  f"and serves with gearmand pid {node['gearmand_pid']}")  # fmt: skip
+
+
+def fencing_failed(ctx: DrillContext) -> None:
+    """node1's host loses its agent, but a gearmand detached from any agent keeps answering on
+    node1's address (with node1's store) after the session expired: the survivor must shut it
+    down over gearmand's admin protocol before it takes the store over."""
+    _network, host = _node1_host(ctx)
+    cluster = ctx.cluster()
+    node1 = cluster.nodes[0]
+    with _zookeeper(ctx) as (zk, paths):
+        zk.ensure_path(paths.takeover_paused)  # no take-over before the impostor is up
+        ctx.kill(cluster.processes["agent:node1"].pid, what="node1's agent and its supervisor")
+        launch = GearmandLaunch(
+            endpoint=Endpoint.parse(node1.gearman), store=Endpoint.parse(node1.store),
+            prefix="gdetached_", log_path=ctx.directory / "detached-gearmand.log",
+            pid_path=ctx.directory / "detached-gearmand.pid", threads=1, buckets=991,
+        )  # fmt: skip
+        argv = netns.exec_argv(
+            host.name, launch.argv(require_binary("gearmand", "gearman-job-server"))
+        )
+        detached = spawn(argv, log_path=ctx.directory / "detached-gearmand.stdout.log")
+        ctx.stack.callback(ProcessRef.of(detached.pid).stop)
+        wait_until(lambda: is_serving(launch.endpoint), timeout=10, what="detached gearmand")
+        ctx.event(f"a gearmand detached from any agent (pid {detached.pid}) answers on "
+                  f"{launch.endpoint} with node1's store")  # fmt: skip
+        _wait_gone(ctx, zk, paths.member("node1"), "node1's session (member record)")
+        zk.delete(paths.takeover_paused)
+        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"] != "running"
+                                  and not t["outcome"].startswith("refused"))  # fmt: skip
+        how = _takeover_how(ctx, takeover)
+        ctx.event(f"{takeover['by']}: {how}")
+        if "shut down over admin" not in how:
+            ctx.violation(f"{takeover['by']} took over without shutting the old gearmand down")
+        if is_running(detached.pid):
+            ctx.violation("the detached gearmand still runs after the take-over")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -427,6 +589,14 @@ SCENARIOS = {
                  "and its peers, then heal", partition_node, isolated_nodes=NODES),
         Scenario("store-lost", "kill -9 node1's memcached; start it again on its port",
                  store_lost),
+        Scenario("host-down", "on three hosts: node1's host dies (every process killed, its "
+                 "link down)", host_down, isolated_nodes=NODES),
+        Scenario("agent-hang", "on three hosts: SIGSTOP node1's agent; its watchdog kills it",
+                 agent_hang, isolated_nodes=NODES),
+        Scenario("session-blip", "on three hosts: node1's session expires and a new one opens at "
+                 "once", session_blip, isolated_nodes=NODES),
+        Scenario("fencing-failed", "on three hosts: a gearmand detached from its agent answers "
+                 "after the session expired", fencing_failed, isolated_nodes=NODES),
     )
 }  # fmt: skip
 
@@ -489,6 +659,7 @@ def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local")
         directory = Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix=f"gearctl-drill-{scenario_name}-")))  # fmt: skip
         ctx = DrillContext(directory, progress, scenario=scenario_name, jobs=jobs)
+        stack.enter_context(ctx.stack)
         placement = localcluster.Placement()
         if isolated:
             # Torn down last (after the cluster is stopped), even when anything below fails.
@@ -525,43 +696,47 @@ def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
     target = Endpoint.parse(ctx.node("node1")["gearman"])
     acknowledged = submit(target, workload)
     ctx.event(f"{acknowledged} of {jobs} jobs acknowledged by node1")
-    # Workers stay registered on every node through the fault, as they would in production.
-    with contextlib.ExitStack() as workers:
-        for node in ctx.status()["nodes"]:
-            worker = workers.enter_context(GearmanConnection(Endpoint.parse(node["gearman"])))
-            for function in FUNCTIONS:
-                worker.can_do(function)
-        return _inject_and_count(scenario, jobs, ctx, workload, acknowledged)
+    # Workers grab and run jobs on every node through the fault, as they would in production.
+    endpoints = [Endpoint.parse(node.gearman) for node in ctx.cluster().nodes]
+    with BackgroundWorkers(endpoints, FUNCTIONS) as workers:
+        return _inject_and_count(scenario, jobs, ctx, workload, acknowledged, workers)
 
 
 def _inject_and_count(
-    scenario: Scenario, jobs: int, ctx: DrillContext, workload: list[Job], acknowledged: int
+    scenario: Scenario,
+    jobs: int,
+    ctx: DrillContext,
+    workload: list[Job],
+    acknowledged: int,
+    workers: BackgroundWorkers,
 ) -> DrillResult:
     cluster = ctx.cluster()
     # Foreground jobs through the failover Client run from just before the fault to recovery.
     with ForegroundLoad(cluster.zookeeper, cluster.cluster, scenario.name) as foreground:
+        ctx.event(f"workers running background jobs: {len(workers.executed())} done so far")
         fault_at = time.monotonic()
         scenario.fault(ctx)
         uniques = {job.unique for job in workload[:acknowledged]} | ctx.extra_acknowledged
         ctx.wait(
-            "recovery (every acknowledged job queued on a live server)",
+            "recovery (every acknowledged job run, or queued on a live server)",
             lambda s: (
-                sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
+                len(workers.executed() & uniques)
+                + sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
                 >= len(uniques)
             ),
             RECOVERY_TIMEOUT,
         )
         recovery = time.monotonic() - fault_at
-        ctx.event(f"recovered: every job queued again after {recovery:.2f}s")
+        ctx.event(f"recovered: every job run or queued again after {recovery:.2f}s")
     fg = foreground.ledger()
     ctx.event(f"foreground jobs through the failover Client: {fg.attempted} submitted, "
               f"{fg.acknowledged} answered right, {fg.failed} failed")  # fmt: skip
     for failure in foreground.failures[:3]:
         ctx.event(f"foreground failure: {failure}")
-    servers = [Endpoint.parse(n["gearman"]) for n in ctx.status()["nodes"]
-               if n["state"] == "serving"]  # fmt: skip
-    drained = drain(servers, FUNCTIONS, len(uniques))
-    ctx.event(f"workers drained {sum(drained.counts.values())} jobs")
-    ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, drained)
+    workers.wait_done(uniques)
+    ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, workers.drained,
+                          workers.in_flight)  # fmt: skip
+    ctx.event(f"workers ran {ledger.executed} jobs; {ledger.in_flight_at_faults} were in flight "
+              f"on a connection that broke, {ledger.reruns} of them ran again")  # fmt: skip
     return DrillResult(scenario.name, jobs, ledger, scenario.duplicate_bound, round(recovery, 3),
                        ctx.timeline, ctx.violations, fg)  # fmt: skip
