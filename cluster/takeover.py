@@ -18,7 +18,6 @@ store's FIFO order per priority, and a drainer that dies leaves one store to res
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import socket
@@ -35,7 +34,7 @@ from kazoo.recipe.watchers import ChildrenWatch
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.functions import FunctionRegistry, known_in_cluster
-from cluster.gearman.admin import AdminClient
+from cluster.gearman.admin import AdminClient, AdminCommandError
 from cluster.lease import DRAIN, StoreLease
 from cluster.metrics import AgentMetrics
 from cluster.process import is_running, pid_namespace
@@ -122,19 +121,24 @@ def old_server_is_dead(record: StoreRecord, timeout: float = 1.0) -> tuple[bool,
         return True, gone + ": dead by the lease rule"
     log.error("%s: gearmand %s still accepts connections after its owner's session expired; "
               "sending it admin shutdown", FENCING_FAILED, endpoint)  # fmt: skip
+    answer = "it did not stop"
     deadline = time.monotonic() + SHUTDOWN_CONFIRM
     while time.monotonic() < deadline:
-        with contextlib.suppress(GearctlError):
+        try:
             AdminClient(endpoint, timeout=timeout).shutdown()
+        except AdminCommandError as exc:  # Debian's 1.1.20 has no `shutdown`: no use repeating
+            answer = f"it answered {exc.code} {exc.text}".strip()
+            break
+        except GearctlError:
+            pass
         gone = _unreachable(endpoint, timeout)
         if gone is not None:
-            return True, (
-                f"gearmand {endpoint} still answered after its owner's session "
-                f"expired ({FENCING_FAILED}): shut down over admin; {gone}"
-            )
+            return True, (f"gearmand {endpoint} still answered after its owner's session "
+                          f"expired ({FENCING_FAILED}): shut down over admin; {gone}")  # fmt: skip
         time.sleep(0.1)
     return False, (f"{FENCING_FAILED}: gearmand {endpoint} still answers after its owner's "
-                   f"session expired, and admin shutdown did not stop it")  # fmt: skip
+                   f"session expired, and admin shutdown did not stop it ({answer}); stop it "
+                   "by hand: the take-over follows")  # fmt: skip
 
 
 def _unreachable(endpoint: Endpoint, timeout: float) -> str | None:

@@ -526,8 +526,10 @@ def session_blip(ctx: DrillContext) -> None:
 
 def fencing_failed(ctx: DrillContext) -> None:
     """node1's host loses its agent, but a gearmand detached from any agent keeps answering on
-    node1's address (with node1's store) after the session expired: the survivor must shut it
-    down over gearmand's admin protocol before it takes the store over."""
+    node1's address (with node1's store) after the session expired. The survivor must send it
+    gearmand's admin `shutdown`; Debian's gearmand 1.1.20 does not know the command, so it must
+    then refuse the take-over loudly (a `refused` take-over record) and wait; once the operator
+    stops that gearmand it takes the store over."""
     _network, host = _node1_host(ctx)
     cluster = ctx.cluster()
     node1 = cluster.nodes[0]
@@ -539,24 +541,28 @@ def fencing_failed(ctx: DrillContext) -> None:
             prefix="gdetached_", log_path=ctx.directory / "detached-gearmand.log",
             pid_path=ctx.directory / "detached-gearmand.pid", threads=1, buckets=991,
         )  # fmt: skip
-        argv = netns.exec_argv(
-            host.name, launch.argv(require_binary("gearmand", "gearman-job-server"))
-        )
-        detached = spawn(argv, log_path=ctx.directory / "detached-gearmand.stdout.log")
-        ctx.stack.callback(ProcessRef.of(detached.pid).stop)
+        binary = require_binary("gearmand", "gearman-job-server")
+        detached = spawn(netns.exec_argv(host.name, launch.argv(binary)),
+                         log_path=ctx.directory / "detached-gearmand.stdout.log")  # fmt: skip
+        detached_ref = ProcessRef.of(detached.pid)
+        ctx.stack.callback(detached_ref.stop)
         wait_until(lambda: is_serving(launch.endpoint), timeout=10, what="detached gearmand")
         ctx.event(f"a gearmand detached from any agent (pid {detached.pid}) answers on "
                   f"{launch.endpoint} with node1's store")  # fmt: skip
         _wait_gone(ctx, zk, paths.member("node1"), "node1's session (member record)")
         zk.delete(paths.takeover_paused)
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"] != "running"
-                                  and not t["outcome"].startswith("refused"))  # fmt: skip
-        how = _takeover_how(ctx, takeover)
-        ctx.event(f"{takeover['by']}: {how}")
-        if "shut down over admin" not in how:
-            ctx.violation(f"{takeover['by']} took over without shutting the old gearmand down")
-        if is_running(detached.pid):
-            ctx.violation("the detached gearmand still runs after the take-over")
+        refused = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"].startswith("refused"))
+        ctx.event(f"{refused['by']} {refused['outcome']}")
+        if any(t["store"] == "node1" and t["outcome"].startswith("done")
+               for t in read_takeovers(zk, paths)):  # fmt: skip
+            ctx.violation("node1's store was drained while its old gearmand still answered")
+        if not detached_ref.alive():
+            ctx.event("the detached gearmand stopped on admin shutdown")
+        else:
+            detached_ref.stop()
+            ctx.event(f"operator: detached gearmand pid {detached.pid} stopped by hand")
+        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"].startswith("done"))
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
 
 
 @dataclass(frozen=True)
