@@ -162,11 +162,11 @@ class SessionGuard:
         reconnected: Callable[[bool], None],
         watchdog: WatchdogPing | None = None,
     ) -> None:
-        if safety_margin < 2 * self.POLL:
+        if safety_margin < 4 * self.POLL:
             raise ConfigError(
-                f"zookeeper.safety_margin = {safety_margin} must be at least {2 * self.POLL:g}s "
-                f"(twice the session guard's poll interval of {self.POLL:g}s): a fence may be "
-                "that late"
+                f"zookeeper.safety_margin = {safety_margin} must be at least {4 * self.POLL:g}s "
+                f"(4 x the session guard's poll interval of {self.POLL:g}s): the fence, and "
+                "behind it the watchdog's ping, may each be one poll late"
             )
         self.zk = zk
         self.safety_margin = safety_margin
@@ -250,7 +250,11 @@ class SessionGuard:
                 if self.fenced_at is not None:
                     self.watchdog.fenced()
                 else:
-                    self.watchdog.alive(self.last_answered + self.fence_after)
+                    # Halfway between our own fence and the earliest expiry: the watchdog
+                    # fires only if the fence did not happen, and still before expiry.
+                    self.watchdog.alive(
+                        self.last_answered + self.fence_after + self.safety_margin / 2
+                    )
 
     def _check_replaced(self) -> None:
         """kazoo may open a new session a few ms after LOST, before this loop sees LOST: a

@@ -48,10 +48,11 @@ def watchdog_seconds() -> float | None:
 class WatchdogPing:
     """WATCHDOG=1 from the fencing loop, only while it proves gearmand may serve that long.
 
-    `alive(fence_at)` pings only when the agent's own fence deadline (the send time of the last
-    answered heartbeat + `timeout - margin`) is at least one watchdog period away: a supervisor
-    that hears nothing for a period then kills agent and gearmand before the fence would have
-    been due, so before the session can expire. `fenced()` pings unconditionally: gearmand is
+    `alive(deadline)` pings only while `deadline` (halfway between the agent's own fence, due
+    at the send time of the last answered heartbeat + `timeout - margin`, and the earliest
+    expiry of its session) is at least one watchdog period away: a supervisor that then hears
+    nothing for a period kills agent and gearmand after the fence would have been due (it
+    never races the fence) and before the session can expire. `fenced()` pings unconditionally: gearmand is
     already killed, there is nothing left to protect and the agent is alive."""
 
     def __init__(self, fence_after: float) -> None:
@@ -63,8 +64,8 @@ class WatchdogPing:
                 "it is a good value"
             )
 
-    def alive(self, fence_at: float) -> None:
-        if self.seconds is not None and fence_at - time.monotonic() >= self.seconds:
+    def alive(self, deadline: float) -> None:
+        if self.seconds is not None and deadline - time.monotonic() >= self.seconds:
             notify("WATCHDOG=1")
 
     def fenced(self) -> None:

@@ -99,7 +99,7 @@ def test_the_fence_follows_the_negotiated_session_timeout(clock: list[float]) ->
 
 
 def test_a_margin_below_twice_the_poll_interval_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"safety_margin = 0\.05 must be at least 0\.1s"):
+    with pytest.raises(ConfigError, match=r"safety_margin = 0\.05 must be at least 0\.2s"):
         SessionGuard(FakeZooKeeper(), 4.0, 0.05, print, print)  # type: ignore[arg-type]
 
 
