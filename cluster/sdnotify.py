@@ -52,8 +52,8 @@ class WatchdogPing:
     at the send time of the last answered heartbeat + `timeout - margin`, and the earliest
     expiry of its session) is at least one watchdog period away: a supervisor that then hears
     nothing for a period kills agent and gearmand after the fence would have been due (it
-    never races the fence) and before the session can expire. `fenced()` pings unconditionally: gearmand is
-    already killed, there is nothing left to protect and the agent is alive."""
+    never races the fence) and before the session can expire. `fenced()` pings
+    unconditionally: gearmand is already killed, nothing is left to protect, the agent lives."""
 
     def __init__(self, fence_after: float) -> None:
         self.seconds = watchdog_seconds()
