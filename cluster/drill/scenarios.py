@@ -720,8 +720,9 @@ def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
     acknowledged = submit(target, workload)
     ctx.event(f"{acknowledged} of {jobs} jobs acknowledged by node1")
     # Workers grab and run jobs on every node through the fault, as they would in production.
-    endpoints = [Endpoint.parse(node.gearman) for node in ctx.cluster().nodes]
-    with BackgroundWorkers(endpoints, FUNCTIONS) as workers:
+    cluster = ctx.cluster()
+    endpoints = [Endpoint.parse(node.gearman) for node in cluster.nodes]
+    with BackgroundWorkers(endpoints, FUNCTIONS, cluster.zookeeper, cluster.cluster) as workers:
         return _inject_and_count(scenario, jobs, ctx, workload, acknowledged, workers)
 
 

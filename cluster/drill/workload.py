@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.client import Client, Worker, WorkerJob
+from cluster.gearman.discovery import server_source
 from cluster.gearman.protocol import GearmanConnection
 
 PRIORITIES = ("high", "normal", "low")
@@ -152,8 +153,13 @@ class BackgroundWorkers:
     its gearmand may have died before deleting it, and may run it again. Use as a context
     manager; `drained` counts every execution."""
 
-    def __init__(self, endpoints: Iterable[Endpoint], functions: Iterable[str]) -> None:
+    def __init__(
+        self, endpoints: Iterable[Endpoint], functions: Iterable[str], zookeeper: str, cluster: str
+    ) -> None:
         self.functions = tuple(functions)
+        # Only live servers, as a Worker following ZooKeeper: a `store-lost` node is left
+        # alone (its gearmand cannot delete a completed job and would hand it out again).
+        self.source = server_source(None, zookeeper, cluster)
         self.drained = Drained()
         self.in_flight: set[str] = set()
         self.broken_connections = 0
@@ -171,6 +177,7 @@ class BackgroundWorkers:
         self._stopping.set()
         for thread in self._threads:
             thread.join(30)
+        self.source.close()
 
     def executed(self) -> set[str]:
         with self._lock:
@@ -193,11 +200,14 @@ class BackgroundWorkers:
     def _serve(self, endpoint: Endpoint) -> None:
         while not self._stopping.is_set():
             last: str | None = None
+            if endpoint not in self.source.servers():
+                self._stopping.wait(0.05)
+                continue
             try:
                 with GearmanConnection(endpoint, connect_timeout=0.5, read_timeout=2.0) as conn:
                     for function in self.functions:
                         conn.can_do(function)
-                    while not self._stopping.is_set():
+                    while not self._stopping.is_set() and endpoint in self.source.servers():
                         job = conn.grab_job_uniq()
                         last = None  # the answer proves the last WORK_COMPLETE was taken
                         if job is None:
