@@ -136,7 +136,9 @@ class Agent:
 
     def _serve_once(self) -> None:
         """Own the store, start gearmand, restore, then watch it until it dies or is fenced."""
-        if self.fenced.is_set():
+        # A fence and the new session after it may both have passed while this thread was
+        # blocked (a store check into a partition): register again all the same.
+        if self.fenced.is_set() or self.session_renewed.is_set():
             self._wait_unfenced()
             return
         if not self._own_store():

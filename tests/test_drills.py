@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
+from cluster import zksession
 from cluster.drill.scenarios import (
     FOREGROUND_DUPLICATE_BOUND,
     SCENARIOS,
@@ -30,6 +31,7 @@ from cluster.drill.scenarios import (
 from cluster.drill.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.functions import FunctionRegistry
 from cluster.local import netns
 from cluster.local.cluster import PORT_BLOCK, LocalCluster, Placement, down, up
 from cluster.local.status import collect
@@ -189,6 +191,11 @@ def test_store_drain_takes_over_a_dead_hosts_store(tmp_path: Path) -> None:
             assert cluster is not None
             jobs = numbered_jobs(500, "hostdown")
             assert submit(Endpoint.parse(cluster.nodes[0].gearman), jobs) == 500
+            # node1's agent publishes the (dashed) function names: the drain needs them
+            with zksession.session(directory, None, "local") as (zk, paths):
+                registry = FunctionRegistry(zk, paths.functions)
+                wait_until(lambda: set(FUNCTIONS) <= registry.known(), timeout=30,
+                           what="function names in ZooKeeper")  # fmt: skip
             network.power_off("gcd-n1")
             wait_until(lambda: node1(directory)["zk_session"] is None, timeout=60,
                        what="node1's session expiry")  # fmt: skip
