@@ -250,10 +250,10 @@ class SessionGuard:
                 if self.fenced_at is not None:
                     self.watchdog.fenced()
                 else:
-                    # Halfway between our own fence and the earliest expiry: the watchdog
-                    # fires only if the fence did not happen, and still before expiry.
+                    # Between our own fence and the earliest expiry, two polls before it: the
+                    # watchdog fires only if the fence did not happen, and still before expiry.
                     self.watchdog.alive(
-                        self.last_answered + self.fence_after + self.safety_margin / 2
+                        self.last_answered + self.fence_after + self.safety_margin - 2 * self.POLL
                     )
 
     def _check_replaced(self) -> None:

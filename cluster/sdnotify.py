@@ -48,11 +48,11 @@ def watchdog_seconds() -> float | None:
 class WatchdogPing:
     """WATCHDOG=1 from the fencing loop, only while it proves gearmand may serve that long.
 
-    `alive(deadline)` pings only while `deadline` (halfway between the agent's own fence, due
-    at the send time of the last answered heartbeat + `timeout - margin`, and the earliest
-    expiry of its session) is at least one watchdog period away: a supervisor that then hears
-    nothing for a period kills agent and gearmand after the fence would have been due (it
-    never races the fence) and before the session can expire. `fenced()` pings
+    `alive(deadline)` pings only while `deadline` (after the agent's own fence, due at the send
+    time of the last answered heartbeat + `timeout - margin`, and two guard polls before the
+    earliest expiry of its session) is at least one watchdog period away: a supervisor that
+    then hears nothing for a period kills agent and gearmand after the fence would have been
+    due (it never races the fence) and before the session can expire. `fenced()` pings
     unconditionally: gearmand is already killed, nothing is left to protect, the agent lives."""
 
     def __init__(self, fence_after: float) -> None:
