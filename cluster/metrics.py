@@ -30,11 +30,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster import membership
+from cluster.coord import AGENT_STATES, MemberRecord, NodeState, Outcome
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, StoreError
 from cluster.gearman.admin import AdminClient, FunctionStatus
-from cluster.membership import MemberRecord
 from cluster.restore import RestoreReport
 from cluster.store import Store
 
@@ -44,16 +43,6 @@ log = logging.getLogger("gearctl.metrics")
 disable_created_metrics()
 
 REFRESH_EVERY = 1.0  # seconds: scrapes closer together reuse the last reading
-AGENT_STATES = [
-    membership.STARTING,
-    membership.WAITING,
-    membership.RESTORING,
-    membership.SERVING,
-    membership.RESTARTING,
-    membership.FENCED,
-    membership.FAILED,
-    membership.STORE_LOST,
-]
 ZOOKEEPER_STATES = ["lost", "suspended", "connected"]  # kazoo's KazooState, lower case
 RESTORE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
@@ -78,7 +67,7 @@ class AgentMetrics:
             "The agent's state, as `gearctl cluster status` shows it",
             ["node"],
             registry=r,
-            states=AGENT_STATES,
+            states=list(AGENT_STATES),
         ).labels(node)
         self.restore_jobs = Counter(
             "gearctl_restore_jobs",
@@ -139,7 +128,7 @@ class AgentMetrics:
             self.restore_jobs.labels(node, result)
         for how in ("down", "restarted"):
             self.store_losses.labels(node, how)
-        self.agent_state.state(membership.STARTING)
+        self.agent_state.state(NodeState.STARTING)
         self.live = LiveCollector(node, gearman, store, timeout)
         r.register(self.live)
 
@@ -189,7 +178,7 @@ class AgentMetrics:
 
     def fenced(self) -> None:
         self.fences.inc()
-        self.agent_state.state(membership.FENCED)
+        self.agent_state.state(NodeState.FENCED)
 
     def zookeeper_state(self, state: str) -> None:
         """A kazoo connection listener (called on kazoo's thread: only records)."""
@@ -208,10 +197,8 @@ class AgentMetrics:
     def fencing_failed(self) -> None:
         self.takeovers.labels(self.node, "fencing-failed").inc()
 
-    def takeover_finished(self, outcome: str, jobs: int) -> None:
-        """`outcome` as the take-over record has it: "done..." or "interrupted: ..."."""
-        label = "done" if outcome.startswith("done") else "interrupted"
-        self.takeovers.labels(self.node, label).inc()
+    def takeover_finished(self, outcome: Outcome, jobs: int) -> None:
+        self.takeovers.labels(self.node, outcome.value).inc()
         self.drained.inc(jobs)
 
 

@@ -170,6 +170,14 @@ def is_running(pid: int | None) -> bool:
         return False
 
 
+def boot_id() -> str | None:
+    """This kernel's boot id: equal only on the same machine since the same boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def pid_namespace(pid: int | str = "self") -> int | None:
     """The inode of `pid`'s PID namespace (equal inodes: the same namespace), None if gone."""
     try:

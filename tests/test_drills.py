@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from cluster import zksession
+from cluster import coord
 from cluster.drill.scenarios import (
     FOREGROUND_DUPLICATE_BOUND,
     SCENARIOS,
@@ -192,8 +192,8 @@ def test_store_drain_takes_over_a_dead_hosts_store(tmp_path: Path) -> None:
             jobs = numbered_jobs(500, "hostdown")
             assert submit(Endpoint.parse(cluster.nodes[0].gearman), jobs) == 500
             # node1's agent publishes the (dashed) function names: the drain needs them
-            with zksession.session(directory, None, "local") as (zk, paths):
-                registry = FunctionRegistry(zk, paths.functions)
+            with coord.session(cluster.zookeeper, cluster.cluster) as session:
+                registry = FunctionRegistry(session)
                 wait_until(lambda: set(FUNCTIONS) <= registry.known(), timeout=30,
                            what="function names in ZooKeeper")  # fmt: skip
             network.power_off("gcd-n1")

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
 from cluster.agent import Agent
@@ -18,6 +19,7 @@ from cluster.drill.workload import numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
 from cluster.health import HangWatch, Health
+from cluster.process import wait_until as wait_for
 from cluster.store import Store, StoreIdentity
 from tests.clusterctl import gearman, local_cluster, node, status_json, wait_until
 
@@ -59,7 +61,9 @@ def test_store_identity_is_memcacheds_pid_and_start(memcached: Endpoint) -> None
 def test_hang_watch_counts_failed_checks_in_a_row() -> None:
     frozen = subprocess.Popen(["sleep", "60"])
     try:
-        os.kill(frozen.pid, signal.SIGSTOP)
+        os.kill(frozen.pid, signal.SIGSTOP)  # delivered asynchronously
+        wait_for(lambda: psutil.Process(frozen.pid).status() == psutil.STATUS_STOPPED,
+                 timeout=10, what="the stopped state")  # fmt: skip
         watch = HangWatch(frozen.pid, Endpoint.parse("127.0.0.1:1"), 0.1, 0.0, 3)
         assert [watch.ok(), watch.ok(), watch.ok()] == [True, True, False]
         assert watch.last is Health.STOPPED

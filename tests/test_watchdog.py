@@ -1,5 +1,5 @@
 """The agent's supervisor watchdog (cluster.watchdog), gearmand's parent-death signal, and the
-take-over rule's verdicts (cluster.takeover.old_server_is_dead) on local sockets."""
+take-over rule's verdicts (cluster.fencing.old_server_is_dead) on local sockets."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster import takeover
-from cluster.process import is_running, pid_namespace, wait_until
-from cluster.takeover import FENCING_FAILED, StoreRecord, boot_id, old_server_is_dead
+from cluster import fencing
+from cluster.coord import StoreRecord
+from cluster.fencing import FENCING_FAILED, old_server_is_dead
+from cluster.process import boot_id, is_running, pid_namespace, wait_until
 
 CHILD = textwrap.dedent("""
     import sys, time
@@ -86,13 +87,13 @@ def test_an_unreachable_host_is_dead_by_the_lease_rule(monkeypatch: pytest.Monke
     def times_out(*_args: object, **_kwargs: object) -> None:
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(takeover.socket, "create_connection", times_out)
+    monkeypatch.setattr(fencing.socket, "create_connection", times_out)
     dead, how = old_server_is_dead(record(4730))
     assert dead and "cannot be reached (timed out): dead by the lease rule" in how
 
 
 def test_one_that_keeps_answering_is_never_taken_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(takeover, "SHUTDOWN_CONFIRM", 0.3)
+    monkeypatch.setattr(fencing, "SHUTDOWN_CONFIRM", 0.3)
     with socket.create_server(("127.0.0.1", 0)) as server:
         dead, how = old_server_is_dead(record(server.getsockname()[1]), timeout=0.1)
     assert not dead and how.startswith(FENCING_FAILED)

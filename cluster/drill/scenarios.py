@@ -28,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from cluster.coord import Coordination, PauseRecord
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
@@ -48,7 +49,7 @@ from cluster.gearmand_server import GearmandLaunch
 from cluster.local import cluster as localcluster
 from cluster.local import netns
 from cluster.local.netns import HostNetwork
-from cluster.local.status import collect, connect, read_takeovers
+from cluster.local.status import collect, connect
 from cluster.process import (
     ProcessRef,
     free_port_block,
@@ -60,7 +61,6 @@ from cluster.process import (
     wait_until,
 )
 from cluster.restore import BATCH
-from cluster.zkpaths import ClusterPaths
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
@@ -281,13 +281,12 @@ def partition_node(ctx: DrillContext) -> None:
     node1 = cluster.nodes[0]
     assert node1.netns is not None
     host = network.host(node1.netns)
-    paths = ClusterPaths(cluster.cluster)
     gearmand_pid = ctx.node("node1")["gearmand_pid"]
     zk = connect(cluster)
     if zk is None:
         raise GearctlError("drill: ZooKeeper does not answer")
     try:
-        session = zk.exists(paths.member("node1")).ephemeralOwner
+        session = zk.member_entry("node1").session
         log_before = len(ctx.agent_log("node1"))
         # At a random moment of node1's ZooKeeper traffic (its take-over scans run every second).
         time.sleep(random.uniform(0.0, PARTITION_JITTER))
@@ -295,7 +294,7 @@ def partition_node(ctx: DrillContext) -> None:
         partitioned_at = time.monotonic()
         ctx.event(f"partition: node1 ({host.name}, {host.address}) cut off from ZooKeeper and its "
                   f"peers ({host.veth_root} down)")  # fmt: skip
-        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, paths, gearmand_pid)
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, gearmand_pid)
         lines = ctx.agent_log("node1")[log_before:].splitlines()
         reasons = [line.split("fencing: ", 1)[1] for line in lines if "fencing: " in line]
         reason = reasons[0] if reasons else "no fencing line in node1's agent log"
@@ -305,26 +304,25 @@ def partition_node(ctx: DrillContext) -> None:
                           "the partition)")  # fmt: skip
         else:
             ctx.event(f"fenced {expired_at - fenced_at:.2f}s before the session expired ({reason})")
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
         ctx.event(f"take-over of node1's store by {takeover['by']} started")
         _check_partition(ctx, host, cluster)
         network.heal(host.name)
         ctx.event(f"heal: {host.veth_root} up")
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"] != "running")
+        takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"] != "running")
         ctx.event(f"take-over by {takeover['by']}: {takeover['outcome']}, {takeover['jobs']} jobs "
                   f"in {takeover['seconds']:.2f}s")  # fmt: skip
         how = _takeover_how(ctx, takeover)
         if "dead by the lease rule" not in how:
             ctx.violation(f"{takeover['by']} took over without the lease rule: {how}")
         ctx.event(f"{takeover['by']}: {how}")
-        _wait_node1_back(ctx, zk, paths, session, takeover, log_before)
+        _wait_node1_back(ctx, zk, session, takeover, log_before)
     finally:
-        zk.stop()
         zk.close()
 
 
 def _watch_fence_and_expiry(
-    ctx: DrillContext, zk: Any, paths: ClusterPaths, gearmand_pid: int
+    ctx: DrillContext, zk: Coordination, gearmand_pid: int
 ) -> tuple[float, float]:
     """(when node1's gearmand died, when its member record vanished), polled every 10 ms."""
     fenced_at = expired_at = None
@@ -336,7 +334,7 @@ def _watch_fence_and_expiry(
         if fenced_at is None and not is_running(gearmand_pid):
             fenced_at = time.monotonic()
             ctx.event(f"node1's agent fenced: gearmand pid {gearmand_pid} gone")
-        if expired_at is None and zk.exists(paths.member("node1")) is None:
+        if expired_at is None and zk.member_entry("node1") is None:
             expired_at = time.monotonic()
             ctx.event("survivors see node1's session expired (member record gone)")
         time.sleep(0.01)
@@ -344,11 +342,12 @@ def _watch_fence_and_expiry(
 
 
 def _wait_takeover(
-    ctx: DrillContext, zk: Any, paths: ClusterPaths, done: Callable[[dict[str, Any]], bool]
+    ctx: DrillContext, zk: Coordination, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
     deadline = time.monotonic() + PARTITION_TIMEOUT
     while time.monotonic() < deadline:
-        found = [t for t in read_takeovers(zk, paths) if t["store"] == "node1" and done(t)]
+        history = [t.as_json() for t in zk.takeover_history()]
+        found = [t for t in history if t["store"] == "node1" and done(t)]
         if found:
             return found[0]
         time.sleep(0.02)
@@ -380,8 +379,7 @@ def _check_partition(ctx: DrillContext, host: netns.Host, cluster: Any) -> None:
 
 def _wait_node1_back(
     ctx: DrillContext,
-    zk: Any,
-    paths: ClusterPaths,
+    zk: Coordination,
     old_session: int,
     takeover: dict[str, Any],
     log_before: int,
@@ -390,9 +388,9 @@ def _wait_node1_back(
     deadline = time.monotonic() + PARTITION_TIMEOUT
     while time.monotonic() < deadline:
         node = ctx.node("node1")
-        stat = zk.exists(paths.member("node1"))
-        if (node["state"] == "serving" and node["gearmand_pid"] and stat is not None
-                and stat.ephemeralOwner != old_session):  # fmt: skip
+        entry = zk.member_entry("node1")
+        if (node["state"] == "serving" and node["gearmand_pid"] and entry is not None
+                and entry.session != old_session):  # fmt: skip
             break
         time.sleep(0.05)
     else:
@@ -403,7 +401,7 @@ def _wait_node1_back(
         ctx.violation(f"node1's gearmand pid {pid} started during the drain of its store")
     log = ctx.agent_log("node1")[log_before:]
     waited = "store node1 is held by" in log
-    ctx.event(f"node1 back: new session {stat.ephemeralOwner:#x}, gearmand pid {pid} serving "
+    ctx.event(f"node1 back: new session {entry.session:#x}, gearmand pid {pid} serving "
               f"{started - takeover['finished']:.2f}s after the drain ended"
               + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
 
@@ -420,25 +418,25 @@ def _node1_host(ctx: DrillContext) -> tuple[HostNetwork, netns.Host]:
 
 
 @contextlib.contextmanager
-def _zookeeper(ctx: DrillContext) -> Iterator[tuple[Any, ClusterPaths]]:
-    cluster = ctx.cluster()
-    zk = connect(cluster)
+def _zookeeper(ctx: DrillContext) -> Iterator[Coordination]:
+    zk = connect(ctx.cluster())
     if zk is None:
         raise GearctlError("drill: ZooKeeper does not answer")
     try:
-        yield zk, ClusterPaths(cluster.cluster)
+        yield zk
     finally:
-        zk.stop()
         zk.close()
 
 
-def _wait_gone(ctx: DrillContext, zk: Any, path: str, what: str) -> float:
+def _wait_member_gone(ctx: DrillContext, zk: Coordination) -> float:
+    """When node1's member record vanished (its session expired)."""
     deadline = time.monotonic() + FAULT_TIMEOUT
-    while zk.exists(path) is not None:
+    while zk.member_entry("node1") is not None:
         if time.monotonic() > deadline:
-            raise GearctlError(f"drill: {what} still there {FAULT_TIMEOUT:.0f}s after the fault")
+            raise GearctlError(f"drill: node1's session still there {FAULT_TIMEOUT:.0f}s after "
+                               "the fault")  # fmt: skip
         time.sleep(0.01)
-    ctx.event(f"{what} gone")
+    ctx.event("node1's session (member record) gone")
     return time.monotonic()
 
 
@@ -455,12 +453,12 @@ def host_down(ctx: DrillContext) -> None:
     """node1's host dies: every process in it killed, its link down (its address times out,
     no RST); a survivor must take its store over by the lease rule alone."""
     network, host = _node1_host(ctx)
-    with _zookeeper(ctx) as (zk, paths):
+    with _zookeeper(ctx) as zk:
         died = time.time()
         killed = network.power_off(host.name)
         ctx.event(f"host {host.name} ({host.address}) powered off: {len(killed)} processes "
                   f"killed, {host.veth_root} down")  # fmt: skip
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
         ctx.event(f"take-over of node1's store by {takeover['by']} started "
                   f"{takeover['started'] - died:.2f}s after the host died (session timeout "
                   f"{ctx.cluster().session_timeout:g}s)")  # fmt: skip
@@ -471,7 +469,7 @@ def agent_hang(ctx: DrillContext) -> None:
     """SIGSTOP node1's agent: its watchdog must kill agent and gearmand before the session
     expires; a survivor then takes the store over."""
     node = ctx.node("node1")
-    with _zookeeper(ctx) as (zk, paths):
+    with _zookeeper(ctx) as zk:
         ctx.kill(node["agent_pid"], signal.SIGSTOP, "node1 agent")
         deadline = time.monotonic() + FAULT_TIMEOUT
         while is_running(node["gearmand_pid"]):
@@ -480,7 +478,7 @@ def agent_hang(ctx: DrillContext) -> None:
             time.sleep(0.01)
         killed_at = time.monotonic()
         ctx.event(f"node1's gearmand pid {node['gearmand_pid']} gone")
-        expired_at = _wait_gone(ctx, zk, paths.member("node1"), "node1's session (member record)")
+        expired_at = _wait_member_gone(ctx, zk)
         if "watchdog: pid" not in ctx.agent_log("node1"):
             ctx.violation("node1's gearmand died, but not by its watchdog")
         if expired_at <= killed_at:
@@ -488,7 +486,7 @@ def agent_hang(ctx: DrillContext) -> None:
         else:
             ctx.event(f"the watchdog killed agent and gearmand {expired_at - killed_at:.2f}s "
                       "before the session expired")  # fmt: skip
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
         ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
 
 
@@ -497,31 +495,30 @@ def session_blip(ctx: DrillContext) -> None:
     paused, so that only node1 may own its store) until its member record is gone, then healed;
     it must have fenced, and must register again and serve under a new session."""
     network, host = _node1_host(ctx)
-    with _zookeeper(ctx) as (zk, paths):
-        zk.ensure_path(paths.takeover_paused)
-        session = zk.exists(paths.member("node1")).ephemeralOwner
+    with _zookeeper(ctx) as zk:
+        zk.pause_takeover(PauseRecord())
+        session = zk.member_entry("node1").session
         gearmand_pid = ctx.node("node1")["gearmand_pid"]
         log_before = len(ctx.agent_log("node1"))
         network.partition(host.name)
         ctx.event(f"node1 cut off (take-over paused); session {session:#x}")
-        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, paths, gearmand_pid)
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, gearmand_pid)
         network.heal(host.name)
         ctx.event("healed at once: node1's client finds its session expired and opens a new one")
         if expired_at <= fenced_at:
             ctx.violation("node1's session expired before its agent fenced gearmand")
-        zk.delete(paths.takeover_paused)
+        zk.resume_takeover()
         deadline = time.monotonic() + FAULT_TIMEOUT
         while True:
-            node, stat = ctx.node("node1"), zk.exists(paths.member("node1"))
-            if (node["state"] == "serving" and stat is not None
-                    and stat.ephemeralOwner != session):  # fmt: skip
+            node, entry = ctx.node("node1"), zk.member_entry("node1")
+            if node["state"] == "serving" and entry is not None and entry.session != session:
                 break
             if time.monotonic() > deadline:
                 raise GearctlError("drill: node1 not serving under a new session after the blip")
             time.sleep(0.05)
         log = ctx.agent_log("node1")[log_before:]
         how = "replaced" if "was replaced by" in log else "lost"
-        ctx.event(f"node1 registered again (session {stat.ephemeralOwner:#x}, noticed as {how}) "
+        ctx.event(f"node1 registered again (session {entry.session:#x}, noticed as {how}) "
                   f"and serves with gearmand pid {node['gearmand_pid']}")  # fmt: skip
 
 
@@ -534,8 +531,8 @@ def fencing_failed(ctx: DrillContext) -> None:
     _network, host = _node1_host(ctx)
     cluster = ctx.cluster()
     node1 = cluster.nodes[0]
-    with _zookeeper(ctx) as (zk, paths):
-        zk.ensure_path(paths.takeover_paused)  # no take-over before the impostor is up
+    with _zookeeper(ctx) as zk:
+        zk.pause_takeover(PauseRecord())  # no take-over before the impostor is up
         ctx.kill(cluster.processes["agent:node1"].pid, what="node1's agent and its supervisor")
         launch = GearmandLaunch(
             endpoint=Endpoint.parse(node1.gearman), store=Endpoint.parse(node1.store),
@@ -550,19 +547,19 @@ def fencing_failed(ctx: DrillContext) -> None:
         wait_until(lambda: is_serving(launch.endpoint), timeout=10, what="detached gearmand")
         ctx.event(f"a gearmand detached from any agent (pid {detached.pid}) answers on "
                   f"{launch.endpoint} with node1's store")  # fmt: skip
-        _wait_gone(ctx, zk, paths.member("node1"), "node1's session (member record)")
-        zk.delete(paths.takeover_paused)
-        refused = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"].startswith("refused"))
+        _wait_member_gone(ctx, zk)
+        zk.resume_takeover()
+        refused = _wait_takeover(ctx, zk, lambda t: t["outcome"].startswith("refused"))
         ctx.event(f"{refused['by']} {refused['outcome']}")
         if any(t["store"] == "node1" and t["outcome"].startswith("done")
-               for t in read_takeovers(zk, paths)):  # fmt: skip
+               for t in (r.as_json() for r in zk.takeover_history())):  # fmt: skip
             ctx.violation("node1's store was drained while its old gearmand still answered")
         if not detached_ref.alive():
             ctx.event("the detached gearmand stopped on admin shutdown")
         else:
             detached_ref.stop()
             ctx.event(f"operator: detached gearmand pid {detached.pid} stopped by hand")
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"].startswith("done"))
+        takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"].startswith("done"))
         ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
 
 
