@@ -18,6 +18,7 @@ from cluster.errors import LaunchError, StoreError
 from cluster.health import Check, Health
 from cluster.metrics import AgentMetrics
 from cluster.restore import RestoreIncomplete, RestoreReport
+from cluster.store import StoreIdentity
 
 
 class FakeLease:
@@ -82,8 +83,25 @@ class FakeGearmand:
         return self.returncode
 
 
+class FakeHangWatch:
+    """Health checks during a restore: `ok()` answers from `answers`, then its last answer
+    (the real one checks once per interval and answers the same in between)."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = answers
+        self.failures = 0
+        self.last = Health.SERVING
+
+    def ok(self) -> bool:
+        healthy = self.answers.pop(0) if self.answers else self.last is Health.SERVING
+        self.last = Health.SERVING if healthy else Health.UNRESPONSIVE
+        self.failures = 0 if healthy else self.failures + 1
+        return healthy
+
+
 class FakeLauncher:
     def __init__(self) -> None:
+        self.restore_checks: list[bool] = []  # answers of the hang watch during a restore
         self.started: list[str] = []
         self.proc: FakeGearmand | None = None
         self.health: list[Health] = []  # answers of check(), then SERVING
@@ -107,6 +125,9 @@ class FakeLauncher:
             proc.returncode = -9
         return Check(health, ("resize",) if health is Health.SERVING else ())
 
+    def hang_watch(self, _proc: FakeGearmand) -> FakeHangWatch:
+        return FakeHangWatch(self.restore_checks)
+
     def writes_store(self) -> bool:
         return self.writes
 
@@ -127,15 +148,18 @@ class FakeLauncher:
 class FakeStore:
     def __init__(self) -> None:
         self.items: int | Exception = 3
-        self.answers: list[bool] = []  # answers of ping(), then True
+        self.answers: list[bool] = []  # does it answer `stats`? then True
+        self.pid = 500  # memcached's
 
     def curr_items(self) -> int:
         if isinstance(self.items, Exception):
             raise self.items
         return self.items
 
-    def ping(self) -> bool:
-        return self.answers.pop(0) if self.answers else True
+    def identity(self) -> StoreIdentity:
+        if self.answers and not self.answers.pop(0):
+            raise StoreError("store 127.0.0.1:11211: connection refused")
+        return StoreIdentity(self.pid, 1000.0)
 
 
 class FakeClock:
@@ -465,3 +489,33 @@ def test_a_fence_right_after_the_unfence_keeps_the_agent_fenced(node: Node) -> N
     node.agent.steps[State.FENCED] = unfenced_then_fenced_again
     assert node.cycle() is State.FENCED
     assert node.agent.fenced.is_set() and node.coord.states[-1] == "serving"
+
+
+def test_a_store_restarted_between_two_checks_is_store_lost(node: Node) -> None:
+    """It answers again, but empty: gearmand's queue in memory is the only copy now."""
+    run_until(node, State.SERVING)
+    node.launcher.health = [Health.SERVING]
+    node.store.answers = [True, True]
+    original = node.agent._wait  # one check with the first memcached, then a new one
+
+    def restart_store(seconds: float) -> None:
+        node.store.pid = 501
+        original(seconds)
+
+    node.agent._wait = restart_store  # type: ignore[method-assign]
+    assert node.cycle() is State.STORE_LOST
+    assert node.coord.states[-1] == "store-lost"
+    assert node.launcher.killed == 0  # gearmand keeps running
+
+
+def test_a_gearmand_hung_during_the_restore_is_killed_and_restarted(node: Node) -> None:
+    def stopped_by_the_watch(*_args: Any, expected: int, **kwargs: Any) -> RestoreReport:
+        assert not kwargs["should_continue"]()  # the hang watch says no
+        raise RestoreIncomplete("stopped", RestoreReport(expected, moved=0))
+
+    node.restores.append(stopped_by_the_watch)
+    node.launcher.restore_checks = [False]
+    run_until(node, State.RESTORING)
+    assert node.cycle() is State.RESTARTING
+    assert node.launcher.killed == 1
+    assert "serving" not in node.coord.states

@@ -14,7 +14,7 @@ from pathlib import Path
 from cluster.config import AgentConfig
 from cluster.gearman.admin import is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
-from cluster.health import Check, check_gearmand
+from cluster.health import Check, HangWatch, check_gearmand
 from cluster.process import is_program_on, kill_pid, read_pidfile, stop_pid, wait_until
 from cluster.storeprobe import store_writable
 
@@ -38,7 +38,8 @@ class GearmandLauncher:
 
     def start(self, prefix: str) -> subprocess.Popen[bytes] | None:
         """Start gearmand with key prefix `prefix` and wait until it serves; None while fenced.
-        LaunchError (nothing left running) when it does not come up."""
+        LaunchError (nothing left running) when it does not come up. Call it from the agent's
+        main thread: gearmand dies with the thread that started it (cluster.gearmand_server)."""
         launch = GearmandLaunch(
             endpoint=self.config.gearman,
             store=self.config.store,
@@ -68,6 +69,18 @@ class GearmandLauncher:
 
     def check(self, proc: subprocess.Popen[bytes]) -> Check:
         return check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+
+    def hang_watch(self, proc: subprocess.Popen[bytes]) -> HangWatch:
+        """Health checks while something else runs (a restore): a hang must not leave the node
+        advertised live while every try times out."""
+        config = self.config
+        return HangWatch(
+            proc.pid,
+            config.gearman,
+            config.check_timeout,
+            config.check_interval,
+            config.hang_checks,
+        )
 
     def writes_store(self) -> bool:
         """Does gearmand persist jobs in its store (again)? See cluster.storeprobe."""

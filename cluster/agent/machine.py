@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +26,11 @@ from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.coord import MemberRecord, NodeState, Purpose, StoreRecord
 from cluster.errors import GearctlError, LaunchError
-from cluster.health import Check, Health
+from cluster.health import Check, HangWatch, Health
 from cluster.metrics import AgentMetrics
 from cluster.process import log_tail
 from cluster.restore import RestoreIncomplete, RestoreReport, restore
+from cluster.store import StoreIdentity
 
 log = logging.getLogger("gearctl.agent")
 
@@ -54,6 +54,7 @@ class Launcher(Protocol):
 
     def start(self, prefix: str) -> Gearmand | None: ...
     def check(self, proc: Any) -> Check: ...
+    def hang_watch(self, proc: Any) -> HangWatch: ...
     def writes_store(self) -> bool: ...
     def stop(self, kill: bool = False) -> None: ...
     def fence(self) -> None: ...
@@ -76,7 +77,7 @@ class AgentMachine:
         config: AgentConfig,
         coord: Any,  # cluster.coord.Coordination, or a fake
         launcher: Launcher,
-        store: Any,  # cluster.store.Store (curr_items, ping), or a fake
+        store: Any,  # cluster.store.Store (curr_items, identity), or a fake
         *,
         metrics: AgentMetrics,
         known_functions: Callable[[], set[str]],
@@ -112,6 +113,7 @@ class AgentMachine:
         self.interrupt = threading.Event()  # set by stop and fence: ends every wait at once
         self.lock = threading.Lock()  # a record write and a fence never interleave
         self.proc: Gearmand | None = None
+        self.store_identity: StoreIdentity | None = None  # memcached's, at the last check
         self.prefix = ""
         self.expected = 0  # jobs under older prefixes, counted while gearmand was down
         self.reason = ""  # why the last step failed (logged on entering FAILED & co.)
@@ -297,20 +299,14 @@ class AgentMachine:
         if proc is None:
             return self._interrupted_state()  # fenced while starting
         self.proc = proc
-        self.coord.describe_store(
-            self.config.node,
-            StoreRecord(
-                address=str(self.config.store),
-                gearman=str(self.config.gearman),
-                host=socket.gethostname(),
-                gearmand_pid=proc.pid,
-            ),
-        )
+        record = StoreRecord.here(str(self.config.store), str(self.config.gearman), proc.pid)
+        self.coord.describe_store(self.config.node, record)
         return State.RESTORING
 
     def _restore(self) -> State:
         """Restore until every old job is back (but deferred ones)."""
         assert self.proc is not None
+        watch = self.launcher.hang_watch(self.proc)  # gearmand is checked while it restores too
         expected = self.expected
         while expected:
             log.info("restoring %d stored jobs", expected)
@@ -322,7 +318,7 @@ class AgentMachine:
                     keep_prefix=self.prefix,
                     known_functions=self.known_functions(),
                     progress=_log_progress,
-                    should_continue=lambda: not self.interrupted,
+                    should_continue=lambda: not self.interrupted and watch.ok(),
                 )
             except RestoreIncomplete as exc:
                 log.error("%s", exc)
@@ -330,6 +326,11 @@ class AgentMachine:
                     return self._gearmand_gone(f"died (status {self.proc.returncode})")
                 if self.interrupted:
                     return self._interrupted_state()
+                if not watch.ok():
+                    return self._gearmand_gone(
+                        f"is {watch.last.value} during the restore after {watch.failures} "
+                        "checks; killing it"
+                    )
                 expected = exc.report.left_in_store
                 self.metrics.moved(exc.report.moved)
                 self._wait(RESTORE_RETRY_AFTER)
@@ -354,12 +355,16 @@ class AgentMachine:
             failures, gone = self._check_gearmand(failures)
             if gone:
                 return gone
-            if not self.store.ping():  # gearmand keeps its queue in memory: never restart it
+            lost = self._store_lost()
+            if lost is not None:  # gearmand keeps its queue in memory: never restart it
+                how, why = lost
                 log.error(
-                    "store %s lost: gearmand keeps its queued jobs in memory but cannot "
+                    "store %s %s: gearmand keeps its queued jobs in memory but cannot "
                     "persist new ones; waiting for the store",
                     self.config.store,
+                    why,
                 )
+                self.metrics.store_lost(how)
                 return State.STORE_LOST
             if self.record.deferred_jobs and self.clock.monotonic() >= retry_deferred_at:
                 self._restore_deferred()
@@ -379,7 +384,7 @@ class AgentMachine:
             failures, gone = self._check_gearmand(failures)
             if gone:
                 return gone
-            if self.store.ping() and self.launcher.writes_store():
+            if self._store_lost() is None and self.launcher.writes_store():
                 log.warning(
                     "store %s is back (empty if it was restarted): gearmand writes to it again",
                     self.config.store,
@@ -387,6 +392,21 @@ class AgentMachine:
                 return State.SERVING
             self._wait(self.config.check_interval)
         return self._interrupted_state()
+
+    def _store_lost(self) -> tuple[str, str] | None:
+        """(how, why) when the store does not answer, or answers as another memcached than at
+        the last check (it restarted in between: empty, though it answers); None if fine."""
+        try:
+            identity = self.store.identity()
+        except GearctlError as exc:
+            return "down", f"lost ({exc})"
+        previous, self.store_identity = self.store_identity, identity
+        if previous is not None and identity.restarted_since(previous):
+            return "restarted", (
+                f"restarted between two checks (memcached pid {previous.pid} "
+                f"-> {identity.pid}): it is empty"
+            )
+        return None
 
     def _check_gearmand(self, failures: int) -> tuple[int, State | None]:
         """One health check: (failed checks in a row, RESTARTING if gearmand is gone or hung)."""

@@ -10,6 +10,7 @@ import logging
 import signal
 from types import FrameType
 
+from cluster import sdnotify
 from cluster.agent.gearmand import GearmandLauncher
 from cluster.agent.machine import AgentMachine
 from cluster.agent.states import State
@@ -51,6 +52,7 @@ class Agent:
             config.safety_margin,
             self.machine.fence,
             self.machine.unfence,
+            watchdog=sdnotify.WatchdogPing(config.session_timeout - config.safety_margin),
         )
         self.takeovers = TakeoverWatcher(
             self.coord,
@@ -74,6 +76,7 @@ class Agent:
         try:
             while self.machine.run_cycle() is not State.STOPPED:
                 if self.machine.registered and not watching:
+                    sdnotify.notify("READY=1")  # the supervisor's watchdog runs from now on
                     self.takeovers.start()
                     watching = True
         finally:
