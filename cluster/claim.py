@@ -139,8 +139,9 @@ def _drain(
     """Move every job of `source` into `target`, recorded under `takeovers/`."""
     expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
     takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
-    path = coord.record_takeover(takeover)
+    # Logged before the record is written: whoever sees the record finds the line (drills do).
     log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected, target)
+    path = coord.record_takeover(takeover)
     report: RestoreReport | None = None
     try:
         report = restore(
