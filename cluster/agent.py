@@ -63,6 +63,7 @@ class Agent:
         self.store = Store(config.store, timeout=config.check_timeout * 2)
         self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
         self.zk = zkclient.connect(config)
+        self.metrics.watch_zookeeper(self.zk, self.paths)
         self.guard = SessionGuard(
             self.zk, config.session_timeout, config.safety_margin, self._fence,
             self._on_reconnected,
