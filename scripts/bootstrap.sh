@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2)
+# haproxy: the /health check test (deploy/haproxy.cfg); prometheus: its promtool checks the
+# alert rules (deploy/gearctl-alerts.yml). No smaller Debian 12 package ships promtool.
+packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2
+          haproxy prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

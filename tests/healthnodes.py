@@ -81,7 +81,7 @@ def health_nodes(
                 f'[store]\naddress = "{store}"\n'
                 f'[zookeeper]\nhosts = "{zookeeper}"\nsession_timeout = 4.0\n'
                 f'[paths]\nrun_dir = "{run_dir}"\n'
-                f'[watchdog]\nhang_checks = 100\n'
+                f"[watchdog]\nhang_checks = 100\n"
                 f'[metrics]\naddress = "{HOST}"\nport = {node.metrics.port}\n'
             )
             node.start()
