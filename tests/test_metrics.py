@@ -249,14 +249,18 @@ def exposed_names(metrics: AgentMetrics) -> set[str]:
 def test_dashboard_is_valid_json_using_only_exposed_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
-    used = {name for expr in exprs for name in re.findall(r"\bgearctl_[a-z_]+", expr)}
+    used = {name for expr in exprs for name in re.findall(r"\b(?:gearctl|process)_[a-z_]+", expr)}
     available = exposed_names(AgentMetrics("n1", nowhere(), nowhere(), timeout=0.2))
     assert used, "the dashboard queries no gearctl metric"
     assert used <= available, f"unknown metrics: {sorted(used - available)}"
     wanted = {"gearctl_gearmand_up", "gearctl_gearmand_restarts_total", "gearctl_queued_jobs",
               "gearctl_store_items", "gearctl_store_bytes", "gearctl_takeovers_total",
               "gearctl_fence_events_total", "gearctl_zookeeper_state",
-              "gearctl_restore_duration_seconds_bucket"}  # fmt: skip
+              "gearctl_restore_duration_seconds_bucket", "gearctl_function_workers",
+              "gearctl_running_jobs", "gearctl_oldest_job_age_seconds",
+              "gearctl_takeover_duration_seconds_bucket", "gearctl_takeover_start_time_seconds",
+              "gearctl_takeover_paused", "gearctl_gearmand_start_time_seconds",
+              "gearctl_zookeeper_session_timeout_seconds", "gearctl_build_info"}  # fmt: skip
     assert wanted <= used
 
 
