@@ -8,24 +8,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster import zksession
+from cluster import target as targets
 from cluster.endpoint import Endpoint
 from cluster.gearman.discovery import LIVE_STATES
-from cluster.local.status import read_members
+from cluster.membership import read_members
+from cluster.target import Flags, Target
 
 
-def live_servers(
-    directory: Path | None, zookeeper: str | None, cluster: str = "local", timeout: float = 5.0
-) -> list[str]:
-    """Live servers (`host:port`), ordered by node name.
-
-    With `zookeeper`, read the members of `cluster` there; otherwise use the local cluster in
-    `directory` (default `.gearctl`): its ZooKeeper address and cluster name.
-    """
-    with zksession.session(directory, zookeeper, cluster, timeout=timeout) as (zk, paths):
+def servers_of(target: Target, timeout: float = 5.0) -> list[str]:
+    """Live servers (`host:port`) of the target cluster, ordered by node name."""
+    with targets.session(target, timeout=timeout) as (zk, paths):
         members = read_members(zk, paths)
     return [
         str(Endpoint.parse(members[name].gearman))
         for name in sorted(members)
         if members[name].state in LIVE_STATES
     ]
+
+
+def live_servers(
+    directory: Path | None, zookeeper: str | None, cluster: str | None = None,
+    timeout: float = 5.0,
+) -> list[str]:  # fmt: skip
+    """Live servers of the cluster at `zookeeper` (or of the local cluster in `directory`)."""
+    return servers_of(targets.resolve(Flags(directory, zookeeper, cluster)), timeout)

@@ -1,0 +1,45 @@
+"""`gearctl store inspect` on any cluster: find the store, the function names and live prefix.
+
+A node name is looked up in ZooKeeper (its store record, else the local plan); `host:port` is
+read as it is. The cluster's function names (ZooKeeper and every live gearmand) split the job keys
+right, and the store's epoch gives the prefix of the gearmand serving it now (`live` groups).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster import target as targets
+from cluster.clusterread import read_store, store_names
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.functions import FunctionRegistry, names_served
+from cluster.gearman.discovery import LIVE_STATES
+from cluster.inspect_store import inspect_store
+from cluster.jobkey import incarnation_prefix
+from cluster.membership import read_members
+from cluster.probe import PROBE_TIMEOUT
+from cluster.target import Target
+
+
+def inspect_in_cluster(target: Target | None, store: str) -> dict[str, Any]:
+    """The summary of `store` (a node of `target`, or host:port; with no target: host:port)."""
+    if target is None:
+        return inspect_store(Endpoint.parse(store), set())
+    plan = {n.name: n.store for n in target.local.nodes} if target.local else {}
+    with targets.session(target) as (zk, paths):
+        nodes = set(store_names(zk, paths)) | set(plan)
+        view = read_store(zk, paths, store)
+        members = read_members(zk, paths)
+        known_functions = FunctionRegistry(zk, paths.functions).known()
+    if store in nodes:
+        address = view.record.address if view.record else plan[store]
+    elif ":" in store:
+        address = store
+    else:
+        raise GearctlError(f"no node {store!r} in cluster {paths.cluster!r}; nodes: "
+                           f"{', '.join(sorted(nodes)) or 'none'}")  # fmt: skip
+    live = [Endpoint.parse(m.gearman) for m in members.values() if m.state in LIVE_STATES]
+    known_functions |= names_served(live, PROBE_TIMEOUT)
+    prefix = incarnation_prefix(view.epoch) if store in nodes and view.epoch is not None else None
+    return inspect_store(Endpoint.parse(address), known_functions, prefix)
