@@ -18,8 +18,13 @@ import typer
 from cluster.errors import GearctlError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from kazoo.client import KazooClient
+
     from cluster.drill.scenarios import DrillResult
     from cluster.target import Target
+    from cluster.zkpaths import ClusterPaths
 
 # kazoo warns on every reconnect attempt; the CLI reports ZooKeeper trouble itself.
 logging.getLogger("kazoo").setLevel(logging.ERROR)
@@ -152,6 +157,24 @@ def _target(
 
     try:
         return resolve(Flags(directory, zookeeper, cluster, auth_file, config))
+    except GearctlError as exc:
+        raise fail(exc) from None
+
+
+@contextlib.contextmanager
+def _session(
+    directory: Path | None,
+    zookeeper: str | None,
+    cluster: str | None,
+    auth_file: Path | None,
+    config: Path | None,
+) -> Iterator[tuple[KazooClient, ClusterPaths]]:
+    """A ZooKeeper session to the target's existing cluster; errors end the command (exit 1)."""
+    from cluster import target as targets
+
+    try:
+        with targets.session(_target(directory, zookeeper, cluster, auth_file, config)) as found:
+            yield found
     except GearctlError as exc:
         raise fail(exc) from None
 
@@ -397,22 +420,14 @@ def takeover_pause(
     """Pause automatic take-over of dead nodes' stores (maintenance); `store drain` still works."""
     from kazoo.exceptions import NodeExistsError
 
-    from cluster import target as targets
-
     record = json.dumps({"since": time.time(), "host": socket.gethostname()}).encode()
-    try:
-        with targets.session(_target(directory, zookeeper, cluster, auth_file, config)) as (
-            zk,
-            paths,
-        ):
-            try:
-                zk.create(paths.takeover_paused, record)
-                typer.echo(f"automatic take-over of cluster {paths.cluster!r} paused; "
-                           "`gearctl takeover resume` to resume")  # fmt: skip
-            except NodeExistsError:
-                typer.echo(f"automatic take-over of cluster {paths.cluster!r} was already paused")
-    except GearctlError as exc:
-        raise fail(exc) from None
+    with _session(directory, zookeeper, cluster, auth_file, config) as (zk, paths):
+        try:
+            zk.create(paths.takeover_paused, record)
+            typer.echo(f"automatic take-over of cluster {paths.cluster!r} paused; "
+                       "`gearctl takeover resume` to resume")  # fmt: skip
+        except NodeExistsError:
+            typer.echo(f"automatic take-over of cluster {paths.cluster!r} was already paused")
 
 
 @takeover_app.command("resume")
@@ -426,20 +441,12 @@ def takeover_resume(
     """Let survivors take dead nodes' stores over again (within a second)."""
     from kazoo.exceptions import NoNodeError
 
-    from cluster import target as targets
-
-    try:
-        with targets.session(_target(directory, zookeeper, cluster, auth_file, config)) as (
-            zk,
-            paths,
-        ):
-            try:
-                zk.delete(paths.takeover_paused)
-                typer.echo(f"automatic take-over of cluster {paths.cluster!r} resumed")
-            except NoNodeError:
-                typer.echo(f"automatic take-over of cluster {paths.cluster!r} was not paused")
-    except GearctlError as exc:
-        raise fail(exc) from None
+    with _session(directory, zookeeper, cluster, auth_file, config) as (zk, paths):
+        try:
+            zk.delete(paths.takeover_paused)
+            typer.echo(f"automatic take-over of cluster {paths.cluster!r} resumed")
+        except NoNodeError:
+            typer.echo(f"automatic take-over of cluster {paths.cluster!r} was not paused")
 
 
 @takeover_app.command("list")
@@ -452,18 +459,11 @@ def takeover_list(
     as_json: JsonOption = False,
 ) -> None:
     """Every take-over of a dead node's store, oldest first."""
-    from cluster import target as targets
     from cluster.clusterread import read_takeovers
     from cluster.statusview import takeover_line
 
-    try:
-        with targets.session(_target(directory, zookeeper, cluster, auth_file, config)) as (
-            zk,
-            paths,
-        ):
-            history = read_takeovers(zk, paths)
-    except GearctlError as exc:
-        raise fail(exc) from None
+    with _session(directory, zookeeper, cluster, auth_file, config) as (zk, paths):
+        history = read_takeovers(zk, paths)
     if as_json:
         typer.echo(json.dumps(history, indent=2))
         return

@@ -39,15 +39,18 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
          _age(n.get("gearmand_started"), now), _session(n))
         for n in status["nodes"]
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    lines += [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines += aligned(rows)
     lines += [takeover_line(takeover, now) for takeover in status["takeovers"]]
     reasons = degraded(status)
     lines.append(f"DEGRADED: {'; '.join(reasons)}" if reasons else "every node serving")
     return "\n".join(lines)
+
+
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]  # fmt: skip
 
 
 def takeover_line(takeover: dict[str, Any], now: float | None = None) -> str:

@@ -17,6 +17,7 @@ from cluster.gearman.discovery import LIVE_STATES
 from cluster.jobage import oldest_job_ages
 from cluster.membership import read_members
 from cluster.probe import PROBE_TIMEOUT, endpoint_or_none, gearmand_status, in_parallel
+from cluster.statusview import aligned
 from cluster.target import Target
 
 COLUMNS = ("function", "queued", "running", "workers", "oldest")
@@ -74,9 +75,7 @@ def render_functions(table: dict[str, Any]) -> str:
          "-" if row["oldest_age_s"] is None else f"{row['oldest_age_s']}s")
         for row in table["functions"]
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]  # fmt: skip
+    lines = aligned(rows)
     if not table["functions"]:
         lines.append("(no function: no job queued and no worker registered)")
     for server in table["servers"]:

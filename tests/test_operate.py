@@ -267,6 +267,10 @@ def test_pause_resume_inspect_workers_and_history(remote: tuple[str, Path]) -> N
     (row,) = [r for r in json.loads(listed.stdout)["functions"] if r["function"] == "op-resize"]
     assert (row["queued"], row["running"], row["workers"]) == (20, 0, 0)
     assert row["oldest_age_s"] is not None and row["oldest_age_s"] >= 0
+    table = gearctl("workers", *by_zk, cwd=cwd).stdout.splitlines()
+    assert table[0].split() == ["function", "queued", "running", "workers", "oldest"]
+    assert next(line for line in table if line.startswith("op-resize")).split()[1:4] == [
+        "20", "0", "0"]  # fmt: skip
 
     # node loss (a survivor takes its store over); the PIDs come from the local status
     kill_node(node(status_json(cwd / "cluster-dir"), "node3"))
@@ -284,3 +288,21 @@ def test_pause_resume_inspect_workers_and_history(remote: tuple[str, Path]) -> N
     assert f"take-over of store node3 by {done[0]['by']}: done" in text
     code, found = status(remote)
     assert code == 3 and {n["name"]: n["state"] for n in found["nodes"]}["node3"] == "down"
+
+
+def test_version_and_check_config_on_the_command_line(tmp_path: Path) -> None:
+    from cluster import __version__
+
+    version = gearctl("--version", cwd=tmp_path)
+    assert (version.returncode, version.stdout.strip()) == (0, f"gearctl {__version__}")
+    good = tmp_path / "agent.toml"
+    good.write_text('[node]\nname = "n1"\ncluster = "prod"\n[gearmand]\nlisten = "10.0.0.11"\n'
+                    '[store]\naddress = "10.0.0.21"\n[zookeeper]\nhosts = "zk1"\n')  # fmt: skip
+    checked = gearctl("agent", "check-config", str(good), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert tomllib.loads(checked.stdout)["node"] == {"name": "n1", "cluster": "prod"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('name = "n1"', 'name = "n1"\nnmae = "x"'))
+    refused = gearctl("agent", "check-config", str(bad), cwd=tmp_path)
+    assert refused.returncode == 1 and "unknown field node.nmae" in refused.stderr
+    assert refused.stdout == ""
