@@ -353,8 +353,10 @@ class LiveCollector(Collector):
         if self.zookeeper is None:
             return None
         zk, paths, _timeout = self.zookeeper
+        if not zk.connected:
+            return None
         try:
-            return zk.connected and zk.exists(paths.takeover_paused) is not None
+            return zk.exists(paths.takeover_paused) is not None
         except KazooException:
             return None
 
