@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import signal
-import socket
 import sys
 import threading
 import time
@@ -20,11 +19,9 @@ from cluster.errors import GearctlError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from kazoo.client import KazooClient
-
+    from cluster.coord import Coordination
     from cluster.drill.scenarios import DrillResult
     from cluster.target import Target
-    from cluster.zkpaths import ClusterPaths
 
 # kazoo warns on every reconnect attempt; the CLI reports ZooKeeper trouble itself.
 logging.getLogger("kazoo").setLevel(logging.ERROR)
@@ -168,7 +165,7 @@ def _session(
     cluster: str | None,
     auth_file: Path | None,
     config: Path | None,
-) -> Iterator[tuple[KazooClient, ClusterPaths]]:
+) -> Iterator[Coordination]:
     """A ZooKeeper session to the target's existing cluster; errors end the command (exit 1)."""
     from cluster import target as targets
 
@@ -304,7 +301,8 @@ def _print_ledger(result: DrillResult) -> None:
     verdict = "PASS" if result.passed else "FAIL"
     typer.echo(f"{verdict} {result.scenario}: attempted {ledger.attempted}, acknowledged "
                f"{ledger.acknowledged}, executed {ledger.executed}, lost {ledger.lost}, "
-               f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), unexpected "
+               f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), re-run "
+               f"{ledger.reruns} (in flight at a fault {ledger.in_flight_at_faults}), unexpected "
                f"{ledger.unexpected}, recovered in {result.recovery_seconds:.2f}s")  # fmt: skip
     fg = result.foreground
     if fg is not None:
@@ -390,8 +388,8 @@ def store_drain(
 
     previous = signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
     try:
-        with targets.session(where) as (zk, paths):
-            result = drain_by_hand(zk, paths, store, into, show if terminal else None, interrupted)
+        with targets.session(where) as session:
+            result = drain_by_hand(session, store, into, show if terminal else None, interrupted)
     except GearctlError as exc:
         if as_json:
             typer.echo(json.dumps({"store": store, "into": into, "outcome": f"refused: {exc}"}))
@@ -418,16 +416,15 @@ def takeover_pause(
     config: ConfigOption = None,
 ) -> None:
     """Pause automatic take-over of dead nodes' stores (maintenance); `store drain` still works."""
-    from kazoo.exceptions import NodeExistsError
+    from cluster.coord import PauseRecord
 
-    record = json.dumps({"since": time.time(), "host": socket.gethostname()}).encode()
-    with _session(directory, zookeeper, cluster, auth_file, config) as (zk, paths):
-        try:
-            zk.create(paths.takeover_paused, record)
-            typer.echo(f"automatic take-over of cluster {paths.cluster!r} paused; "
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        name = session.paths.cluster
+        if session.pause_takeover(PauseRecord()):
+            typer.echo(f"automatic take-over of cluster {name!r} paused; "
                        "`gearctl takeover resume` to resume")  # fmt: skip
-        except NodeExistsError:
-            typer.echo(f"automatic take-over of cluster {paths.cluster!r} was already paused")
+        else:
+            typer.echo(f"automatic take-over of cluster {name!r} was already paused")
 
 
 @takeover_app.command("resume")
@@ -439,14 +436,12 @@ def takeover_resume(
     config: ConfigOption = None,
 ) -> None:
     """Let survivors take dead nodes' stores over again (within a second)."""
-    from kazoo.exceptions import NoNodeError
-
-    with _session(directory, zookeeper, cluster, auth_file, config) as (zk, paths):
-        try:
-            zk.delete(paths.takeover_paused)
-            typer.echo(f"automatic take-over of cluster {paths.cluster!r} resumed")
-        except NoNodeError:
-            typer.echo(f"automatic take-over of cluster {paths.cluster!r} was not paused")
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        name = session.paths.cluster
+        if session.resume_takeover():
+            typer.echo(f"automatic take-over of cluster {name!r} resumed")
+        else:
+            typer.echo(f"automatic take-over of cluster {name!r} was not paused")
 
 
 @takeover_app.command("list")
@@ -459,11 +454,10 @@ def takeover_list(
     as_json: JsonOption = False,
 ) -> None:
     """Every take-over of a dead node's store, oldest first."""
-    from cluster.clusterread import read_takeovers
     from cluster.statusview import takeover_line
 
-    with _session(directory, zookeeper, cluster, auth_file, config) as (zk, paths):
-        history = read_takeovers(zk, paths)
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        history = [takeover.as_json() for takeover in session.takeover_history()]
     if as_json:
         typer.echo(json.dumps(history, indent=2))
         return

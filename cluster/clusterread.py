@@ -1,4 +1,4 @@
-"""Everything an operator command reads of a cluster in ZooKeeper, in one pass, read-only.
+"""Everything an operator command reads of a cluster, in one pass, through its Coordination.
 
 Members (live agents' records and sessions), stores (addresses for peers, owner, incarnation
 epoch), take-over history, the pause flag and the function names seen. Nothing here writes:
@@ -8,18 +8,10 @@ epoch), take-over history, the pause flag and the function names seen. Nothing h
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
-
-from cluster.functions import FunctionRegistry
-from cluster.lease import Owner
-from cluster.membership import MemberEntry, read_member_entries
-from cluster.takeover import StoreRecord
-from cluster.zkpaths import ClusterPaths
+from cluster.coord import Coordination, MemberEntry, Owner, StoreRecord
 
 
 @dataclass(frozen=True)
@@ -47,51 +39,21 @@ class ClusterView:
     functions: set[str] = field(default_factory=set)
 
 
-def read_cluster(zk: KazooClient, paths: ClusterPaths) -> ClusterView:
-    """One read of the cluster's tree (KazooException when the connection drops meanwhile)."""
+def read_cluster(session: Coordination) -> ClusterView:
+    """One read of the cluster (CoordinationError when the connection drops meanwhile)."""
     return ClusterView(
-        cluster=paths.cluster,
-        members=read_member_entries(zk, paths),
-        stores={name: read_store(zk, paths, name) for name in store_names(zk, paths)},
-        takeovers=read_takeovers(zk, paths),
-        paused=zk.exists(paths.takeover_paused) is not None,
-        functions=FunctionRegistry(zk, paths.functions).known(),
+        cluster=session.paths.cluster,
+        members=session.member_entries(),
+        stores={name: read_store(session, name) for name in session.stores()},
+        takeovers=[takeover.as_json() for takeover in session.takeover_history()],
+        paused=session.takeover_paused(),
+        functions=session.function_names(),
     )
 
 
-def store_names(zk: KazooClient, paths: ClusterPaths) -> list[str]:
-    """Every store (node) the cluster has had: each agent records its own at gearmand's start."""
-    return _children(zk, paths.stores)
-
-
-def read_store(zk: KazooClient, paths: ClusterPaths, store: str) -> StoreView:
-    record = owner = epoch = changed = None
-    with contextlib.suppress(NoNodeError, ValueError, KeyError):
-        record = StoreRecord.decode(zk.get(paths.store(store))[0])
-    with contextlib.suppress(NoNodeError, ValueError):
-        data, stat = zk.get(paths.store_owner(store))
-        owner = Owner.decode(data, stat.ephemeralOwner)
-    with contextlib.suppress(NoNodeError, ValueError):
-        data, stat = zk.get(paths.store_epoch(store))
-        epoch, changed = int(data or b"0"), stat.mtime / 1000
-    return StoreView(store, record, owner, epoch, changed)
-
-
-def read_takeovers(zk: KazooClient | None, paths: ClusterPaths) -> list[dict[str, Any]]:
-    """Take-over history, oldest first (running ones have `outcome` "running")."""
-    if zk is None:
-        return []
-    history = []
-    for name in sorted(_children(zk, paths.takeovers)):
-        try:
-            history.append(json.loads(zk.get(f"{paths.takeovers}/{name}")[0]))
-        except (NoNodeError, ValueError):
-            continue
-    return history
-
-
-def _children(zk: KazooClient, path: str) -> list[str]:
-    try:
-        return zk.get_children(path)
-    except NoNodeError:
-        return []
+def read_store(session: Coordination, store: str) -> StoreView:
+    record = None
+    with contextlib.suppress(ValueError, KeyError):  # described at the agent's first start
+        record = session.store_record(store)
+    epoch, changed = session.epoch(store) or (None, None)
+    return StoreView(store, record, session.owner(store), epoch, changed)

@@ -15,17 +15,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
-
-from cluster import membership
 from cluster.clusterread import ClusterView, read_cluster
+from cluster.coord import Coordination, CoordinationError, MemberEntry, NodeState, session_text
 from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
 from cluster.local.zookeeper_server import zookeeper_mode
-from cluster.membership import MemberEntry, session_text
 from cluster.probe import PROBE_TIMEOUT, NodeProbe, endpoint_or_none, in_parallel, probe_nodes
-from cluster.target import Target, connect, existing_cluster
-from cluster.zkpaths import ClusterPaths
+from cluster.process import pid_outside
+from cluster.target import ClusterNotFound, Target, open_session
 
 ZOOKEEPER_TIMEOUT = 2.0  # seconds to reach ZooKeeper before the status says UNREACHABLE
 
@@ -52,33 +49,41 @@ class NodeStatus:
 
 
 def collect(
-    target: Target, zk: KazooClient | None = None, timeout: float = PROBE_TIMEOUT
+    target: Target, session: Coordination | None = None, timeout: float = PROBE_TIMEOUT
 ) -> dict[str, Any]:
-    """The status document. Without `zk` a session is opened and closed here; `--watch` passes
+    """The status document. Without `session` one is opened and closed here; `--watch` passes
     one kept open. A local cluster whose ZooKeeper does not answer is still shown (processes
     and probes); any other cluster needs ZooKeeper (GearctlError)."""
-    own_session = zk is None
+    own_session = session is None
     if own_session:
-        try:
-            zk = connect(target, ZOOKEEPER_TIMEOUT)
-        except Exception:
-            if target.local is None:
-                raise
+        session = status_session(target)
     try:
-        view = _read(target, zk)
+        view = _read(session)
     finally:
-        if own_session and zk is not None:
-            zk.stop()
-            zk.close()
+        if own_session and session is not None:
+            session.close()
     return assemble(target, view, timeout)
 
 
-def _read(target: Target, zk: KazooClient | None) -> ClusterView | None:
-    if zk is None or not zk.connected:
+def status_session(target: Target) -> Coordination | None:
+    """A session on the target's cluster; None for a local cluster whose ZooKeeper does not
+    answer (its status is shown all the same), GearctlError for any other."""
+    try:
+        return open_session(target, ZOOKEEPER_TIMEOUT)
+    except ClusterNotFound:
+        raise
+    except GearctlError:
+        if target.local is None:
+            raise
+        return None
+
+
+def _read(session: Coordination | None) -> ClusterView | None:
+    if session is None or not session.connected:
         return None
     try:
-        return read_cluster(zk, ClusterPaths(existing_cluster(zk, target)))
-    except KazooException:  # the connection dropped while we read
+        return read_cluster(session)
+    except CoordinationError:  # the connection dropped while we read
         return None
 
 
@@ -142,19 +147,18 @@ def _node(
     member = entry.record if entry else None
     agent_pid: int | None = None
     agent_alive = member is not None
-    if target.local is not None:
-        key = f"agent:{name}"
-        agent_alive = target.local.running(key)
-        agent_pid = target.local.processes[key].pid if agent_alive else None
-    state = membership.STARTING if member is None else member.state
+    if target.local is not None:  # PIDs as this machine sees them (a netns host has its own)
+        agent_pid = target.local.agent_pid(name)
+        agent_alive = agent_pid is not None
+    state = NodeState.STARTING.value if member is None else member.state
     if not agent_alive:
-        state = membership.DOWN
+        state = NodeState.DOWN.value
     return NodeStatus(
         name=name,
         gearman=str(Endpoint.parse(gearman)) if gearman else None,
         store=store,
         agent_pid=agent_pid,
-        gearmand_pid=member.gearmand_pid if member and agent_pid else None,
+        gearmand_pid=pid_outside(member.gearmand_pid, agent_pid) if member and agent_pid else None,
         state=state,
         queued_jobs=probe.queued_jobs,
         store_items=probe.store_items,
@@ -172,7 +176,7 @@ def degraded(status: dict[str, Any]) -> list[str]:
     """Why the cluster is not fully serving (empty: every node serves, ZooKeeper answers)."""
     reasons = [] if status["zookeeper"]["reachable"] else ["ZooKeeper unreachable"]
     for node in status["nodes"]:
-        if node["state"] != membership.SERVING:
+        if node["state"] != NodeState.SERVING:
             reasons.append(f"{node['name']} is {node['state']}")
         elif not node["gearmand_up"]:
             reasons.append(f"{node['name']}: gearmand does not answer")

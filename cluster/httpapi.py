@@ -26,10 +26,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from cluster import membership
+from cluster.coord import LIVE_STATES, NodeState
 from cluster.endpoint import Endpoint
 from cluster.gearman.admin import is_serving
-from cluster.gearman.discovery import LIVE_STATES
 
 if TYPE_CHECKING:
     from cluster.metrics import AgentMetrics
@@ -46,11 +45,11 @@ def node_status(metrics: AgentMetrics) -> dict[str, Any]:
         "node": metrics.node,
         "state": state,
         "gearmand": "answering" if answering else "not answering",
-        "serving": state == membership.SERVING and answering,
+        "serving": state == NodeState.SERVING and answering,
         "accepting_jobs": state in LIVE_STATES and answering,
         "gearman": str(metrics.gearman),
         "store": record.store if record else None,
-        "gearmand_pid": record.gearmand_pid if record and state != membership.FENCED else None,
+        "gearmand_pid": record.gearmand_pid if record and state != NodeState.FENCED else None,
         "restarts": record.restarts if record else 0,
         "deferred_jobs": record.deferred_jobs if record else 0,
         "version": record.version if record else None,

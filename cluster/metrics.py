@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -39,16 +37,14 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster import __version__, membership
+from cluster import __version__
+from cluster.coord import AGENT_STATES, Coordination, MemberRecord, NodeState, Outcome
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, StoreError
 from cluster.gearman.admin import AdminClient, FunctionStatus
 from cluster.jobage import oldest_job_ages
-from cluster.membership import MemberRecord
 from cluster.restore import RestoreReport
 from cluster.store import Store
-from cluster.zkpaths import ClusterPaths
-from cluster.zktimeout import NegotiatedTimeout
 
 if TYPE_CHECKING:
     from cluster.httpapi import HttpServer
@@ -60,16 +56,6 @@ disable_created_metrics()
 
 REFRESH_EVERY = 1.0  # seconds: scrapes closer together reuse the last reading
 OLDEST_EVERY = 10.0  # seconds between walks over the store's keys for the oldest jobs' ages
-AGENT_STATES = [
-    membership.STARTING,
-    membership.WAITING,
-    membership.RESTORING,
-    membership.SERVING,
-    membership.RESTARTING,
-    membership.FENCED,
-    membership.FAILED,
-    membership.STORE_LOST,
-]
 ZOOKEEPER_STATES = ["lost", "suspended", "connected"]  # kazoo's KazooState, lower case
 RESTORE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
@@ -89,7 +75,7 @@ class AgentMetrics:
         # What /health and /status answer from: the agent's latest member record (None until
         # the agent's first update) and its latest state (fenced is set by the fence hook).
         self.latest: MemberRecord | None = None
-        self.state = membership.STARTING
+        self.state = NodeState.STARTING
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, memory, open fds of the agent
         Info("gearctl_build", "The agent's gearctl and Python versions", ["node"],
@@ -126,7 +112,7 @@ class AgentMetrics:
             "The agent's state, as `gearctl cluster status` shows it",
             ["node"],
             registry=r,
-            states=AGENT_STATES,
+            states=list(AGENT_STATES),
         ).labels(node)
         self.restore_jobs = Counter(
             "gearctl_restore_jobs",
@@ -151,7 +137,7 @@ class AgentMetrics:
         self.takeovers = Counter(
             "gearctl_takeovers",
             "Take-overs of dead peers' stores by this agent, by outcome: started, done, "
-            "interrupted",
+            "interrupted, fencing-failed (the old gearmand kept answering: not taken over)",
             ["node", "outcome"],
             registry=r,
         )
@@ -174,11 +160,20 @@ class AgentMetrics:
             registry=r,
             states=ZOOKEEPER_STATES,
         ).labels(node)
+        self.store_losses = Counter(
+            "gearctl_store_lost",
+            "Times the node's store was lost: down (no answer), or restarted between two health "
+            "checks (it answers again, empty)",
+            ["node", "how"],
+            registry=r,
+        )
         for outcome in ("started", "done", "interrupted"):
             self.takeovers.labels(node, outcome)
         for result in ("moved", "deferred"):
             self.restore_jobs.labels(node, result)
-        self.agent_state.state(membership.STARTING)
+        for how in ("down", "restarted"):
+            self.store_losses.labels(node, how)
+        self.agent_state.state(NodeState.STARTING)
         self.live = LiveCollector(node, gearman, store, timeout)
         r.register(self.live)
 
@@ -208,9 +203,9 @@ class AgentMetrics:
             self.server.stop()
             self.server = None
 
-    def watch_zookeeper(self, zk: KazooClient, paths: ClusterPaths) -> None:
+    def watch_coordination(self, coord: Coordination) -> None:
         """Report the agent's ZooKeeper session: granted timeout, and the cluster's pause flag."""
-        self.live.zookeeper = (zk, paths, NegotiatedTimeout(zk))
+        self.live.coord = coord
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -243,8 +238,8 @@ class AgentMetrics:
 
     def fenced(self) -> None:
         self.fences.inc()
-        self.state = membership.FENCED
-        self.agent_state.state(membership.FENCED)
+        self.state = NodeState.FENCED
+        self.agent_state.state(NodeState.FENCED)
 
     def zookeeper_state(self, state: str) -> None:
         """A kazoo connection listener (called on kazoo's thread: only records)."""
@@ -260,10 +255,14 @@ class AgentMetrics:
         self._takeover_started = time.monotonic()
         self.takeover_start.set(time.time())
 
-    def takeover_finished(self, outcome: str, jobs: int) -> None:
-        """`outcome` as the take-over record has it: "done..." or "interrupted: ..."."""
-        label = "done" if outcome.startswith("done") else "interrupted"
-        self.takeovers.labels(self.node, label).inc()
+    def store_lost(self, how: str) -> None:
+        self.store_losses.labels(self.node, how).inc()
+
+    def fencing_failed(self) -> None:
+        self.takeovers.labels(self.node, "fencing-failed").inc()
+
+    def takeover_finished(self, outcome: Outcome, jobs: int) -> None:
+        self.takeovers.labels(self.node, outcome.value).inc()
         self.drained.inc(jobs)
         if self._takeover_started is not None:
             self.takeover_seconds.observe(time.monotonic() - self._takeover_started)
@@ -293,7 +292,7 @@ class LiveCollector(Collector):
         self.gearman = gearman
         self.store = store
         self.timeout = timeout
-        self.zookeeper: tuple[KazooClient, ClusterPaths, NegotiatedTimeout] | None = None
+        self.coord: Coordination | None = None
         self.store_errors = 0  # the agent's failed store requests, and the scrapes' own
         self.lock = threading.Lock()  # one reading at a time
         self.errors_lock = threading.Lock()  # never held while waiting for gearmand or memcached
@@ -350,14 +349,11 @@ class LiveCollector(Collector):
         return ages
 
     def _paused(self) -> bool | None:
-        if self.zookeeper is None:
-            return None
-        zk, paths, _timeout = self.zookeeper
-        if not zk.connected:
+        if self.coord is None or not self.coord.connected:
             return None
         try:
-            return zk.exists(paths.takeover_paused) is not None
-        except KazooException:
+            return self.coord.takeover_paused()
+        except GearctlError:
             return None
 
     def store_error(self) -> None:
@@ -437,7 +433,7 @@ class LiveCollector(Collector):
                 limit.add_metric([node], float(reading.store.get("limit_maxbytes", "nan")))
             if reading.paused is not None:
                 paused.add_metric([node], int(reading.paused))
-            granted = self.zookeeper[2].seconds if self.zookeeper else None
+            granted = self.coord.negotiated_timeout if self.coord else None
             if granted is not None:
                 session_timeout.add_metric([node], granted)
         yield from (up, queued, running, workers, oldest, store_up, items, used, limit,

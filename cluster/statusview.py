@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cluster.clusterstatus import collect, degraded
-from cluster.errors import GearctlError
-from cluster.target import connect
+from cluster.coord import Coordination
+from cluster.target import open_session
 
 if TYPE_CHECKING:
     from cluster.target import Target
@@ -74,20 +74,17 @@ def watch(
     old one expired) while ZooKeeper is away, and the table says UNREACHABLE meanwhile (a
     cluster that is not local must answer the first time: GearctlError otherwise).
     """
-    try:
-        zk = connect(target, FIRST_CONNECT_WAIT)
-    except GearctlError:
-        if target.local is None:
-            raise
-        zk = None
+    if target.local is not None:  # shown also while its ZooKeeper is down
+        session = Coordination.new(target.zookeeper, target.local.cluster, session_timeout=4.0)
+        session.start_in_background(FIRST_CONNECT_WAIT)
+    else:
+        session = open_session(target, FIRST_CONNECT_WAIT)
     try:
         while True:
-            show(collect(target, zk) if zk is not None else collect(target))
+            show(collect(target, session))
             sleep(interval)
     finally:
-        if zk is not None:
-            zk.stop()
-            zk.close()
+        session.close()
 
 
 def as_json_line(status: dict[str, Any]) -> str:

@@ -21,16 +21,13 @@ import os
 import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
-
-from cluster import zkclient
+from cluster import coord, zkclient
+from cluster.coord import Coordination, CoordinationRefused
 from cluster.errors import ConfigError, GearctlError
-from cluster.zkpaths import ROOT, ClusterPaths
 
 if TYPE_CHECKING:
     from cluster.local.cluster import LocalCluster
@@ -150,17 +147,8 @@ def _table(raw: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     return table
 
 
-def clusters_in(zk: KazooClient) -> list[str]:
-    """Names of the clusters in this ZooKeeper (children of /gearctl)."""
-    try:
-        return sorted(zk.get_children(ROOT))
-    except NoNodeError:
-        return []
-
-
-def existing_cluster(zk: KazooClient, target: Target) -> str:
-    """The target's cluster name, checked against ZooKeeper; ClusterNotFound otherwise."""
-    names = clusters_in(zk)
+def existing_cluster(names: list[str], target: Target) -> str:
+    """The target's cluster name checked against `names` (those in ZooKeeper)."""
     listed = ", ".join(names) or "none"
     if target.cluster is None:
         if len(names) == 1:
@@ -175,34 +163,33 @@ def existing_cluster(zk: KazooClient, target: Target) -> str:
     return target.cluster
 
 
-def connect(target: Target, timeout: float) -> KazooClient:
-    """A started client for the target's ZooKeeper; GearctlError when it does not answer."""
+def open_session(target: Target, timeout: float = 5.0) -> Coordination:
+    """A started session on the target's cluster, checked to exist (ClusterNotFound); the
+    caller closes it. A name not given is looked up first, on a session of its own."""
     credentials = zkclient.read_credentials(target.auth_file) if target.auth_file else None
-    zk = zkclient.make_client(target.zookeeper, timeout=max(timeout, 4.0), credentials=credentials)
+    name = target.cluster
+    if name is None:
+        with coord.session(target.zookeeper, "", timeout, credentials) as lookup:
+            name = existing_cluster(lookup.clusters(), target)
+    found = coord.connect(target.zookeeper, name, timeout, credentials)
     try:
-        zk.start(timeout=timeout)
-    except Exception as exc:
-        zk.close()
-        raise GearctlError(
-            f"ZooKeeper {target.zookeeper} (from {target.source}) does not answer within "
-            f"{timeout:g}s: {exc}"
-        ) from exc
-    return zk
+        existing_cluster(found.clusters(), replace(target, cluster=name))
+    except GearctlError:
+        found.close()
+        raise
+    return found
 
 
 @contextmanager
-def session(target: Target, timeout: float = 5.0) -> Iterator[tuple[KazooClient, ClusterPaths]]:
-    """A started client and the paths of the target's existing cluster; closed on exit."""
-    zk = connect(target, timeout)
+def session(target: Target, timeout: float = 5.0) -> Iterator[Coordination]:
+    """A started session on the target's existing cluster for the block; closed on exit."""
+    found = open_session(target, timeout)
     try:
-        yield zk, ClusterPaths(existing_cluster(zk, target))
-    except NoAuthError as exc:
+        yield found
+    except CoordinationRefused as exc:
         raise GearctlError(
             f"ZooKeeper {target.zookeeper} refused the change (ACLs are on): give --auth-file "
             f"(or {ENV_AUTH_FILE}) with the cluster's credentials"
         ) from exc
-    except KazooException as exc:
-        raise GearctlError(f"ZooKeeper {target.zookeeper}: {type(exc).__name__} {exc}") from exc
     finally:
-        zk.stop()
-        zk.close()
+        found.close()

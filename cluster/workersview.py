@@ -13,9 +13,7 @@ from typing import Any
 
 from cluster import target as targets
 from cluster.errors import GearctlError
-from cluster.gearman.discovery import LIVE_STATES
 from cluster.jobage import oldest_job_ages
-from cluster.membership import read_members
 from cluster.probe import PROBE_TIMEOUT, endpoint_or_none, gearmand_status, in_parallel
 from cluster.statusview import aligned
 from cluster.target import Target
@@ -25,9 +23,9 @@ COLUMNS = ("function", "queued", "running", "workers", "oldest")
 
 def function_table(target: Target, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
     """{"functions": [{function, queued, running, workers, oldest_age_s}], "servers": [...]}."""
-    with targets.session(target) as (zk, paths):
-        members = read_members(zk, paths)
-    live = sorted((name, m) for name, m in members.items() if m.state in LIVE_STATES)
+    with targets.session(target) as session:
+        members = session.members()
+    live = sorted((name, m) for name, m in members.items() if m.live)
     statuses = in_parallel(lambda item: gearmand_status(endpoint_or_none(item[1].gearman),
                                                         timeout), live)  # fmt: skip
     totals: dict[str, dict[str, int]] = defaultdict(lambda: {"queued": 0, "running": 0,

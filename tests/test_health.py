@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster.coord import MemberRecord
 from cluster.endpoint import Endpoint
 from cluster.local.zookeeper_server import ZooKeeperLaunch, start_zookeeper
-from cluster.membership import MemberRecord
 from cluster.metrics import AgentMetrics
 from cluster.process import free_port, stop_pid
 from tests.conftest import HOST, RunningGearmand

@@ -23,13 +23,12 @@ from kazoo.client import KazooClient
 from cluster import target as targets
 from cluster.config import load_config, parse_config
 from cluster.configview import effective_toml
+from cluster.coord import ClusterPaths, StoreRecord
 from cluster.drill.workload import Job, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.probe import probe_nodes
-from cluster.takeover import StoreRecord
 from cluster.target import ClusterNotFound, Flags, Target, existing_cluster, resolve
-from cluster.zkpaths import ClusterPaths
 from tests.clusterctl import kill_node, local_cluster, node, status_json
 from tests.conftest import HOST
 
@@ -90,17 +89,19 @@ def test_a_cluster_name_must_exist(zookeeper: Endpoint) -> None:
     zk.start(timeout=5)
     try:
         zk.ensure_path(ClusterPaths("alpha").members)
-        names = targets.clusters_in(zk)
-        with pytest.raises(ClusterNotFound, match=r"no cluster 'alphx'.*clusters there: .*alpha"):
-            existing_cluster(zk, Target(str(zookeeper), "alphx"))
-        assert existing_cluster(zk, Target(str(zookeeper), "alpha")) == "alpha"
-        if len(names) > 1:
-            with pytest.raises(ClusterNotFound, match="several clusters"):
-                existing_cluster(zk, Target(str(zookeeper), None))
-        assert zk.exists(ClusterPaths("alphx").root) is None
     finally:
         zk.stop()
         zk.close()
+    with targets.session(Target(str(zookeeper), "alpha")) as session:
+        assert session.paths.cluster == "alpha"
+        names = session.clusters()
+    with pytest.raises(ClusterNotFound, match=r"no cluster 'alphx'.*clusters there: .*alpha"):
+        targets.open_session(Target(str(zookeeper), "alphx"))
+    assert existing_cluster(["alpha"], Target(str(zookeeper), None)) == "alpha"
+    with pytest.raises(ClusterNotFound, match="several clusters"):
+        existing_cluster([*names, "beta"], Target(str(zookeeper), None))
+    with targets.session(Target(str(zookeeper), "alpha")) as session:
+        assert "alphx" not in session.clusters()
 
 
 def test_effective_config_is_printed_whole_and_reads_back(tmp_path: Path) -> None:
