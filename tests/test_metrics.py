@@ -101,7 +101,7 @@ def test_takeover_duration_build_info_and_process_metrics() -> None:
     metrics = AgentMetrics("n1", nowhere(), nowhere())
     metrics.takeover_started()
     assert (value(scrape(metrics), "gearctl_takeover_start_time_seconds", node="n1") or 0) > 0
-    metrics.takeover_finished("done", 4)
+    metrics.takeover_finished(Outcome.DONE, 4)
     found = scrape(metrics)
     assert value(found, "gearctl_takeover_start_time_seconds", node="n1") == 0
     assert value(found, "gearctl_takeover_duration_seconds_count", node="n1") == 1
