@@ -333,14 +333,15 @@ def store_inspect(
     groups wait for a restore or a drain. Read-only. A host:port store is read even when no
     cluster can be reached (its groups are then `unknown`)."""
     from cluster.storeview import inspect_in_cluster
+    from cluster.target import Flags, resolve
 
     try:
         try:
-            target = _target(directory, zookeeper, cluster, auth_file, config)
-        except typer.Exit:
+            target = resolve(Flags(directory, zookeeper, cluster, auth_file, config))
+        except GearctlError:
             if ":" not in store:
                 raise
-            target = None
+            target = None  # a store's address needs no cluster
         summary = inspect_in_cluster(target, store)
     except GearctlError as exc:
         raise fail(exc) from None
