@@ -23,6 +23,15 @@ if ((${#missing[@]})); then
   apt-get update -qq
   # Installing a package here starts no daemon we rely on; gearctl starts its own processes.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests run haproxy and promtool themselves: where systemd started the packages' own
+  # services (a prometheus server on :9090, haproxy), stop and disable the ones installed now.
+  if [ -d /run/systemd/system ]; then
+    for service in haproxy prometheus; do
+      if [[ " ${missing[*]} " == *" $service "* ]]; then
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 python=${PYTHON:-python3}
