@@ -8,7 +8,7 @@ Each of ZooKeeper hosts, cluster name and credentials file comes from the first 
    `[zookeeper] hosts`, `[zookeeper] auth_file` and `[node] cluster`), else
    `~/.config/gearctl/gearctl.toml` (the same keys; `[cluster] name` may stand for
    `[node] cluster`);
-4. else, with no ZooKeeper found above, the local cluster in `--dir` (default `.gearctl`).
+4. else, with no ZooKeeper found above, the local cluster in `.gearctl`.
 
 `--dir` given on the command line means the local cluster, whatever the rest says. A cluster
 whose name is not given is the only one in that ZooKeeper. A name that is not there is an error
@@ -32,7 +32,6 @@ from cluster.errors import ConfigError, GearctlError
 if TYPE_CHECKING:
     from cluster.local.cluster import LocalCluster
 
-DEFAULT_DIR = Path(".gearctl")
 SYSTEM_CONFIG = Path("/etc/gearctl/agent.toml")
 USER_CONFIG = Path("~/.config/gearctl/gearctl.toml")
 ENV_ZOOKEEPER = "GEARCTL_ZOOKEEPER"
@@ -91,21 +90,25 @@ def resolve(flags: Flags, environ: Mapping[str, str] | None = None) -> Target:
             cluster = cluster or file_cluster
             auth = auth or file_auth
     if zookeeper is None:
-        local = _local(DEFAULT_DIR, hint=True)
+        local = _local(None)
         if cluster is not None and cluster != local.cluster:
-            raise ConfigError(f"the local cluster in {DEFAULT_DIR} is {local.cluster!r}, "
+            raise ConfigError(f"the local cluster in {local.dir} is {local.cluster!r}, "
                               f"not {cluster!r}")  # fmt: skip
         return Target.of_local(local)
     return Target(zookeeper, cluster, auth, None, source)
 
 
-def _local(directory: Path, hint: bool = False) -> LocalCluster:
-    from cluster.local.cluster import LocalCluster
+def _local(directory: Path | None) -> LocalCluster:
+    """The local cluster in `directory` (None: the default directory, chosen for want of any
+    other cluster, which the error then says)."""
+    from cluster.local.cluster import DEFAULT_DIR, LocalCluster
 
+    where = "" if directory is not None else (
+        f" and no cluster given (--zookeeper, {ENV_ZOOKEEPER}, --config, {SYSTEM_CONFIG} or "
+        f"{USER_CONFIG})")  # fmt: skip
+    directory = DEFAULT_DIR if directory is None else directory
     local = LocalCluster.load(directory)
     if local is None:
-        where = (f" and no cluster given (--zookeeper, {ENV_ZOOKEEPER}, --config, {SYSTEM_CONFIG}"
-                 f" or {USER_CONFIG})") if hint else ""  # fmt: skip
         raise GearctlError(f"no local cluster in {directory}{where}; start one with "
                            "`gearctl cluster up`")  # fmt: skip
     return local
