@@ -342,11 +342,16 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
                 pid_path=node_dir / "memcached.pid",
             )
             record(f"store:{node.name}", proc.pid)
-        if not cluster.running(f"agent:{node.name}"):
+        key = f"agent:{node.name}"
+        # An agent that just died leaves its supervisor for a moment: wait for it to follow.
+        wait_until(lambda key=key, name=node.name: (
+                       not cluster.running(key) or cluster.agent_pid(name) is not None),
+                   timeout=10, what=f"{node.name}'s supervisor to follow its agent")  # fmt: skip
+        if not cluster.running(key):
             progress(f"{node.name}: starting agent (gearmand on {node.gearman})")
             pid = start_agent(cluster, node)
             write_pidfile(node_dir / "agent.pid", pid)
-            record(f"agent:{node.name}", pid)
+            record(key, pid)
 
 
 def start_agent(cluster: LocalCluster, node: NodePlan) -> int:
