@@ -204,19 +204,13 @@ class Store:
             else:
                 raise StoreError(f"memcached store {self.endpoint}: lru_crawler stayed busy")
             items: list[StoredItem] = []
-            append, match, readline = items.append, _METADUMP_LINE.match, conn.reader.readline
-            while line != b"END":  # a restore waits for this loop: parse_metadump_line inlined
-                found = match(line)
-                if found is not None:
-                    key, last_access, cas, size = found.groups()
-                    if b"%" in key:
-                        key = unquote_to_bytes(key)
-                    seen = int(last_access or 0) or None
-                    append(StoredItem(decode_key(key), int(cas), int(size), seen))
-                elif line.startswith(_ERRORS):
+            append, readline = items.append, conn.reader.readline
+            while line != b"END":
+                if line.startswith(_ERRORS):
                     raise StoreError(f"memcached store {self.endpoint}: metadump: {line!r}")
-                else:
-                    log.warning("skipping unreadable metadump line %r", line[:200])
+                item = parse_metadump_line(line)
+                if item is not None:
+                    append(item)
                 raw = readline()
                 if not raw.endswith(b"\n"):
                     raise StoreClosed(

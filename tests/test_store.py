@@ -13,7 +13,7 @@ import pytest
 
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
-from cluster.jobkey import SplitMethod, parse_job_key
+from cluster.jobkey import AmbiguousKeyError, SplitMethod, parse_job_key
 from cluster.store import Store, StoreClosed, StoredItem, parse_metadump_line
 
 HOST = "127.0.0.1"
@@ -280,4 +280,5 @@ def test_jobs_from_real_gearmand_parse_back(gearmand: Endpoint, memcached: Endpo
     generated = parse_job_key(items[3].key, ())  # function unknown: the UUID gives the split
     assert (generated.function, generated.method) == ("img-resize", SplitMethod.UUID_UNIQUE)
     assert values[items[3].key] == (b"generated", 1)
-    assert parse_job_key(items[0].key, ()).method == SplitMethod.FIRST_DASH
+    with pytest.raises(AmbiguousKeyError):  # img-resize-u-1, no name known: deferred
+        parse_job_key(items[0].key, ())

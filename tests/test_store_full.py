@@ -1,0 +1,201 @@
+"""Exactly once under a full store (issue 14), against real gearmand 1.1.20 and memcached.
+
+A store started with `-M -m 3` and filled with 50 kB items is full for large items but keeps room
+in the slab class small jobs use: gearmand then refuses a 50 kB job with ERROR QUEUE_ERROR and goes
+on to acknowledge the small ones after it in the same pipeline. Every answer must be mapped to its
+job: only the refused job is sent again (Client), only the acknowledged keys are deleted (restore,
+drain), and the refused one stays in the store and is reported.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.endpoint import Endpoint
+from cluster.errors import StoreError
+from cluster.gearman.admin import STATUS_NAMES_BYTES
+from cluster.gearman.client import Client
+from cluster.gearman.protocol import GearmanConnection, PacketType, request
+from cluster.health import Health, check_gearmand
+from cluster.local.memcached_server import start_memcached
+from cluster.process import free_port, kill_pid, stop_pid
+from cluster.restore import restore
+from cluster.store import Store
+from tests.conftest import HOST, RunningGearmand
+from tests.test_restore import queued, started_gearmand
+
+pytestmark = pytest.mark.integration
+
+BIG = b"B" * 50_000
+SMALL = 200
+FUNCTION = "img-resize"
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> Iterator[Callable[[], Endpoint]]:
+    """Start memcached stores of 3 MB (`-M`: a full store refuses, never evicts)."""
+    pids: list[int] = []
+
+    def start() -> Endpoint:
+        endpoint = Endpoint(HOST, free_port())
+        proc = start_memcached(
+            endpoint,
+            memory_mb=3,
+            log_path=tmp_path / f"memcached-{endpoint.port}.log",
+            pid_path=tmp_path / f"memcached-{endpoint.port}.pid",
+        )
+        pids.append(proc.pid)
+        return endpoint
+
+    yield start
+    for pid in pids:
+        stop_pid(pid)
+
+
+def fill_for_large(endpoint: Endpoint) -> int:
+    """Fill the store with 50 kB items until memcached refuses one; small items still fit in the
+    slab pages already given to them. Returns how many fillers it took."""
+    store = Store(endpoint)
+    count = 0
+    try:
+        while True:
+            store.set(f"filler-{count:05d}", BIG, 1)
+            count += 1
+    except StoreError:
+        pass
+    store.close()
+    assert count > 0
+    return count
+
+
+def mixed_jobs(tag: str) -> list[tuple[str, bytes, str]]:
+    """One 50 kB job, then SMALL small ones: (function, payload, unique)."""
+    small = [(FUNCTION, b"small %d" % n, f"{tag}-small-{n}") for n in range(SMALL)]
+    return [(FUNCTION, BIG, f"{tag}-big"), *small]
+
+
+def warm_up(gearman: Endpoint) -> None:
+    """One small job, so the small jobs' slab class has a page before the store is filled."""
+    with GearmanConnection(gearman) as conn:
+        conn.submit_background("warm-up", b"small 0", unique="warm-up")
+
+
+def keys_with(store: Endpoint, text: str) -> set[str]:
+    return {item.key for item in Store(store).snapshot() if text in item.key}
+
+
+def test_client_resends_only_the_refused_job_each_unique_queued_once(
+    gearmand: RunningGearmand, small_store: Callable[[], Endpoint], tmp_path: Path
+) -> None:
+    full = small_store()
+    with started_gearmand(full, "g1_", tmp_path) as (refusing, _):
+        warm_up(refusing)
+        fill_for_large(full)
+        jobs = mixed_jobs("client")
+        # The Client turns to the second server first: the one whose store is full.
+        with Client(servers=[gearmand.endpoint, refusing], retry_timeout=10) as client:
+            handles = client.submit_background_many(jobs, window=1000)
+        assert all(handles) and len(set(handles)) == len(jobs)
+        assert queued(refusing).get(FUNCTION) == SMALL, "the batch went to the full store first"
+        assert queued(gearmand.endpoint) == {FUNCTION: 1}
+        on_full = keys_with(full, "client-")
+        on_other = keys_with(gearmand.store, "client-")
+        assert on_full == {f"g1_{FUNCTION}-client-small-{n}" for n in range(SMALL)}
+        assert on_other == {f"g1_{FUNCTION}-client-big"}
+
+
+def store_jobs(store: Endpoint, prefix: str, jobs: list[tuple[str, bytes, str]]) -> None:
+    """Write jobs as gearmand persists them (small ones first: their slab class gets a page)."""
+    client = Store(store)
+    for function, payload, unique in sorted(jobs, key=lambda job: len(job[1])):
+        client.set(f"{prefix}{function}-{unique}", payload, 1)
+    client.close()
+
+
+def test_restore_deletes_exactly_the_acknowledged_keys_and_reports_the_refused(
+    small_store: Callable[[], Endpoint], tmp_path: Path
+) -> None:
+    """Restart case: the new gearmand re-persists into the same store, full for large items."""
+    full = small_store()
+    jobs = mixed_jobs("restart")
+    store_jobs(full, "g1_", jobs)
+    planted = ["not-a-job", f"g9_{FUNCTION}-{uuid.uuid4()}"]  # no prefix; newer than the live g2_
+    for key in planted:
+        Store(full).set(key, b"planted", 1)
+    fill_for_large(full)
+    store = Store(full)
+    expected = store.curr_items()
+    with started_gearmand(full, "g2_", tmp_path) as (target, _):
+        report = restore(store, target, expected=expected, keep_prefix="g2_",
+                         known_functions={FUNCTION}, read_timeout=30.0)  # fmt: skip
+        assert queued(target) == {FUNCTION: SMALL}
+    big = f"g1_{FUNCTION}-restart-big"
+    assert report.moved == SMALL
+    assert list(report.refused) == [big] and "QUEUE_ERROR" in report.refused[big]
+    assert set(planted) <= set(report.skipped)
+    assert keys_with(full, "restart-") == {big} | {
+        f"g2_{FUNCTION}-restart-small-{n}" for n in range(SMALL)
+    }
+    store.close()
+
+
+def test_drain_into_a_full_store_moves_each_job_once_and_leaves_the_refused(
+    memcached: Endpoint, small_store: Callable[[], Endpoint], tmp_path: Path
+) -> None:
+    """Take-over case: a dead node's store drained into a gearmand whose own store is full."""
+    jobs = mixed_jobs("drain")
+    store_jobs(memcached, "g4_", jobs)
+    full = small_store()
+    with started_gearmand(full, "g1_", tmp_path) as (target, _):
+        warm_up(target)
+        fill_for_large(full)
+        source = Store(memcached)
+        report = restore(source, target, expected=len(jobs), keep_prefix=None,
+                         known_functions={FUNCTION}, read_timeout=30.0)  # fmt: skip
+        assert queued(target) == {FUNCTION: SMALL, "warm-up": 1}
+        # Nothing but the refused job is left in the dead node's store.
+        assert report.moved == SMALL and list(report.refused) == [f"g4_{FUNCTION}-drain-big"]
+        assert keys_with(memcached, "drain-") == {f"g4_{FUNCTION}-drain-big"}
+        assert len(keys_with(full, "drain-small-")) == SMALL
+        source.close()
+
+
+def test_jobs_with_an_empty_unique_restore_as_the_one_gearmand_kept(
+    gearmand: RunningGearmand, tmp_path: Path
+) -> None:
+    with GearmanConnection(gearmand.endpoint) as conn:
+        for n in range(10):
+            conn.submit_background("report", b"run %d" % n, unique="")
+    assert queued(gearmand.endpoint) == {"report": 10}  # in memory; one key in the store
+    kill_pid(gearmand.pid)
+    store = Store(gearmand.store)
+    assert keys_with(gearmand.store, "report") == {"g1_report-"}
+    with started_gearmand(gearmand.store, "g2_", tmp_path) as (target, _):
+        report = restore(store, target, expected=1, keep_prefix="g2_", known_functions=set())
+        assert report.moved == 1 and queued(target) == {"report": 1}
+        with GearmanConnection(target) as worker:
+            worker.can_do("report")
+            job = worker.grab_job_uniq()
+        assert job is not None and (job.unique, job.payload) == ("", b"run 9")  # the last one
+    assert keys_with(gearmand.store, "report") == {"g2_report-"}
+    store.close()
+
+
+def test_health_check_does_not_grow_with_a_worker_registering_many_names(
+    gearmand: RunningGearmand,
+) -> None:
+    """A worker that registers 20k random 180-byte names makes `status` 3.7 MB (100k such names
+    pass 16 MB and took gearmand more than 30 s to list): the health check reads at most
+    STATUS_NAMES_BYTES of it and says the list is cut."""
+    names = [f"{n:06d}-{uuid.uuid4().hex * 5}"[:180] for n in range(20_000)]
+    with GearmanConnection(gearmand.endpoint, read_timeout=60) as worker:
+        worker.send_many(request(PacketType.CAN_DO, name.encode()) for name in names)
+        assert worker.echo(b"registered") == b"registered"
+        assert len(names) * len(names[0]) > 3 * STATUS_NAMES_BYTES
+        check = check_gearmand(gearmand.pid, gearmand.endpoint, timeout=5)
+    assert check.health is Health.SERVING and not check.functions_complete
+    assert 0 < len(check.functions) < len(names) and set(check.functions) <= set(names)
