@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.client import Client, NoServerError
 from cluster.gearman.protocol import BatchSubmitError, GearmanConnection, Priority
 from cluster.jobkey import (
     MAX_KEY_BYTES,
@@ -90,6 +91,7 @@ class RestoreReport:
     vanished: int = 0  # keys that disappeared between listing and reading
     deferred: int = 0  # ambiguous keys left in the store until their function name is known
     refused: dict[str, str] = field(default_factory=dict)  # key -> why gearmand refused it twice
+    overflowed: int = 0  # of `moved`: jobs the target refused twice, acknowledged by another
     unseen: int = 0  # expected keys no metadump pass listed (deleted by someone else, or missed)
     seconds: float = 0.0
 
@@ -119,12 +121,15 @@ def restore(
     progress: Progress | None = None,
     should_continue: Callable[[], bool] = lambda: True,
     read_timeout: float = 10.0,
+    overflow: Callable[[], Sequence[Endpoint]] | None = None,
 ) -> RestoreReport:
     """Move `expected` jobs from `source` (all keys but `keep_prefix`'s) into gearmand `target`.
 
     `should_continue` is asked before each chunk (a drainer that lost its lease must stop).
-    Returns the report when every listed job was moved or is accounted for (skipped, deferred,
-    refused); raises RestoreIncomplete otherwise.
+    `overflow` gives other live gearmands: jobs `target` refused twice go there, through the
+    failover Client (a restart into a store full for large items cannot hold the new copy of a
+    large job next to the old one). Returns the report when every listed job was moved or is
+    accounted for (skipped, deferred, refused); raises RestoreIncomplete otherwise.
     """
     report = RestoreReport(expected=expected)
     started = time.monotonic()
@@ -146,6 +151,8 @@ def restore(
                 mover.run(target, items, read_timeout, progress, should_continue)
                 if report.refused and should_continue():
                     mover.retry_refused(target, items, read_timeout)
+                if report.refused and overflow is not None and should_continue():
+                    mover.overflow(overflow(), items, read_timeout)
             finally:
                 mover.store.close()
     except RestoreIncomplete:
@@ -209,7 +216,9 @@ class _KeyReader:
             chunk.deferred += 1
             return None
         except JobKeyError as exc:
-            log.warning("not restoring key %r: it is not a job key gearmand wrote: %s", key, exc)
+            if not chunk.skipped:  # one line per chunk: a planted flood must not flood the log
+                log.warning("not restoring key %r: it is not a job key gearmand wrote: %s", key,
+                            exc)  # fmt: skip
             chunk.skipped.append(key)
             return None
         try:
@@ -301,6 +310,33 @@ class _Mover:
         refused.clear()
         self.run(target, again, read_timeout, None, lambda: True)
 
+    def overflow(self, servers: Sequence[Endpoint], items: list[StoredItem],
+                 read_timeout: float) -> None:  # fmt: skip
+        """Submit the jobs refused twice to other gearmands; delete exactly the acknowledged."""
+        refused = self.report.refused
+        if not servers:
+            log.warning("no other live gearmand takes the %d refused jobs", len(refused))
+            return
+        chunk = self._read([item for item in items if item.key in refused])
+        self.report.vanished += chunk.vanished
+        for key in set(refused) - set(chunk.keys):
+            del refused[key]  # gone meanwhile: counted as vanished
+        with Client(servers=list(servers), read_timeout=read_timeout,
+                    retry_timeout=read_timeout) as client:  # fmt: skip
+            try:
+                handles: list[bytes | None] = list(client.submit_background_many(
+                    [(function, payload, unique, priority)
+                     for function, unique, payload, priority in chunk.jobs]))  # fmt: skip
+            except NoServerError as exc:
+                handles = exc.handles
+        moved = [key for key, handle in zip(chunk.keys, handles, strict=True) if handle]
+        self.report.moved += self._delete(moved)
+        self.report.overflowed += len(moved)
+        for key in moved:
+            del refused[key]
+        log.warning("%d jobs refused twice went to other gearmands (%s); %d still refused",
+                    len(moved), ", ".join(map(str, servers)), len(refused))  # fmt: skip
+
     def _submit(self, gearman: GearmanConnection, chunk: _Chunk) -> list[str]:
         """Submit a chunk's jobs; the keys gearmand acknowledged (refused ones are recorded)."""
         try:
@@ -341,6 +377,9 @@ class _Mover:
         report.vanished += chunk.vanished
         report.skipped.extend(chunk.skipped)
         report.deferred += chunk.deferred
+        if len(chunk.skipped) > 1:
+            log.warning("%d keys of this chunk are not job keys gearmand wrote; they stay in the "
+                        "store", len(chunk.skipped))  # fmt: skip
         if chunk.deferred:
             log.warning(
                 "%d jobs wait in the store: their keys split into function and unique in several "

@@ -143,6 +143,29 @@ def test_restore_deletes_exactly_the_acknowledged_keys_and_reports_the_refused(
     store.close()
 
 
+def test_restore_sends_the_jobs_refused_twice_to_another_gearmand(
+    gearmand: RunningGearmand, small_store: Callable[[], Endpoint], tmp_path: Path
+) -> None:
+    """The same restart with `overflow`: the big job goes to another node's gearmand, once."""
+    full = small_store()
+    store_jobs(full, "g1_", mixed_jobs("overflow"))
+    fill_for_large(full)
+    store = Store(full)
+    expected = store.curr_items()
+    with started_gearmand(full, "g2_", tmp_path) as (target, _):
+        report = restore(store, target, expected=expected, keep_prefix="g2_",
+                         known_functions={FUNCTION}, read_timeout=30.0,
+                         overflow=lambda: [gearmand.endpoint])  # fmt: skip
+        assert queued(target) == {FUNCTION: SMALL}
+    assert (report.moved, report.overflowed, report.refused) == (SMALL + 1, 1, {})
+    assert queued(gearmand.endpoint) == {FUNCTION: 1}
+    assert keys_with(gearmand.store, "overflow-") == {f"g1_{FUNCTION}-overflow-big"}
+    assert keys_with(full, "overflow-") == {
+        f"g2_{FUNCTION}-overflow-small-{n}" for n in range(SMALL)
+    }
+    store.close()
+
+
 def test_drain_into_a_full_store_moves_each_job_once_and_leaves_the_refused(
     memcached: Endpoint, small_store: Callable[[], Endpoint], tmp_path: Path
 ) -> None:
