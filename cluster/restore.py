@@ -231,7 +231,7 @@ class _KeyReader:
 
     def refusal(self, key: str, code: str, text: str) -> str:
         """Why gearmand refused the job of `key`, with the likely cause when it is known."""
-        reason = f"{code} {text}".strip()
+        reason = code if text in ("", code) else f"{code} {text}"
         if self.keep_prefix is None:
             return reason
         _, rest = split_prefix(key) or ("", key)

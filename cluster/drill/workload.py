@@ -71,9 +71,12 @@ class Ledger:
     lost: int
     duplicated: int
     unexpected: int
+    refused: int = 0  # submits a server refused (ERROR): never acknowledged, must never run
 
     @classmethod
-    def count(cls, attempted: int, acknowledged: set[str], drained: Drained) -> Ledger:
+    def count(
+        cls, attempted: int, acknowledged: set[str], drained: Drained, refused: int = 0
+    ) -> Ledger:
         return cls(
             attempted=attempted,
             acknowledged=len(acknowledged),
@@ -81,6 +84,7 @@ class Ledger:
             lost=len(acknowledged - set(drained.counts)),
             duplicated=drained.duplicates(),
             unexpected=len(set(drained.counts) - acknowledged),
+            refused=refused,
         )
 
     def __str__(self) -> str:
