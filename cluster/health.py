@@ -49,7 +49,7 @@ def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
     except GearctlError:
         return Check(Health.UNRESPONSIVE)
     try:
-        names, complete = admin.function_names()
+        functions, complete = admin.status_head()
     except GearctlError:
         return Check(Health.SERVING, (), functions_complete=False)
-    return Check(Health.SERVING, tuple(names), complete)
+    return Check(Health.SERVING, tuple(f.name for f in functions), complete)

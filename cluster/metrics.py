@@ -82,8 +82,10 @@ class AgentMetrics:
         ).labels(node)
         self.restore_jobs = Counter(
             "gearctl_restore_jobs",
-            "Stored jobs of the node's own store by restore result: moved back into gearmand, "
-            "or deferred (their function name is not known yet)",
+            "Stored jobs of the node's own store by restore result: moved back into gearmand "
+            "(overflowed: of those, to another node's, its own refusing them twice), deferred "
+            "(their function name is not known yet), refused (by every gearmand, twice: they "
+            "stay in the store), skipped (keys that are not gearmand's)",
             ["node", "result"],
             registry=r,
         )
@@ -171,7 +173,10 @@ class AgentMetrics:
     def restored(self, report: RestoreReport) -> None:
         """A finished restore of the node's own store."""
         self.moved(report.moved)
+        self.restore_jobs.labels(self.node, "overflowed").inc(report.overflowed)
         self.restore_jobs.labels(self.node, "deferred").inc(report.deferred)
+        self.restore_jobs.labels(self.node, "refused").inc(len(report.refused))
+        self.restore_jobs.labels(self.node, "skipped").inc(len(report.skipped))
         self.restore_seconds.observe(report.seconds)
 
     def moved(self, jobs: int) -> None:
@@ -236,8 +241,10 @@ class LiveCollector(Collector):
         return self._families(reading, errors)
 
     def _functions(self) -> list[FunctionStatus] | None:
+        """The functions of the first STATUS_NAMES_BYTES of `status`: a client registering many
+        names makes neither a scrape nor its series grow without bound."""
         try:
-            return AdminClient(self.gearman, timeout=self.timeout).status()
+            return AdminClient(self.gearman, timeout=self.timeout).status_head()[0]
         except GearctlError:
             return None
 
@@ -256,7 +263,8 @@ class LiveCollector(Collector):
         node = self.node
         up = GaugeMetricFamily(
             "gearctl_gearmand_up",
-            "1 if gearmand answers its admin `status` within the check timeout",
+            "1 if gearmand answers its admin `status` within the check timeout (its first MiB: "
+            "the per-function series stop there)",
             labels=["node"],
         )
         queued = GaugeMetricFamily(

@@ -20,7 +20,7 @@ from cluster.errors import GearctlError, GearmanConnectionError, ProtocolError
 
 MAX_REPLY_SIZE = 16 * 1024 * 1024
 STATUS_NAMES_BYTES = 1024 * 1024
-"""How much of a `status` reply `function_names` reads: a client that registers many names makes
+"""How much of a `status` reply `status_head` reads: a client that registers many names makes
 `status` as large as it likes (100k random names pass MAX_REPLY_SIZE), and the health check that
 reads the names must not grow with it."""
 R = TypeVar("R")
@@ -127,20 +127,19 @@ class AdminClient:
     def status(self) -> list[FunctionStatus]:
         return self._multi_line("status", parse_status)
 
-    def function_names(self, max_bytes: int = STATUS_NAMES_BYTES) -> tuple[list[str], bool]:
-        """The function names `status` lists, reading at most about `max_bytes` of it:
-        (names, complete). A longer reply is cut at its last whole line (complete is False)."""
+    def status_head(self, max_bytes: int = STATUS_NAMES_BYTES) -> tuple[list[FunctionStatus], bool]:
+        """`status`, reading at most about `max_bytes` of it: (functions, complete). A longer
+        reply is cut at its last whole line (complete is False)."""
 
-        def names(data: bytes) -> tuple[list[str], bool] | None:
+        def head(data: bytes) -> tuple[list[FunctionStatus], bool] | None:
             body = split_reply("status", data)
             if body is not None:
-                return [function.name for function in parse_status(body)], True
+                return parse_status(body), True
             if len(data) < max_bytes:
                 return None
-            whole = data.decode("utf-8", "replace").rpartition("\n")[0]
-            return [function.name for function in parse_status(whole)], False
+            return parse_status(data.decode("utf-8", "replace").rpartition("\n")[0]), False
 
-        return self._exchange("status", names)
+        return self._exchange("status", head)
 
     def workers(self) -> list[WorkerInfo]:
         return self._multi_line("workers", parse_workers)
