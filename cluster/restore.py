@@ -53,7 +53,12 @@ from dataclasses import dataclass, field
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.client import Client, NoServerError
-from cluster.gearman.protocol import BatchSubmitError, GearmanConnection, Priority
+from cluster.gearman.protocol import (
+    BatchConnectionError,
+    BatchSubmitError,
+    GearmanConnection,
+    Priority,
+)
 from cluster.jobkey import (
     MAX_KEY_BYTES,
     AmbiguousKeyError,
@@ -289,8 +294,10 @@ class _Mover:
                         ready = pool.submit(self._read, chunks[index + 1])
                     self._count(chunk)
                     if chunk.jobs:
-                        acknowledged = self._submit(gearman, chunk)
+                        acknowledged, broken = self._submit(gearman, chunk)
                         self.deletes.append(pool.submit(self._delete, acknowledged))
+                        if broken is not None:
+                            raise broken
                     report.seconds = time.monotonic() - self.started
                     if progress is not None:
                         progress(report)
@@ -337,18 +344,24 @@ class _Mover:
         log.warning("%d jobs refused twice went to other gearmands (%s); %d still refused",
                     len(moved), ", ".join(map(str, servers)), len(refused))  # fmt: skip
 
-    def _submit(self, gearman: GearmanConnection, chunk: _Chunk) -> list[str]:
-        """Submit a chunk's jobs; the keys gearmand acknowledged (refused ones are recorded)."""
+    def _submit(
+        self, gearman: GearmanConnection, chunk: _Chunk
+    ) -> tuple[list[str], BatchConnectionError | None]:
+        """Submit a chunk's jobs: the keys gearmand acknowledged (refused ones are recorded),
+        and the connection's failure if it broke (its unanswered jobs may have been queued:
+        their keys stay, and a retry's copy coalesces by unique or runs twice, within BATCH)."""
+        broken: BatchConnectionError | None = None
         try:
             gearman.submit_background_many(chunk.jobs)
+            return chunk.keys, None
         except BatchSubmitError as exc:
-            for index, code, text in exc.refusals:
-                key = chunk.keys[index]
-                self.report.refused[key] = self.reader.refusal(key, code, text)
-            return [key for key, handle in zip(chunk.keys, exc.handles, strict=True) if handle]
-        # BatchConnectionError goes up: the caller deletes nothing of this chunk, and the
-        # acknowledged jobs of it are restored again (coalesced by their unique) by a retry.
-        return chunk.keys
+            refusals, handles = exc.refusals, exc.handles
+        except BatchConnectionError as exc:
+            refusals, handles, broken = exc.refusals, exc.handles, exc
+        for index, code, text in refusals:
+            key = chunk.keys[index]
+            self.report.refused[key] = self.reader.refusal(key, code, text)
+        return [key for key, handle in zip(chunk.keys, handles, strict=False) if handle], broken
 
     def _read(self, items: list[StoredItem]) -> _Chunk:
         """Helper thread: read and parse one chunk (a key gone meanwhile counts as vanished)."""
