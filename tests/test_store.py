@@ -229,6 +229,19 @@ def test_keys_pymemcache_refuses_still_go_through_bulk_calls(memcached: Endpoint
     assert store.curr_items() == 0
 
 
+def test_bulk_calls_reach_keys_of_the_full_250_bytes(memcached: Endpoint) -> None:
+    """memcached checks the 250-byte limit on a meta command's key as sent: base64 would
+    make every key above 187 bytes unreachable (a restore failing on it forever)."""
+    store = Store(memcached)
+    keys = ["g1_" + "f" * 244 + "-u1", "g1_\xe9" + "f" * 242 + "-u1"]  # 250 bytes, also UTF-8
+    for key in keys:
+        assert len(key.encode()) == 250
+        store.set(key, b"v", 2)
+    assert store.get_many(keys) == {key: (b"v", 2) for key in keys}
+    assert store.delete_many(keys) == 2
+    assert store.curr_items() == 0
+
+
 @integration
 def test_unreachable_store_raises_store_error_fast() -> None:
     endpoint = Endpoint(HOST, free_port())

@@ -23,7 +23,7 @@ from cluster.gearman.protocol import GearmanConnection, PacketType, request
 from cluster.health import Health, check_gearmand
 from cluster.local.memcached_server import start_memcached
 from cluster.process import free_port, kill_pid, stop_pid
-from cluster.restore import restore
+from cluster.restore import RestoreIncomplete, restore
 from cluster.store import Store
 from tests.conftest import HOST, RunningGearmand
 from tests.test_restore import queued, started_gearmand
@@ -222,3 +222,39 @@ def test_health_check_does_not_grow_with_a_worker_registering_many_names(
         check = check_gearmand(gearmand.pid, gearmand.endpoint, timeout=5)
     assert check.health is Health.SERVING and not check.functions_complete
     assert 0 < len(check.functions) < len(names) and set(check.functions) <= set(names)
+
+
+def test_a_key_that_grows_past_250_bytes_with_the_prefix_is_reported_not_retried_forever(
+    memcached: Endpoint, tmp_path: Path
+) -> None:
+    """`g9_` + a 210-byte name + '-' + a UUID is 250 bytes; under `g10_` it would be 251."""
+    function = "f" * (250 - len("g9_") - 1 - 36)
+    key = f"g9_{function}-{uuid.uuid4()}"
+    assert len(key) == 250
+    Store(memcached).set(key, b"payload", 1)
+    store = Store(memcached)
+    with started_gearmand(memcached, "g10_", tmp_path) as (target, _):
+        report = restore(store, target, expected=1, keep_prefix="g10_", known_functions=set())
+        assert queued(target) == {}
+    assert report.moved == 0 and list(report.refused) == [key]
+    assert "passes 250 bytes" in report.refused[key]
+    assert Store(memcached).get(key) == (b"payload", 1)
+    store.close()
+
+
+def test_keys_deleted_by_someone_else_after_the_count_are_counted_out_for_the_retry(
+    memcached: Endpoint, tmp_path: Path
+) -> None:
+    """Issue 13: the count said 50, someone deleted 5 keys before the restore: the restore says
+    5 were never listed and expects nothing more, instead of failing every retry."""
+    store_jobs(memcached, "g1_", [(FUNCTION, b"p", f"recount-{n}") for n in range(50)])
+    store = Store(memcached)
+    for n in range(5):
+        store.delete(f"g1_{FUNCTION}-recount-{n}")
+    with started_gearmand(memcached, "g2_", tmp_path) as (target, _):
+        with pytest.raises(RestoreIncomplete) as incomplete:
+            restore(store, target, expected=50, keep_prefix="g2_", known_functions={FUNCTION})
+        report = incomplete.value.report
+        assert (report.moved, report.unseen, report.left_in_store) == (45, 5, 0)
+        assert queued(target) == {FUNCTION: 45}
+    store.close()
