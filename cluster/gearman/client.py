@@ -223,8 +223,9 @@ class Client:
             nonlocal pending
             conn.read_timeout = self.read_timeout
             answers: list[bytes | None] = []
+            rest = packets if len(pending) == len(packets) else [packets[i] for i in pending]
             try:
-                answers = conn.submit_packets([packets[i] for i in pending], window=window)
+                answers = conn.submit_packets(rest, window=window)
             except (BatchSubmitError, BatchConnectionError) as exc:
                 answers = exc.handles
                 raise
