@@ -38,7 +38,6 @@ DEFAULT_PREFIX = "gear_"
 MAX_KEY_BYTES = 250
 _PREFIX = re.compile(r"g(0|[1-9][0-9]{0,17})_|gear_")
 _UUID = re.compile(r"-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_UNWRITABLE = re.compile("[ \r\n\0]")
 _UUID_TAIL = 37  # '-' and the 36 characters of a UUID
 
 
@@ -118,13 +117,13 @@ def split_function_unique(rest: str, known_functions: Collection[str] = ()) -> K
     text holds a character gearmand never writes into a key (a NUL, which its protocol cannot
     carry; a space, CR or LF, which break its text-protocol `add`): such keys were planted.
     """
-    if _UNWRITABLE.search(rest):
+    if " " in rest or "\n" in rest or "\r" in rest or "\0" in rest:
         raise JobKeyError(
             f"{rest[:80]!r} holds a space, CR, LF or NUL: gearmand never writes one (and a space "
             "would corrupt its text-protocol `add`)"
         )
     cut = len(rest) - _UUID_TAIL
-    if cut > 0 and _UUID.fullmatch(rest, cut):
+    if cut > 0 and rest[cut] == "-" and _UUID.fullmatch(rest, cut):
         return KeySplit(rest[:cut], rest[cut + 1 :], SplitMethod.UUID_UNIQUE)
     last = rest.rfind("-", 1)
     if last < 0:

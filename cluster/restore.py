@@ -205,6 +205,7 @@ class _KeyReader:
         self.known = frozenset(known_functions)
         self.keep_prefix = keep_prefix
         self.live_epoch = _epoch_or_none(keep_prefix)
+        self.older: dict[str, bool] = {}  # prefix -> older than the live gearmand's (or unknown)
 
     def job(self, key: str, payload: bytes, flags: int, chunk: _Chunk) -> Job | None:
         """The job stored under `key`; None (counted in `chunk`) to skip or defer it."""
@@ -213,8 +214,11 @@ class _KeyReader:
             if parts is None:
                 raise JobKeyError("no gearmand prefix (g<epoch>_ or gear_)")
             prefix, rest = parts
-            epoch = prefix_epoch(prefix)
-            if self.live_epoch is not None and epoch is not None and epoch >= self.live_epoch:
+            if prefix not in self.older:
+                epoch = prefix_epoch(prefix)
+                live = self.live_epoch
+                self.older[prefix] = live is None or epoch is None or epoch < live
+            if not self.older[prefix]:
                 raise JobKeyError(f"prefix {prefix} is not older than the live {self.keep_prefix}")
             function, unique, _ = split_function_unique(rest, self.known)
         except AmbiguousKeyError:
