@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -91,6 +91,21 @@ class AgentMetrics:
             ["node"],
             registry=r,
         ).labels(node)
+        self.refused = Gauge(
+            "gearctl_refused_jobs",
+            "Stored jobs every gearmand refused twice (a full store): they wait in the store and "
+            "are tried again every 30 s",
+            ["node"],
+            registry=r,
+        ).labels(node)
+        self.names_unpublished = Counter(
+            "gearctl_function_names_unpublished",
+            "Function names gearmand listed that the agent left unpublished in ZooKeeper, by "
+            "the bound they hit: size (no job key can hold them), count (ZooKeeper holds enough), "
+            "rate (too many new ones a minute); counted at every health check",
+            ["node", "reason"],
+            registry=r,
+        )
         self.takeovers = Counter(
             "gearctl_takeovers",
             "Take-overs of dead peers' stores by this agent, by outcome: started, done, "
@@ -119,7 +134,7 @@ class AgentMetrics:
         ).labels(node)
         for outcome in ("started", "done", "interrupted"):
             self.takeovers.labels(node, outcome)
-        for result in ("moved", "deferred"):
+        for result in ("moved", "overflowed", "deferred", "refused", "skipped"):
             self.restore_jobs.labels(node, result)
         self.agent_state.state(NodeState.STARTING)
         self.live = LiveCollector(node, gearman, store, timeout)
@@ -152,12 +167,18 @@ class AgentMetrics:
     # -- hooks --------------------------------------------------------------------------------
 
     def record(self, record: MemberRecord) -> None:
-        """Mirror the agent's member record: state, deferred jobs, restarts."""
+        """Mirror the agent's member record: state, deferred and refused jobs, restarts."""
         self.agent_state.state(record.state)
         self.deferred.set(record.deferred_jobs)
+        self.refused.set(record.refused_jobs)
         if record.restarts > self._restarts_seen:
             self.restarts.inc(record.restarts - self._restarts_seen)
             self._restarts_seen = record.restarts
+
+    def names_left_out(self, left_out: Mapping[str, int]) -> None:
+        """Function names a health check left unpublished, by reason."""
+        for reason, count in left_out.items():
+            self.names_unpublished.labels(self.node, reason).inc(count)
 
     def restored(self, report: RestoreReport) -> None:
         """A finished restore of the node's own store."""

@@ -9,22 +9,28 @@ drain), and the refused one stays in the store and is reported.
 
 from __future__ import annotations
 
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from cluster import coord
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
+from cluster.functions import FunctionRegistry
 from cluster.gearman.admin import STATUS_NAMES_BYTES
 from cluster.gearman.client import Client
 from cluster.gearman.protocol import GearmanConnection, PacketType, request
 from cluster.health import Health, check_gearmand
 from cluster.local.memcached_server import start_memcached
+from cluster.namebound import PER_MINUTE
 from cluster.process import free_port, kill_pid, stop_pid
 from cluster.restore import RestoreIncomplete, restore
 from cluster.store import Store
+from tests.clusterctl import local_cluster, node, status_json
+from tests.clusterctl import wait_until as wait_status
 from tests.conftest import HOST, RunningGearmand
 from tests.test_restore import queued, started_gearmand
 
@@ -208,12 +214,13 @@ def test_jobs_with_an_empty_unique_restore_as_the_one_gearmand_kept(
     store.close()
 
 
-def test_health_check_does_not_grow_with_a_worker_registering_many_names(
-    gearmand: RunningGearmand,
+def test_a_worker_registering_many_names_grows_neither_health_checks_nor_zookeeper(
+    gearmand: RunningGearmand, zookeeper: Endpoint
 ) -> None:
-    """A worker that registers 20k random 180-byte names makes `status` 3.7 MB (100k such names
+    """A worker registers 20k random 180-byte names, making `status` 3.7 MB (100k such names
     pass 16 MB and took gearmand more than 30 s to list): the health check reads at most
-    STATUS_NAMES_BYTES of it and says the list is cut."""
+    STATUS_NAMES_BYTES of it and says the list is cut, and what is published to ZooKeeper is
+    bounded by the rate (the rest counted by reason)."""
     names = [f"{n:06d}-{uuid.uuid4().hex * 5}"[:180] for n in range(20_000)]
     with GearmanConnection(gearmand.endpoint, read_timeout=60) as worker:
         worker.send_many(request(PacketType.CAN_DO, name.encode()) for name in names)
@@ -222,6 +229,11 @@ def test_health_check_does_not_grow_with_a_worker_registering_many_names(
         check = check_gearmand(gearmand.pid, gearmand.endpoint, timeout=5)
     assert check.health is Health.SERVING and not check.functions_complete
     assert 0 < len(check.functions) < len(names) and set(check.functions) <= set(names)
+    with coord.session(str(zookeeper), f"names-{uuid.uuid4().hex[:8]}") as session:
+        registry = FunctionRegistry(session)
+        left_out = registry.publish(check.functions)
+        assert left_out == {"rate": len(check.functions) - PER_MINUTE}
+        assert len(session.function_names()) == PER_MINUTE
 
 
 def test_a_key_that_grows_past_250_bytes_with_the_prefix_is_reported_not_retried_forever(
@@ -258,3 +270,24 @@ def test_keys_deleted_by_someone_else_after_the_count_are_counted_out_for_the_re
         assert (report.moved, report.unseen, report.left_in_store) == (45, 5, 0)
         assert queued(target) == {FUNCTION: 45}
     store.close()
+
+
+def test_a_refusal_that_repeats_is_a_reported_state_not_a_restore_loop(tmp_path: Path) -> None:
+    """One node. A big job is acknowledged, then its store fills up for large items and its
+    gearmand dies: the restore cannot put the job's new copy next to the old one, and no peer
+    can take it. The node serves; status and metrics say one job is refused; it stays stored."""
+    with local_cluster(tmp_path / "c", nodes=1) as directory:
+        first = node(status_json(directory), "node1")
+        endpoint, store = Endpoint.parse(first["gearman"]), Endpoint.parse(first["store"])
+        with GearmanConnection(endpoint) as conn:
+            conn.submit_background_many([(f, u, p, "normal") for f, p, u in mixed_jobs("agent")])
+        fill_for_large(store)
+        kill_pid(first["gearmand_pid"])
+        back = node(wait_status(directory, lambda s: node(s, "node1")["restarts"] == 1
+                                and node(s, "node1")["state"] == "serving"), "node1")  # fmt: skip
+        assert (back["refused_jobs"], back["queued_jobs"]) == (1, SMALL)
+        assert len(keys_with(store, "agent-big")) == 1
+        with urllib.request.urlopen(f"http://{back['metrics']}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        assert 'gearctl_refused_jobs{node="node1"} 1.0' in metrics
+        assert 'gearctl_restore_jobs_total{node="node1",result="refused"} 1.0' in metrics

@@ -32,6 +32,7 @@ class NodeStatus:
     store_items: int | None
     restarts: int
     deferred_jobs: int
+    refused_jobs: int  # stored jobs every gearmand refused twice (a full store): they wait
     gearmand_started: float | None = None  # last (re)start of its gearmand (epoch's mtime)
     zk_session: str | None = None  # the agent's ZooKeeper session (holds its member record)
     zk_session_state: str | None = None  # "live"; "expiring" while a dead agent's lingers
@@ -97,6 +98,7 @@ def node_status(
         store_items=_store_items(Endpoint.parse(node.store)),
         restarts=member.restarts if member else 0,
         deferred_jobs=member.deferred_jobs if member else 0,
+        refused_jobs=member.refused_jobs if member else 0,
         gearmand_started=gearmand_started,
         zk_session=session_text(entry.session) if entry else None,
         zk_session_state=("live" if agent_alive else "expiring") if entry else None,
