@@ -281,6 +281,7 @@ def _submit_straight_to_node1(ctx: DrillContext, gearman: Endpoint) -> None:
         with GearmanConnection(gearman) as conn:
             conn.submit_background(job.function, job.payload, unique=job.unique)
     except GearctlError as exc:
+        ctx.extra_refused.add(job.unique)
         ctx.event(f"a submit straight to node1 is refused ({exc})")
         return
     ctx.extra_acknowledged.add(job.unique)
