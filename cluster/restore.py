@@ -28,8 +28,10 @@ gearmand answers every submit of a pipeline, in order, and goes on after refusin
 QUEUE_ERROR: a store full for large items takes small ones still). Each answer is mapped to its
 job: exactly the acknowledged keys are deleted, the refused ones stay. Once the other jobs are
 moved (their deletes may have made room), the refused ones are submitted once more; those refused
-again are the report's `refused` (key and gearmand's reason). That is a result, not a failure to
-retry in a loop: the caller reports it (log, metric, node status) and tries again later.
+again go to the other live gearmands the caller names (`overflow`: a restart into a store full for
+large items cannot hold a large job's new copy next to its old one). What is still refused is the
+report's `refused` (key and gearmand's reason): a result, not a failure to retry in a loop; the
+caller reports it (log, metric, node status) and tries again later.
 
 The moving is pipelined, so gearmand is never idle while the store is read or written: keys go in
 chunks of `CHUNK`, all submitted in cas order on one gearmand connection by the calling thread,
