@@ -248,9 +248,10 @@ def store_full(ctx: DrillContext) -> None:
     store.close()
     ctx.event(f"node1's store full after {fillers} items of {STORE_FULL_ITEM:,} bytes that are "
               f"not gearmand's; {STORE_FULL_ROOM} deleted again")  # fmt: skip
+    sizes = ("big", "small", "small") * STORE_FULL_BIG
     jobs = [Job(FUNCTIONS[n % 3], f"{ctx.scenario}-{size}-{n}",
                 (b"B" * STORE_FULL_ITEM) if size == "big" else b"small %d" % n, "normal")
-            for n in range(STORE_FULL_BIG) for size in ("big", "small", "small")]  # fmt: skip
+            for n, size in enumerate(sizes)]  # fmt: skip
     ctx.extra_jobs.extend(jobs)
     with GearmanConnection(Endpoint.parse(ctx.node("node1")["gearman"])) as conn:
         try:
