@@ -279,11 +279,14 @@ def test_bad_batch_raises_before_anything_is_sent(fakes: list[FakeGearmand]) -> 
 def test_batch_generates_distinct_uuid_uniques(fakes: list[FakeGearmand]) -> None:
     fakes.append(FakeGearmand(acking(b"a")))
     with Client(servers=[fakes[0].endpoint]) as client:
-        handles = client.submit_background_many([("f", b"p")] * 50 + [("f", "s", None, "low")])
+        handles = client.submit_background_many(
+            [("f", b"p")] * 48 + [("f", b"p", ""), ("f", b"p", None), ("f", "s", None, "low")]
+        )
+        client.submit_background("f", b"p", unique="")
     assert len(handles) == 51
     uniques = [p.args[1].decode() for p in fakes[0].received]
-    assert len(set(uniques)) == 51
-    assert fakes[0].received[-1].type is PacketType.SUBMIT_JOB_LOW_BG
+    assert len(set(uniques)) == 52 and all(uuid.UUID(u) for u in uniques)  # never an empty one
+    assert fakes[0].received[-2].type is PacketType.SUBMIT_JOB_LOW_BG
 
 
 def test_new_uniques_are_uuid4() -> None:

@@ -16,9 +16,10 @@ Failover rules:
   for large jobs): the refused jobs, and those whose answer a broken connection lost, go on to
   the next server; acknowledged jobs are never sent again, and `retry_timeout` counts from the
   last acknowledgement.
-- A retried job keeps its unique. When the caller gives none the client makes a UUID4 (as
-  libgearman does): gearmand keeps an empty unique empty, and its libmemcached queue stores each
-  job under `<prefix><function>-<unique>`, so jobs with empty uniques would overwrite each other.
+- A retried job keeps its unique. When the caller gives none (None or "") the client makes a
+  UUID4 (as libgearman does), so it never sends an empty unique: gearmand keeps an empty unique
+  empty, and its libmemcached queue stores each job under `<prefix><function>-<unique>`, so jobs
+  with empty uniques overwrite each other (only the last one per function is durable).
 - Delivery is at least once across a failover: a submit whose JOB_CREATED was lost with the
   connection may have been persisted by the server that died, and runs again when that store
   is restored. A foreground job interrupted by its server's death is run again on another one.
@@ -191,7 +192,7 @@ class Client:
         priority: str = "normal",
     ) -> bytes:
         """Queue a background job; return its handle once a server acknowledged it."""
-        job_unique = new_unique() if unique is None else unique
+        job_unique = unique or new_unique()
         data = as_payload(payload)
         Priority.parse(priority)
 
@@ -260,7 +261,7 @@ class Client:
         while the job runs, the job is submitted again to another server. JobTimeoutError when
         no result came within `timeout` seconds; NoServerError when no server took the job.
         """
-        job_unique = new_unique() if unique is None else unique
+        job_unique = unique or new_unique()
         data = as_payload(payload)
         type_ = foreground_submit_type(priority)
         deadline = time.monotonic() + timeout

@@ -665,9 +665,11 @@ def encode_background(jobs: Iterable[object], uniques: Iterator[str]) -> list[by
     """One background submit packet per job, every job checked before any is sent.
 
     A job is (function, payload[, unique[, priority]]) or an object with those attributes
-    (cluster.gearman.client.BackgroundJob); a payload is bytes or str; a missing or None unique is
-    taken from `uniques`. ValueError for a bad priority or a NUL in a function or unique,
-    TypeError for anything else. One pass: the normalizing is the framing loop itself.
+    (cluster.gearman.client.BackgroundJob); a payload is bytes or str; a missing, None or empty
+    unique is taken from `uniques` (empty when it gives none: a raw connection sends what it is
+    given, so the restore can bring back a job stored with an empty unique). ValueError for a
+    bad priority or a NUL in a function or unique, TypeError for anything else. One pass: the
+    normalizing is the framing loop itself.
     """
     pack, req = HEADER.pack, Magic.REQ.value
     heads: dict[tuple[str, str], tuple[PacketType, bytes]] = {}
@@ -693,8 +695,8 @@ def encode_background(jobs: Iterable[object], uniques: Iterator[str]) -> list[by
             last_function, last_priority = function, priority
         if type(payload) is not bytes:
             payload = as_payload(payload)
-        if unique is None:
-            unique = next(uniques)
+        if not unique:
+            unique = next(uniques, "")
         elif "\0" in unique:
             raise ValueError(f"unique {unique!r} contains NUL")
         data = b"%s%s\0%s" % (name, unique.encode("utf-8", "surrogateescape"), payload)
