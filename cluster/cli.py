@@ -303,7 +303,8 @@ def _print_ledger(result: DrillResult) -> None:
                f"{ledger.acknowledged}, executed {ledger.executed}, lost {ledger.lost}, "
                f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), re-run "
                f"{ledger.reruns} (in flight at a fault {ledger.in_flight_at_faults}), unexpected "
-               f"{ledger.unexpected}, recovered in {result.recovery_seconds:.2f}s")  # fmt: skip
+               f"{ledger.unexpected}, refused {ledger.refused}, recovered in "
+               f"{result.recovery_seconds:.2f}s")  # fmt: skip
     fg = result.foreground
     if fg is not None:
         typer.echo(f"     foreground: attempted {fg.attempted}, acknowledged {fg.acknowledged}, "

@@ -39,6 +39,7 @@ class NodeStatus:
     store_items: int | None
     restarts: int
     deferred_jobs: int
+    refused_jobs: int  # stored jobs every gearmand refused twice (a full store): they wait
     gearmand_started: float | None = None  # last (re)start of its gearmand (epoch's mtime)
     zk_session: str | None = None  # the agent's ZooKeeper session (holds its member record)
     zk_session_state: str | None = None  # "live"; "expiring" while a dead agent's lingers
@@ -164,6 +165,7 @@ def _node(
         store_items=probe.store_items,
         restarts=member.restarts if member else 0,
         deferred_jobs=member.deferred_jobs if member else 0,
+        refused_jobs=member.refused_jobs if member else 0,
         zk_session=session_text(entry.session) if entry else None,
         zk_session_state=("live" if agent_alive else "expiring") if entry else None,
         gearmand_up=probe.functions is not None,

@@ -52,6 +52,7 @@ def node_status(metrics: AgentMetrics) -> dict[str, Any]:
         "gearmand_pid": record.gearmand_pid if record and state != NodeState.FENCED else None,
         "restarts": record.restarts if record else 0,
         "deferred_jobs": record.deferred_jobs if record else 0,
+        "refused_jobs": record.refused_jobs if record else 0,
         "version": record.version if record else None,
     }
 

@@ -19,7 +19,7 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -116,8 +116,10 @@ class AgentMetrics:
         ).labels(node)
         self.restore_jobs = Counter(
             "gearctl_restore_jobs",
-            "Stored jobs of the node's own store by restore result: moved back into gearmand, "
-            "or deferred (their function name is not known yet)",
+            "Stored jobs of the node's own store by restore result: moved back into gearmand "
+            "(overflowed: of those, to another node's, its own refusing them twice), deferred "
+            "(their function name is not known yet), refused (by every gearmand, twice: they "
+            "stay in the store), skipped (keys that are not gearmand's)",
             ["node", "result"],
             registry=r,
         )
@@ -134,6 +136,21 @@ class AgentMetrics:
             ["node"],
             registry=r,
         ).labels(node)
+        self.refused = Gauge(
+            "gearctl_refused_jobs",
+            "Stored jobs every gearmand refused twice (a full store): they wait in the store and "
+            "are tried again every 30 s",
+            ["node"],
+            registry=r,
+        ).labels(node)
+        self.names_unpublished = Counter(
+            "gearctl_function_names_unpublished",
+            "Function names gearmand listed that the agent left unpublished in ZooKeeper, by "
+            "the bound they hit: size (no job key can hold them), count (ZooKeeper holds enough), "
+            "rate (too many new ones a minute); counted at every health check",
+            ["node", "reason"],
+            registry=r,
+        )
         self.takeovers = Counter(
             "gearctl_takeovers",
             "Take-overs of dead peers' stores by this agent, by outcome: started, done, "
@@ -169,7 +186,7 @@ class AgentMetrics:
         )
         for outcome in ("started", "done", "interrupted"):
             self.takeovers.labels(node, outcome)
-        for result in ("moved", "deferred"):
+        for result in ("moved", "overflowed", "deferred", "refused", "skipped"):
             self.restore_jobs.labels(node, result)
         for how in ("down", "restarted"):
             self.store_losses.labels(node, how)
@@ -210,7 +227,8 @@ class AgentMetrics:
     # -- hooks --------------------------------------------------------------------------------
 
     def record(self, record: MemberRecord) -> None:
-        """Mirror the agent's member record: state, deferred jobs, restarts, gearmand start."""
+        """Mirror the agent's member record: state, deferred and refused jobs, restarts,
+        gearmand start."""
         self.latest = record
         self.state = record.state
         self.agent_state.state(record.state)
@@ -222,14 +240,23 @@ class AgentMetrics:
             self.gearmand_start.set(started)
         self._gearmand_pid = record.gearmand_pid
         self.deferred.set(record.deferred_jobs)
+        self.refused.set(record.refused_jobs)
         if record.restarts > self._restarts_seen:
             self.restarts.inc(record.restarts - self._restarts_seen)
             self._restarts_seen = record.restarts
 
+    def names_left_out(self, left_out: Mapping[str, int]) -> None:
+        """Function names a health check left unpublished, by reason."""
+        for reason, count in left_out.items():
+            self.names_unpublished.labels(self.node, reason).inc(count)
+
     def restored(self, report: RestoreReport) -> None:
         """A finished restore of the node's own store."""
         self.moved(report.moved)
+        self.restore_jobs.labels(self.node, "overflowed").inc(report.overflowed)
         self.restore_jobs.labels(self.node, "deferred").inc(report.deferred)
+        self.restore_jobs.labels(self.node, "refused").inc(len(report.refused))
+        self.restore_jobs.labels(self.node, "skipped").inc(len(report.skipped))
         self.restore_seconds.observe(report.seconds)
 
     def moved(self, jobs: int) -> None:
@@ -318,8 +345,10 @@ class LiveCollector(Collector):
         return self._families(reading, errors)
 
     def _functions(self) -> list[FunctionStatus] | None:
+        """The functions of the first STATUS_NAMES_BYTES of `status`: a client registering many
+        names makes neither a scrape nor its series grow without bound."""
         try:
-            return AdminClient(self.gearman, timeout=self.timeout).status()
+            return AdminClient(self.gearman, timeout=self.timeout).status_head()[0]
         except GearctlError:
             return None
 
@@ -364,7 +393,8 @@ class LiveCollector(Collector):
         node = self.node
         up = GaugeMetricFamily(
             "gearctl_gearmand_up",
-            "1 if gearmand answers its admin `status` within the check timeout",
+            "1 if gearmand answers its admin `status` within the check timeout (its first MiB: "
+            "the per-function series stop there)",
             labels=["node"],
         )
         queued = GaugeMetricFamily(
