@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2)
+# systemd: only its systemd-analyze (tests/test_units.py checks the units in deploy/).
+packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2
+          systemd)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -16,7 +16,8 @@
 # filesystem, so each host's files live under $WORK/hosts/hN (gearctl_host_root) and services run
 # under deploy/gearctl-runner (no systemd here).
 # Env: KEEP=1 keeps $WORK (logs) after the run; ROLLING=0 skips the rolling-restart step;
-# LINT=0 skips ansible-lint; DRILL_JOBS (2000) sizes the failover drill.
+# LINT=0 skips ansible-lint; IDEMPOTENT=0 skips the second and the --check run; DRILL_JOBS (2000)
+# sizes the failover drill.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PREFIX=gcr
@@ -307,6 +308,7 @@ done
 say "metrics: every agent serves gearctl_gearmand_up 1.0 on its intranet address"
 
 # --- 3. second run changes nothing --------------------------------------------------------------
+if [ "${IDEMPOTENT:-1}" = 1 ]; then
 t=$(date +%s.%N)
 playbook site.yml "$WORK/site-2.log" || { tail -n 60 "$WORK/site-2.log" >&2; die "second site.yml failed"; }
 timed "site.yml second run" "$t"; SECOND=$LAST
@@ -328,6 +330,7 @@ if [ "$changed" != 0 ]; then
 fi
 timed "site.yml --check" "$t"
 say "site.yml --check: changed=0 (${LAST}s)"
+fi
 
 # --- 5. hardening: ACLs on the cluster's znodes, secret files 0600, services' users ------------
 for i in "${HOSTS[@]}"; do
@@ -368,15 +371,17 @@ PY
 say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials"
 
 # --- 5b. firewall: who reaches what (nftables table inet gearctl on every host) ----------------
-talk() {  # talk NS ADDR PORT REQUEST: send REQUEST from namespace NS (root namespace: -), print the reply
-  local run=(ip netns exec "$1"); [ "$1" = - ] && run=()
-  "${run[@]}" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3 || exit 9; printf '$4' >&3; timeout 2 cat <&3" 2>/dev/null | tr -d '\r'
+talk() {  # talk NS ADDR PORT REQUEST: send REQUEST from namespace NS (root namespace: -), print
+          # the reply (what came within 2 s; gearmand keeps the connection open); always status 0
+  local run=(ip netns exec "$1")
+  if [ "$1" = - ]; then run=(); fi
+  { "${run[@]}" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3 || exit 9; printf '$4' >&3; timeout 2 cat <&3" 2>/dev/null || true; } | tr -d '\r'
 }
 outsider=$PREFIX-h$OUTSIDER
 for check in "$SUBNET.12 11211 flush_all\r\nquit\r\n store" "$SUBNET.11 2181 srvr ZooKeeper" \
              "$SUBNET.11 9400 GET /metrics HTTP/1.0\r\n\r\n metrics" "$SUBNET.11 4730 status\r\n gearmand"; do
   read -r addr port request <<<"${check% *}"; what=${check##* }
-  reply=$(talk "$outsider" "$addr" "$port" "$request" || true)
+  reply=$(talk "$outsider" "$addr" "$port" "$request")
   [ -z "$reply" ] || die "firewall: h$OUTSIDER (not in the cluster) reached the $what on $addr:$port: '${reply:0:60}'"
   if ip netns exec "$outsider" timeout 3 bash -c "exec 3<>/dev/tcp/$addr/$port" 2>/dev/null; then
     die "firewall: h$OUTSIDER could connect to the $what on $addr:$port"
@@ -384,9 +389,9 @@ for check in "$SUBNET.12 11211 flush_all\r\nquit\r\n store" "$SUBNET.11 2181 srv
 done
 # The cluster's own hosts (and the controller as clients' and monitoring host) still get through.
 [ -n "$(talk "$PREFIX-h1" "$SUBNET.13" 11211 'stats\r\nquit\r\n' | grep curr_items)" ] || die "firewall: h1 cannot reach h3's store"
-talk "$PREFIX-h2" "$SUBNET.11" 2181 srvr | grep -q '^Mode:' || die "firewall: h2 cannot reach ZooKeeper on h1"
-talk "$PREFIX-h3" "$SUBNET.11" 4730 'status\r\n' | grep -q '^\.$' || die "firewall: h3 cannot reach gearmand on h1"
-talk - "$SUBNET.11" 9400 'GET /metrics HTTP/1.0\r\n\r\n' | grep -q '^gearctl_gearmand_up' || die "firewall: the monitoring host gets no metrics"
+talk "$PREFIX-h2" "$SUBNET.11" 2181 srvr | grep '^Mode:' >/dev/null || die "firewall: h2 cannot reach ZooKeeper on h1"
+talk "$PREFIX-h3" "$SUBNET.11" 4730 'status\r\n' | grep '^\.$' >/dev/null || die "firewall: h3 cannot reach gearmand on h1"
+talk - "$SUBNET.11" 9400 'GET /metrics HTTP/1.0\r\n\r\n' | grep '^gearctl_gearmand_up' >/dev/null || die "firewall: the monitoring host gets no metrics"
 [ -z "$(talk "$PREFIX-h2" "$SUBNET.11" 9400 'GET /metrics HTTP/1.0\r\n\r\n')" ] || die "firewall: h2 (not a monitoring host) got metrics"
 ip netns exec "$PREFIX-h1" logrotate -d "$WORK/hosts/h1/etc/logrotate.d/gearctl" >"$WORK/logrotate.out" 2>&1 \
   || { cat "$WORK/logrotate.out" >&2; die "logrotate rejects the agent's rotation"; }
@@ -425,14 +430,29 @@ cat "$WORK/workload.out" >&2
 # The order of the restarts, from the play log: "<task> <host>" per restart.
 restarts=$(awk '/TASK \[/ {task = $0} /^[0-9:.]+ changed: \[/ {
     if (task ~ /Restart ZooKeeper \(gearctl-runner\)/) print "zookeeper", $3
-    if (task ~ /Restart the agent \(gearctl-runner\)/) print "agent", $3 }' "$WORK/site-change.log" | tr -d '[]')
+    if (task ~ /Restart the agent \(gearctl-runner\)/) print "agent", $3
+    if (task ~ /Pause automatic take-overs/) print "pause", $3
+    if (task ~ /Resume automatic take-overs/) print "resume", $3 }' "$WORK/site-change.log" | tr -d '[]')
 echo "$restarts" >"$WORK/restarts.txt"
 zk_order=$(awk '$1 == "zookeeper" {print $2}' "$WORK/restarts.txt" | paste -sd' ')
 agent_order=$(awk '$1 == "agent" {print $2}' "$WORK/restarts.txt" | paste -sd' ')
 [ "$(wc -w <<<"$zk_order")" = 3 ] || die "ZooKeeper members restarted: '$zk_order', not all 3"
 [ "${zk_order##* }" = "$leader" ] || die "ZooKeeper restarts '$zk_order' did not end with the leader $leader"
 [ "$(wc -w <<<"$agent_order")" = 3 ] || die "agents restarted: '$agent_order', not all 3"
-grep -q 'Pause automatic take-overs' "$WORK/site-change.log" || die "take-overs were not paused"
+takeovers() {  # "paused" or "automatic" (the pause znode is absent)
+  "$REPO/.venv/bin/python" -c '
+import sys
+from cluster.zkclient import make_client
+from cluster.zkpaths import ClusterPaths
+zk = make_client(sys.argv[1], 4.0)
+zk.start(timeout=10)
+print("paused" if zk.exists(ClusterPaths("rollout").takeover_paused) else "automatic")
+zk.stop()' "$ZOOKEEPER"
+}
+paused=$(awk '$1 == "pause"' "$WORK/restarts.txt" | wc -l)
+resumed=$(awk '$1 == "resume"' "$WORK/restarts.txt" | wc -l)
+[ "$paused" = 6 ] && [ "$resumed" = 6 ] || die "take-overs paused $paused and resumed $resumed times, not 6 (one per restart)"
+[ "$(takeovers)" = automatic ] || die "take-overs are still paused after site.yml"
 say "change under load (${LAST}s): ZooKeeper restarted $zk_order (leader $leader last), agents $agent_order; $(head -n 2 "$WORK/workload.out" | paste -sd' ')"
 
 # --- 8. rolling restart -------------------------------------------------------------------------
@@ -448,7 +468,8 @@ if [ "${ROLLING:-1}" = 1 ]; then
     out=$(cat "$WORK/again-$i.out" 2>/dev/null || true)
     [ "$out" = "again $i" ] || die "node$i after restart: '$out'"
   done
-  say "jobs run through every node after the rolling restart"
+  [ "$(takeovers)" = automatic ] || die "take-overs are still paused after rolling-restart.yml"
+  say "jobs run through every node after the rolling restart (take-overs resumed)"
 fi
 say "timings: $(IFS=,; echo "${TIMINGS[*]}" | sed 's/,/, /g')"
 timed total "$T0"
