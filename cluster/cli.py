@@ -380,6 +380,57 @@ def takeover_resume(
         raise fail(exc) from None
 
 
+acl_app = typer.Typer(help="ZooKeeper ACLs of a cluster's znodes.", no_args_is_help=True)
+app.add_typer(acl_app, name="acl")
+
+
+@acl_app.command("check")
+def acl_check(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = "local",
+) -> None:
+    """List the cluster's znodes anyone may change; exit 1 if there is one (agents with
+    credentials refuse to run on such a tree)."""
+    from cluster import zksession
+    from cluster.local.cluster import locate
+
+    try:
+        with zksession.session(*locate(directory, zookeeper, cluster)) as session:
+            open_znodes = session.open_znodes()
+    except GearctlError as exc:
+        raise fail(exc) from None
+    for path in open_znodes:
+        typer.echo(f"writable by anyone: {path}")
+    typer.echo(f"{len(open_znodes)} znode(s) writable by anyone")
+    raise typer.Exit(1 if open_znodes else 0)
+
+
+@acl_app.command("fix")
+def acl_fix(
+    auth_file: Annotated[
+        Path,
+        typer.Option("--auth-file", help="The agents' credentials `user:password` (mode 0600)."),
+    ],
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = "local",
+) -> None:
+    """Give every znode anyone may change the credentials' ACL (theirs to change, everyone's
+    to read), as the agents create them."""
+    from cluster import zksession
+    from cluster.local.cluster import locate
+
+    try:
+        with zksession.session(*locate(directory, zookeeper, cluster), auth_file) as session:
+            closed = session.close_znodes()
+    except GearctlError as exc:
+        raise fail(exc) from None
+    for path in closed:
+        typer.echo(f"closed: {path}")
+    typer.echo(f"{len(closed)} znode(s) closed: only the credentials change the tree now")
+
+
 @takeover_app.command("list")
 def takeover_list(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
     """Every take-over of a dead node's store, oldest first."""

@@ -443,7 +443,7 @@ takeovers() {  # "paused" or "automatic" (the pause znode is absent)
   "$REPO/.venv/bin/python" -c '
 import sys
 from cluster.zkclient import make_client
-from cluster.zkpaths import ClusterPaths
+from cluster.coord import ClusterPaths
 zk = make_client(sys.argv[1], 4.0)
 zk.start(timeout=10)
 print("paused" if zk.exists(ClusterPaths("rollout").takeover_paused) else "automatic")
