@@ -368,7 +368,9 @@ zk.create("/gearctl/rollout/acl-probe", b"")
 zk.delete("/gearctl/rollout/acl-probe")
 zk.stop()
 PY
-say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials"
+"$REPO/.venv/bin/gearctl" acl check --zookeeper "$ZOOKEEPER" --cluster rollout >"$WORK/acl-check.out" \
+  || { cat "$WORK/acl-check.out" >&2; die "gearctl acl check: znodes writable by anyone"; }
+say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials (acl check: $(tail -n 1 "$WORK/acl-check.out"))"
 
 # --- 5b. firewall: who reaches what (nftables table inet gearctl on every host) ----------------
 talk() {  # talk NS ADDR PORT REQUEST: send REQUEST from namespace NS (root namespace: -), print
