@@ -24,25 +24,21 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
-
-from cluster import membership, zkclient
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
+from cluster.coord import Coordination, MemberRecord, NodeState, Owner, Purpose, StoreRecord
 from cluster.errors import GearctlError, LaunchError
+from cluster.fencing import SessionGuard
 from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.gearman.admin import is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import Health, check_gearmand
-from cluster.lease import SERVE, Owner, SessionGuard, StoreLease
-from cluster.membership import MemberRecord
 from cluster.metrics import AgentMetrics
 from cluster.process import is_program_on, kill_pid, log_tail, read_pidfile, stop_pid, wait_until
 from cluster.restore import RestoreIncomplete, RestoreReport, restore
 from cluster.store import Store
 from cluster.storeprobe import store_writable
-from cluster.takeover import StoreRecord, TakeoverWatcher
-from cluster.zkpaths import ClusterPaths
+from cluster.takeover import TakeoverWatcher
 
 log = logging.getLogger("gearctl.agent")
 
@@ -53,7 +49,6 @@ DEFERRED_RETRY_EVERY = 1.0  # seconds between tries of jobs whose function name 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.paths = ClusterPaths(config.cluster)
         self.stopping = threading.Event()
         self.fenced = threading.Event()
         self.session_renewed = threading.Event()  # set when a LOST session was replaced
@@ -62,15 +57,17 @@ class Agent:
         self.policy = RestartPolicy()
         self.store = Store(config.store, timeout=config.check_timeout * 2)
         self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
-        self.zk = zkclient.connect(config)
+        self.coord = Coordination.new(
+            config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
+        )
         self.guard = SessionGuard(
-            self.zk, config.session_timeout, config.safety_margin, self._fence,
+            self.coord, config.session_timeout, config.safety_margin, self._fence,
             self._on_reconnected,
         )  # fmt: skip
-        self.lease = StoreLease(self.zk, self.paths.store_owner(config.node), config.node, SERVE)
-        self.functions = FunctionRegistry(self.zk, self.paths.functions)
+        self.lease = self.coord.lease(config.node, config.node, Purpose.SERVE)
+        self.functions = FunctionRegistry(self.coord)
         self.takeovers = TakeoverWatcher(
-            self.zk, self.paths, config.node, config.gearman, self._may_drain, self.stopping,
+            self.coord, config.node, config.gearman, self._may_drain, self.stopping,
             metrics=self.metrics,
         )  # fmt: skip
         self.record = MemberRecord(
@@ -79,7 +76,7 @@ class Agent:
             store=str(config.store),
             agent_pid=os.getpid(),
             gearmand_pid=None,
-            state=membership.STARTING,
+            state=NodeState.STARTING,
         )
 
     @property
@@ -98,12 +95,14 @@ class Agent:
         self._connect_zookeeper()
         self.guard.start()
         try:
+            if self._tree_open():
+                return 1
             self._register()
             self.takeovers.start()
             while not self.stopping.is_set():
                 try:
                     self._serve_once()
-                except (GearctlError, KazooException) as exc:
+                except GearctlError as exc:
                     # ZooKeeper or the store went away mid-step: report, and start over from a
                     # stopped gearmand (the next count of the store needs it quiescent).
                     log.error("%s: %s", type(exc).__name__, exc)
@@ -124,8 +123,7 @@ class Agent:
         self._stop_gearmand()
         try:
             self.lease.release()
-            self.zk.stop()  # closing the session removes the ephemeral member record
-            self.zk.close()
+            self.coord.close()  # closing the session removes the ephemeral member record
         except Exception:
             log.exception("closing the ZooKeeper session failed")
         log.info("agent %s stopped", self.config.node)
@@ -143,7 +141,7 @@ class Agent:
             expected = self.store.curr_items()
         except GearctlError as exc:
             self.metrics.count_error(exc)
-            self._failed(f"store {self.config.store} unreachable: {exc}", membership.STORE_LOST)
+            self._failed(f"store {self.config.store} unreachable: {exc}", NodeState.STORE_LOST)
             return
         proc, prefix = self._start_gearmand()
         if proc is None:
@@ -155,12 +153,12 @@ class Agent:
         def waiting(owner: Owner) -> None:
             log.warning("store %s is held by %s (%s); waiting", self.config.node, owner.node,
                         owner.purpose)  # fmt: skip
-            self._update(state=membership.WAITING)
+            self._update(state=NodeState.WAITING)
 
         return self.lease.acquire(self.stopping, waiting) and not self.fenced.is_set()
 
     def _start_gearmand(self) -> tuple[subprocess.Popen[bytes] | None, str]:
-        epoch = self._next_epoch()
+        epoch = self.coord.next_epoch(self.config.node)
         launch = GearmandLaunch(
             endpoint=self.config.gearman,
             store=self.config.store,
@@ -195,16 +193,15 @@ class Agent:
         """Tell peers where our store and gearmand are, for a take-over after our death."""
         record = StoreRecord(address=str(self.config.store), gearman=str(self.config.gearman),
                              host=socket.gethostname(), gearmand_pid=gearmand_pid)  # fmt: skip
-        self.zk.ensure_path(self.paths.store(self.config.node))
-        self.zk.set(self.paths.store(self.config.node), record.encode())
+        self.coord.describe_store(self.config.node, record)
 
     def _may_drain(self) -> bool:
         """Peers' stores are drained only into a gearmand that serves, under a live session."""
-        return self.record.state == membership.SERVING and not self.fenced.is_set()
+        return self.record.state == NodeState.SERVING and not self.fenced.is_set()
 
     def _restore(self, proc: subprocess.Popen[bytes], expected: int, prefix: str) -> bool:
         """Restore until every old job is back (but deferred ones); False if we must stop."""
-        self._update(state=membership.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0)
+        self._update(state=NodeState.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0)
         while expected:
             log.info("restoring %d stored jobs", expected)
             try:
@@ -230,12 +227,11 @@ class Agent:
             self.metrics.restored(report)
             self._update(deferred_jobs=report.deferred)
             break
-        self._update(state=membership.SERVING)
+        self._update(state=NodeState.SERVING)
         return True
 
     def _known_functions(self) -> set[str]:
-        return known_in_cluster(self.zk, self.paths, self.functions, self.config.gearman,
-                                self.config.check_timeout)  # fmt: skip
+        return known_in_cluster(self.functions, self.config.gearman, self.config.check_timeout)
 
     def _restore_deferred(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
         """Try the deferred jobs again: function names may have become known since."""
@@ -285,7 +281,7 @@ class Agent:
                     proc.returncode, delay)  # fmt: skip
         if self.policy.crash_looping:
             self._failed(f"gearmand crash loop: {len(self.policy.deaths)} deaths")
-        self._update(state=membership.RESTARTING, restarts=self.record.restarts + 1,
+        self._update(state=NodeState.RESTARTING, restarts=self.record.restarts + 1,
                      gearmand_pid=None)  # fmt: skip
         self.stopping.wait(delay)
 
@@ -297,26 +293,26 @@ class Agent:
         cannot be deleted). `store-lost` takes the node off the live servers, so clients and
         workers that follow them go elsewhere; it is `serving` again once gearmand writes to
         the store again (cluster.storeprobe), which memcached answering does not yet mean."""
-        if self.record.state != membership.STORE_LOST:
+        if self.record.state != NodeState.STORE_LOST:
             if self.store.ping():
                 return True
             log.error("store %s lost: gearmand keeps its queued jobs in memory but cannot "
                       "persist new ones; waiting for the store", self.config.store)  # fmt: skip
-            self._update(state=membership.STORE_LOST)
+            self._update(state=NodeState.STORE_LOST)
             return False
         if not (self.store.ping() and store_writable(
                 self.config.gearman, self.config.node, self.config.check_timeout)):  # fmt: skip
             return False
         log.warning("store %s is back (empty if it was restarted): gearmand writes to it "
                     "again", self.config.store)  # fmt: skip
-        self._update(state=membership.SERVING)
+        self._update(state=NodeState.SERVING)
         return True
 
     def _publish_functions(self, names: tuple[str, ...]) -> None:
         """Record new function names in ZooKeeper (only names not published yet cost a write)."""
         try:
             self.functions.publish(names)
-        except KazooException as exc:
+        except GearctlError as exc:
             log.warning("could not publish function names: %s", exc)
 
     def _stop_gearmand(self, kill: bool = False) -> None:
@@ -337,7 +333,7 @@ class Agent:
             log.warning("stopping gearmand pid %d left by an earlier agent", pid)
             stop_pid(pid)
 
-    def _failed(self, reason: str, state: str = membership.FAILED) -> None:
+    def _failed(self, reason: str, state: NodeState = NodeState.FAILED) -> None:
         tail = log_tail(self.config.log_dir / "gearmand.log", 5)
         log.error("%s\nlast lines of gearmand.log:\n%s", reason, tail)
         self._update(state=state, gearmand_pid=None)
@@ -352,7 +348,7 @@ class Agent:
             if self.gearmand is not None:
                 kill_pid(self.gearmand.pid)
         log.error("fenced (%s): gearmand killed", reason)
-        self.record = self.record.with_changes(state=membership.FENCED, gearmand_pid=None)
+        self.record = self.record.with_changes(state=NodeState.FENCED, gearmand_pid=None)
         self.metrics.fenced()
 
     def _on_reconnected(self, session_was_lost: bool) -> None:
@@ -368,65 +364,61 @@ class Agent:
             self.session_renewed.clear()
             log.info("new ZooKeeper session: registering again")
             self._register()
-        self._update(state=membership.STARTING)
+        self._update(state=NodeState.STARTING)
 
     # -- ZooKeeper ----------------------------------------------------------------------------
 
     def _connect_zookeeper(self) -> None:
         """Connect, retrying with backoff: ZooKeeper being down is not a reason to crash."""
-        self.zk.add_listener(self.guard.listener)
-        self.zk.add_listener(self.metrics.zookeeper_state)
+        self.coord.add_listener(self.guard.listener)
+        self.coord.add_listener(self.metrics.zookeeper_state)
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                self.zk.start(timeout=max(5.0, self.config.session_timeout))
+                self.coord.start(timeout=max(5.0, self.config.session_timeout))
                 return
-            except Exception as exc:
+            except GearctlError as exc:
                 log.error("ZooKeeper %s unreachable (%s); retrying in %.1fs",
                           self.config.zookeeper_hosts, exc, delay)  # fmt: skip
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
 
+    def _tree_open(self) -> bool:
+        """With credentials, refuse a tree whose znodes anyone may change (created before the
+        credentials were set): anyone could then take a store's ownership or plant records."""
+        if self.config.zookeeper_auth is None or self.stopping.is_set():
+            return False
+        open_znodes = self.coord.open_znodes()
+        if open_znodes:
+            log.critical(
+                "refusing to run: %d znode(s) of cluster %s are writable by anyone (created "
+                "before ZooKeeper credentials were set), e.g. %s; close them with `gearctl acl "
+                "fix --zookeeper %s --cluster %s --auth-file FILE` (the agents' credentials)",
+                len(open_znodes), self.config.cluster, open_znodes[0],
+                self.config.zookeeper_hosts, self.config.cluster,
+            )  # fmt: skip
+        return bool(open_znodes)
+
     def _register(self) -> None:
         """Create our ephemeral member record, waiting out one left by an earlier session."""
-        path = self.paths.member(self.config.node)
         while not self.stopping.is_set():
             try:
-                self.zk.create(path, self.record.encode(), ephemeral=True, makepath=True)
-                return
-            except NodeExistsError:
-                log.warning("member %s still held by an earlier session; waiting", path)
+                if self.coord.register(self.record):
+                    return
+                log.warning("member %s still held by an earlier session; waiting",
+                            self.config.node)  # fmt: skip
                 self.stopping.wait(self.config.session_timeout / 4)
             except Exception as exc:
-                log.error("cannot register member %s: %s", path, exc)
+                log.error("cannot register member %s: %s", self.config.node, exc)
                 self.stopping.wait(1.0)
 
     def _update(self, **changes: object) -> None:
         self.record = self.record.with_changes(**changes)
         self.metrics.record(self.record)
         try:
-            self.zk.set(self.paths.member(self.config.node), self.record.encode())
+            self.coord.update_member(self.record)
         except Exception as exc:
             log.warning("could not update the member record: %s", exc)
-
-    def _next_epoch(self) -> int:
-        """Increment the store's incarnation counter (compare-and-set) and return it."""
-        path = self.paths.store_epoch(self.config.node)
-        while True:
-            try:
-                data, stat = self.zk.get(path)
-            except NoNodeError:
-                try:
-                    self.zk.create(path, b"1", makepath=True)
-                    return 1
-                except NodeExistsError:
-                    continue
-            epoch = int(data or b"0") + 1
-            try:
-                self.zk.set(path, str(epoch).encode(), version=stat.version)
-                return epoch
-            except BadVersionError:
-                time.sleep(0.01)
 
 
 def _log_progress(report: RestoreReport) -> None:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import signal
-import socket
 import sys
 import threading
 import time
@@ -152,10 +151,11 @@ def cluster_servers(
     cluster: Annotated[str, typer.Option("--cluster", help="Cluster name in ZooKeeper.")] = "local",
 ) -> None:
     """Print the live gearmand servers as host:port,... (gearman -h/-p, PHP addServers)."""
+    from cluster.local.cluster import locate
     from cluster.servers_cmd import live_servers
 
     try:
-        servers = live_servers(directory, zookeeper, cluster)
+        servers = live_servers(*locate(directory, zookeeper, cluster))
     except GearctlError as exc:
         raise fail(exc) from None
     if not servers:
@@ -303,6 +303,7 @@ def store_drain(
     """Drain a dead node's store into a live node, under the take-over's lease and fence."""
     from cluster import zksession
     from cluster.drain import drain_by_hand, rate_line
+    from cluster.local.cluster import locate
     from cluster.restore import RestoreReport
 
     # The outcome is reported below; the take-over module's own log lines would repeat it.
@@ -316,8 +317,9 @@ def store_drain(
 
     previous = signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
     try:
-        with zksession.session(directory, zookeeper, cluster, auth_file) as (zk, paths):
-            result = drain_by_hand(zk, paths, store, into, show if terminal else None, interrupted)
+        hosts, name = locate(directory, zookeeper, cluster)
+        with zksession.session(hosts, name, auth_file) as session:
+            result = drain_by_hand(session, store, into, show if terminal else None, interrupted)
     except GearctlError as exc:
         if as_json:
             typer.echo(json.dumps({"store": store, "into": into, "outcome": f"refused: {exc}"}))
@@ -343,17 +345,15 @@ def takeover_pause(
     auth_file: AuthFileOption = None,
 ) -> None:
     """Pause automatic take-over of dead nodes' stores (maintenance); `store drain` still works."""
-    from kazoo.exceptions import NodeExistsError
-
     from cluster import zksession
+    from cluster.coord import PauseRecord
+    from cluster.local.cluster import locate
 
-    record = json.dumps({"since": time.time(), "host": socket.gethostname()}).encode()
     try:
-        with zksession.session(directory, zookeeper, cluster, auth_file) as (zk, paths):
-            try:
-                zk.create(paths.takeover_paused, record, makepath=True)
+        with zksession.session(*locate(directory, zookeeper, cluster), auth_file) as session:
+            if session.pause_takeover(PauseRecord()):
                 typer.echo("automatic take-over paused; `gearctl takeover resume` to resume")
-            except NodeExistsError:
+            else:
                 typer.echo("automatic take-over was already paused")
     except GearctlError as exc:
         raise fail(exc) from None
@@ -367,19 +367,68 @@ def takeover_resume(
     auth_file: AuthFileOption = None,
 ) -> None:
     """Let survivors take dead nodes' stores over again (within a second)."""
-    from kazoo.exceptions import NoNodeError
-
     from cluster import zksession
+    from cluster.local.cluster import locate
 
     try:
-        with zksession.session(directory, zookeeper, cluster, auth_file) as (zk, paths):
-            try:
-                zk.delete(paths.takeover_paused)
+        with zksession.session(*locate(directory, zookeeper, cluster), auth_file) as session:
+            if session.resume_takeover():
                 typer.echo("automatic take-over resumed")
-            except NoNodeError:
+            else:
                 typer.echo("automatic take-over was not paused")
     except GearctlError as exc:
         raise fail(exc) from None
+
+
+acl_app = typer.Typer(help="ZooKeeper ACLs of a cluster's znodes.", no_args_is_help=True)
+app.add_typer(acl_app, name="acl")
+
+
+@acl_app.command("check")
+def acl_check(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = "local",
+) -> None:
+    """List the cluster's znodes anyone may change; exit 1 if there is one (agents with
+    credentials refuse to run on such a tree)."""
+    from cluster import zksession
+    from cluster.local.cluster import locate
+
+    try:
+        with zksession.session(*locate(directory, zookeeper, cluster)) as session:
+            open_znodes = session.open_znodes()
+    except GearctlError as exc:
+        raise fail(exc) from None
+    for path in open_znodes:
+        typer.echo(f"writable by anyone: {path}")
+    typer.echo(f"{len(open_znodes)} znode(s) writable by anyone")
+    raise typer.Exit(1 if open_znodes else 0)
+
+
+@acl_app.command("fix")
+def acl_fix(
+    auth_file: Annotated[
+        Path,
+        typer.Option("--auth-file", help="The agents' credentials `user:password` (mode 0600)."),
+    ],
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = "local",
+) -> None:
+    """Give every znode anyone may change the credentials' ACL (theirs to change, everyone's
+    to read), as the agents create them."""
+    from cluster import zksession
+    from cluster.local.cluster import locate
+
+    try:
+        with zksession.session(*locate(directory, zookeeper, cluster), auth_file) as session:
+            closed = session.close_znodes()
+    except GearctlError as exc:
+        raise fail(exc) from None
+    for path in closed:
+        typer.echo(f"closed: {path}")
+    typer.echo(f"{len(closed)} znode(s) closed: only the credentials change the tree now")
 
 
 @takeover_app.command("list")

@@ -30,11 +30,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster import membership
+from cluster.coord import AGENT_STATES, MemberRecord, NodeState, Outcome
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, StoreError
 from cluster.gearman.admin import AdminClient, FunctionStatus
-from cluster.membership import MemberRecord
 from cluster.restore import RestoreReport
 from cluster.store import Store
 
@@ -44,16 +43,6 @@ log = logging.getLogger("gearctl.metrics")
 disable_created_metrics()
 
 REFRESH_EVERY = 1.0  # seconds: scrapes closer together reuse the last reading
-AGENT_STATES = [
-    membership.STARTING,
-    membership.WAITING,
-    membership.RESTORING,
-    membership.SERVING,
-    membership.RESTARTING,
-    membership.FENCED,
-    membership.FAILED,
-    membership.STORE_LOST,
-]
 ZOOKEEPER_STATES = ["lost", "suspended", "connected"]  # kazoo's KazooState, lower case
 RESTORE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
@@ -78,7 +67,7 @@ class AgentMetrics:
             "The agent's state, as `gearctl cluster status` shows it",
             ["node"],
             registry=r,
-            states=AGENT_STATES,
+            states=list(AGENT_STATES),
         ).labels(node)
         self.restore_jobs = Counter(
             "gearctl_restore_jobs",
@@ -130,7 +119,7 @@ class AgentMetrics:
             self.takeovers.labels(node, outcome)
         for result in ("moved", "deferred"):
             self.restore_jobs.labels(node, result)
-        self.agent_state.state(membership.STARTING)
+        self.agent_state.state(NodeState.STARTING)
         self.live = LiveCollector(node, gearman, store, timeout)
         r.register(self.live)
 
@@ -180,7 +169,7 @@ class AgentMetrics:
 
     def fenced(self) -> None:
         self.fences.inc()
-        self.agent_state.state(membership.FENCED)
+        self.agent_state.state(NodeState.FENCED)
 
     def zookeeper_state(self, state: str) -> None:
         """A kazoo connection listener (called on kazoo's thread: only records)."""
@@ -193,10 +182,8 @@ class AgentMetrics:
     def takeover_started(self) -> None:
         self.takeovers.labels(self.node, "started").inc()
 
-    def takeover_finished(self, outcome: str, jobs: int) -> None:
-        """`outcome` as the take-over record has it: "done..." or "interrupted: ..."."""
-        label = "done" if outcome.startswith("done") else "interrupted"
-        self.takeovers.labels(self.node, label).inc()
+    def takeover_finished(self, outcome: Outcome, jobs: int) -> None:
+        self.takeovers.labels(self.node, outcome.value).inc()
         self.drained.inc(jobs)
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cluster import zkclient
+from cluster.coord import Coordination
 from cluster.local.status import collect
 
 if TYPE_CHECKING:
@@ -66,15 +66,14 @@ def watch(
     One ZooKeeper client serves every refresh; kazoo reconnects it (with a new session if the
     old one expired) while ZooKeeper is away, and the table says UNREACHABLE meanwhile.
     """
-    zk = zkclient.make_client(cluster.zookeeper, timeout=4.0)
+    session = Coordination.new(cluster.zookeeper, cluster.cluster, session_timeout=4.0)
     try:
-        zk.start_async().wait(FIRST_CONNECT_WAIT)
+        session.start_in_background(FIRST_CONNECT_WAIT)
         while True:
-            show(collect(cluster, zk))
+            show(collect(cluster, session))
             sleep(interval)
     finally:
-        zk.stop()
-        zk.close()
+        session.close()
 
 
 def as_json_line(status: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from cluster.coord import MemberRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import ConfigError
 from cluster.gearman.client import (
@@ -22,7 +23,6 @@ from cluster.gearman.client import (
 )
 from cluster.gearman.discovery import StaticServers, ZooKeeperServers, parse_servers
 from cluster.gearman.protocol import Packet, PacketType, decode, encode
-from cluster.membership import MemberRecord
 from cluster.servers_cmd import live_servers
 
 
@@ -416,7 +416,7 @@ def test_zookeeper_discovery_follows_members(zookeeper: Endpoint) -> None:
         assert changes.is_set()
         zk.set(base + "n2", record("n2", 1002, "restoring"))
         wait_for(lambda: len(source.servers()) == 2)
-        assert live_servers(None, str(zookeeper), cluster) == ["127.0.0.1:1001", "127.0.0.1:1002"]
+        assert live_servers(str(zookeeper), cluster) == ["127.0.0.1:1001", "127.0.0.1:1002"]
         zk.delete(base + "n1")
         wait_for(lambda: source.servers() == [Endpoint("127.0.0.1", 1002)])
         zk.create(base + "n1", record("n1", 1003, "serving"), ephemeral=True)

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from kazoo.client import KazooClient
 
-from cluster.lease import DRAIN, StoreLease
-from cluster.zkpaths import ClusterPaths
+from cluster import coord
+from cluster.coord import Purpose
 from tests.clusterctl import gearctl, local_cluster, node, status_json
 from tests.clusterctl import wait_until as wait_status
 from tests.test_takeover import JOBS, load, run_to_completion
@@ -55,18 +54,13 @@ def test_drain_is_refused_until_the_node_is_dead_and_fenced_then_moves_every_job
         assert status["takeover_paused"] is True and status["takeovers"] == []
         assert node(status, "node2")["store_items"] == JOBS
 
-        zk = KazooClient(hosts=status["zookeeper"]["address"])
-        zk.start(timeout=10)
-        try:
-            other = StoreLease(zk, ClusterPaths("local").store_owner("node2"), "node3", DRAIN)
+        with coord.session(status["zookeeper"]["address"], "local", timeout=10) as session:
+            other = session.lease("node2", "node3", Purpose.DRAIN)
             assert other.try_acquire() is None
             code, report, stderr = drain(directory, "node2", "node1")
             assert code == 1 and "held by node3 (drain" in stderr, stderr
             assert "another drain runs" in stderr
             other.release()
-        finally:
-            zk.stop()
-            zk.close()
 
         code, report, stderr = drain(directory, "node2", "node1")
         assert code == 0, stderr

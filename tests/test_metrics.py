@@ -18,12 +18,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.config import load_config
+from cluster.coord import MemberRecord, Outcome
 from cluster.drill.workload import Job, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
 from cluster.local.cluster import LocalCluster, write_agent_config
 from cluster.logsetup import JsonFormatter, configure
-from cluster.membership import MemberRecord
 from cluster.metrics import AgentMetrics
 from cluster.process import free_port
 from cluster.restore import RestoreReport
@@ -69,9 +69,9 @@ def test_hooks_count_what_the_agent_reports() -> None:
     metrics.restored(RestoreReport(expected=10, moved=8, deferred=2, seconds=0.4))
     metrics.moved(5)
     metrics.takeover_started()
-    metrics.takeover_finished("done; 1 jobs wait for their function name", 7)
+    metrics.takeover_finished(Outcome.DONE, 7)
     metrics.takeover_started()
-    metrics.takeover_finished("interrupted: lease lost", 3)
+    metrics.takeover_finished(Outcome.INTERRUPTED, 3)
     metrics.zookeeper_state("SUSPENDED")
     metrics.fenced()
     metrics.count_error(StoreError("store down"))

@@ -1,4 +1,4 @@
-"""SessionGuard's heartbeat, on a fake clock and a fake ZooKeeper client (pure logic)."""
+"""SessionGuard's heartbeat, on a fake clock and a fake coordination session (pure logic)."""
 
 from __future__ import annotations
 
@@ -6,35 +6,27 @@ from collections.abc import Callable
 
 import pytest
 
-from cluster import lease
-from cluster.lease import SessionGuard
-
-
-class Answer:
-    def successful(self) -> bool:
-        return True
+from cluster import fencing
+from cluster.fencing import SessionGuard
 
 
 class FakeZooKeeper:
-    """Answers every `exists_async` at once (or never, while `silent`)."""
+    """Answers every heartbeat at once (or never, while `silent`)."""
 
     def __init__(self) -> None:
         self.sent = 0
         self.silent = False
 
-    def exists_async(self, _path: str) -> FakeZooKeeper:
+    def heartbeat(self, answered: Callable[[bool], None]) -> None:
         self.sent += 1
-        return self
-
-    def rawlink(self, callback: Callable[[Answer], None]) -> None:
         if not self.silent:
-            callback(Answer())
+            answered(True)
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [1000.0]
-    monkeypatch.setattr(lease.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(fencing.time, "monotonic", lambda: now[0])
     return now
 
 

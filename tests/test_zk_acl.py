@@ -16,10 +16,10 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import Permissions
 
+from cluster.coord import ClusterPaths
 from cluster.endpoint import Endpoint
 from cluster.process import free_port, read_pidfile, stop_pid
 from cluster.zkclient import ZkCredentials, make_client
-from cluster.zkpaths import ClusterPaths
 from tests.conftest import HOST
 
 pytestmark = pytest.mark.integration

@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from cluster.coord import Coordination
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
@@ -44,10 +45,9 @@ from cluster.gearman.protocol import GearmanConnection
 from cluster.local import cluster as localcluster
 from cluster.local import netns
 from cluster.local.netns import HostNetwork
-from cluster.local.status import collect, connect, read_takeovers
+from cluster.local.status import collect, connect
 from cluster.process import free_port_block, is_running, wait_until
 from cluster.restore import BATCH
-from cluster.zkpaths import ClusterPaths
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
@@ -266,13 +266,12 @@ def partition_node(ctx: DrillContext) -> None:
     node1 = cluster.nodes[0]
     assert node1.netns is not None
     host = network.host(node1.netns)
-    paths = ClusterPaths(cluster.cluster)
     gearmand_pid = ctx.node("node1")["gearmand_pid"]
     zk = connect(cluster)
     if zk is None:
         raise GearctlError("drill: ZooKeeper does not answer")
     try:
-        session = zk.exists(paths.member("node1")).ephemeralOwner
+        session = zk.member_entry("node1").session
         log_before = len(ctx.agent_log("node1"))
         # At a random moment of node1's ZooKeeper traffic (its take-over scans run every second).
         time.sleep(random.uniform(0.0, PARTITION_JITTER))
@@ -280,7 +279,7 @@ def partition_node(ctx: DrillContext) -> None:
         partitioned_at = time.monotonic()
         ctx.event(f"partition: node1 ({host.name}, {host.address}) cut off from ZooKeeper and its "
                   f"peers ({host.veth_root} down)")  # fmt: skip
-        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, paths, gearmand_pid)
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, gearmand_pid)
         lines = ctx.agent_log("node1")[log_before:].splitlines()
         reasons = [line.split("fencing: ", 1)[1] for line in lines if "fencing: " in line]
         reason = reasons[0] if reasons else "no fencing line in node1's agent log"
@@ -290,12 +289,12 @@ def partition_node(ctx: DrillContext) -> None:
                           "the partition)")  # fmt: skip
         else:
             ctx.event(f"fenced {expired_at - fenced_at:.2f}s before the session expired ({reason})")
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
         ctx.event(f"take-over of node1's store by {takeover['by']} started")
         _check_partition(ctx, host, cluster)
         network.heal(host.name)
         ctx.event(f"heal: {host.veth_root} up")
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"] != "running")
+        takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"] != "running")
         ctx.event(f"take-over by {takeover['by']}: {takeover['outcome']}, {takeover['jobs']} jobs "
                   f"in {takeover['seconds']:.2f}s")  # fmt: skip
         how = f"taking over store node1: gearmand pid {gearmand_pid} is gone"
@@ -306,14 +305,13 @@ def partition_node(ctx: DrillContext) -> None:
             ctx.agent_log(takeover["by"])
         ):
             ctx.event(f"{takeover['by']} had first found it still running and waited")
-        _wait_node1_back(ctx, zk, paths, session, takeover, log_before)
+        _wait_node1_back(ctx, zk, session, takeover, log_before)
     finally:
-        zk.stop()
         zk.close()
 
 
 def _watch_fence_and_expiry(
-    ctx: DrillContext, zk: Any, paths: ClusterPaths, gearmand_pid: int
+    ctx: DrillContext, zk: Coordination, gearmand_pid: int
 ) -> tuple[float, float]:
     """(when node1's gearmand died, when its member record vanished), polled every 10 ms."""
     fenced_at = expired_at = None
@@ -325,7 +323,7 @@ def _watch_fence_and_expiry(
         if fenced_at is None and not is_running(gearmand_pid):
             fenced_at = time.monotonic()
             ctx.event(f"node1's agent fenced: gearmand pid {gearmand_pid} gone")
-        if expired_at is None and zk.exists(paths.member("node1")) is None:
+        if expired_at is None and zk.member_entry("node1") is None:
             expired_at = time.monotonic()
             ctx.event("survivors see node1's session expired (member record gone)")
         time.sleep(0.01)
@@ -333,11 +331,12 @@ def _watch_fence_and_expiry(
 
 
 def _wait_takeover(
-    ctx: DrillContext, zk: Any, paths: ClusterPaths, done: Callable[[dict[str, Any]], bool]
+    ctx: DrillContext, zk: Coordination, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
     deadline = time.monotonic() + PARTITION_TIMEOUT
     while time.monotonic() < deadline:
-        found = [t for t in read_takeovers(zk, paths) if t["store"] == "node1" and done(t)]
+        history = [t.as_json() for t in zk.takeover_history()]
+        found = [t for t in history if t["store"] == "node1" and done(t)]
         if found:
             return found[0]
         time.sleep(0.02)
@@ -369,8 +368,7 @@ def _check_partition(ctx: DrillContext, host: netns.Host, cluster: Any) -> None:
 
 def _wait_node1_back(
     ctx: DrillContext,
-    zk: Any,
-    paths: ClusterPaths,
+    zk: Coordination,
     old_session: int,
     takeover: dict[str, Any],
     log_before: int,
@@ -379,9 +377,9 @@ def _wait_node1_back(
     deadline = time.monotonic() + PARTITION_TIMEOUT
     while time.monotonic() < deadline:
         node = ctx.node("node1")
-        stat = zk.exists(paths.member("node1"))
-        if (node["state"] == "serving" and node["gearmand_pid"] and stat is not None
-                and stat.ephemeralOwner != old_session):  # fmt: skip
+        entry = zk.member_entry("node1")
+        if (node["state"] == "serving" and node["gearmand_pid"] and entry is not None
+                and entry.session != old_session):  # fmt: skip
             break
         time.sleep(0.05)
     else:
@@ -392,7 +390,7 @@ def _wait_node1_back(
         ctx.violation(f"node1's gearmand pid {pid} started during the drain of its store")
     log = ctx.agent_log("node1")[log_before:]
     waited = "store node1 is held by" in log
-    ctx.event(f"node1 back: new session {stat.ephemeralOwner:#x}, gearmand pid {pid} serving "
+    ctx.event(f"node1 back: new session {entry.session:#x}, gearmand pid {pid} serving "
               f"{started - takeover['finished']:.2f}s after the drain ended"
               + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
 

@@ -13,15 +13,17 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cluster import coord
+from cluster.coord import CoordinationError, NodeState
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.local.memcached_server import DEFAULT_MEMORY_MB, start_memcached
 from cluster.local.netns import exec_argv as netns_exec_argv
-from cluster.local.status import wait_serving
 from cluster.local.zookeeper_server import (
     JARS,
     ZooKeeperLaunch,
@@ -32,12 +34,15 @@ from cluster.local.zookeeper_server import (
 from cluster.process import (
     ProcessRef,
     is_program_on,
+    log_tail,
     read_pidfile,
     require_binary,
     spawn,
     stop_pid,
 )
 
+DEFAULT_DIR = Path(".gearctl")
+SERVING_TIMEOUT = 30.0
 LOCAL_HOST = "127.0.0.1"
 CLUSTER_NAME = "local"
 DEFAULT_SESSION_TIMEOUT = 4.0
@@ -250,6 +255,60 @@ def up(
         cluster.save()
         raise
     return cluster
+
+
+def wait_serving(
+    cluster: LocalCluster, progress: Progress, timeout: float = SERVING_TIMEOUT
+) -> None:
+    """Return once every node's agent reports `serving`; fail with the agent's log otherwise."""
+    try:
+        session = coord.connect(cluster.zookeeper, cluster.cluster, timeout, session_timeout=4.0)
+    except CoordinationError:
+        raise LaunchError(f"ZooKeeper {cluster.zookeeper} does not answer") from None
+    try:
+        deadline = time.monotonic() + timeout
+        waiting = {n.name for n in cluster.nodes}
+        while waiting:
+            members = session.members()
+            for name in sorted(waiting):
+                agent_pid = cluster.processes[f"agent:{name}"].pid
+                if not cluster.running(f"agent:{name}"):
+                    reason = f"the agent (pid {agent_pid}) exited"
+                    raise LaunchError(_agent_failure(cluster, name, reason))
+                member = members.get(name)
+                # A record left by an earlier agent's session does not count.
+                if member and member.state == NodeState.SERVING and member.agent_pid == agent_pid:
+                    progress(f"{name}: serving on {member.gearman}")
+                    waiting.discard(name)
+            if waiting and time.monotonic() > deadline:
+                reason = f"not serving after {timeout:.0f}s"
+                raise LaunchError(_agent_failure(cluster, sorted(waiting)[0], reason))
+            time.sleep(0.05)
+    finally:
+        session.close()
+
+
+def _agent_failure(cluster: LocalCluster, node: str, reason: str) -> str:
+    agent_log = cluster.node_dir(node) / "log" / "agent.log"
+    gearmand_log = cluster.node_dir(node) / "log" / "gearmand.log"
+    return (
+        f"{node}: {reason}\nlast lines of {agent_log}:\n{log_tail(agent_log)}"
+        f"\nlast lines of {gearmand_log}:\n{log_tail(gearmand_log, 5)}"
+    )
+
+
+def locate(directory: Path | None, zookeeper: str | None, cluster: str) -> tuple[str, str]:
+    """(ZooKeeper hosts, cluster name) for an operator command: given with `--zookeeper`, else
+    those of the local cluster in `directory` (default .gearctl)."""
+    if directory is not None and zookeeper is not None:
+        raise GearctlError("give --dir or --zookeeper, not both")
+    if zookeeper is not None:
+        return zookeeper, cluster
+    directory = directory or DEFAULT_DIR
+    local = LocalCluster.load(directory)
+    if local is None:
+        raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
+    return local.zookeeper, local.cluster
 
 
 def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress) -> None:

@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
-
-from cluster import membership, zkclient
+from cluster import coord
+from cluster.coord import Coordination, CoordinationError, MemberEntry, NodeState, session_text
 from cluster.endpoint import Endpoint
-from cluster.errors import GearctlError, LaunchError
+from cluster.errors import GearctlError
 from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.gearman.admin import AdminClient
 from cluster.jobkey import incarnation_prefix
+from cluster.local.cluster import LocalCluster
 from cluster.local.zookeeper_server import zookeeper_mode
-from cluster.membership import MemberEntry, read_member_entries, read_members, session_text
-from cluster.process import log_tail
 from cluster.store import Store
-from cluster.zkpaths import ClusterPaths
-
-if TYPE_CHECKING:
-    from cluster.local.cluster import LocalCluster
 
 PROBE_TIMEOUT = 1.0
-SERVING_TIMEOUT = 30.0
 
 
 @dataclass
@@ -49,43 +38,36 @@ class NodeStatus:
     metrics: str | None = None  # the agent's Prometheus endpoint (host:port), if it has one
 
 
-def connect(cluster: LocalCluster, timeout: float = 2.0) -> KazooClient | None:
-    """A started kazoo client, or None when ZooKeeper does not answer within `timeout`."""
-    zk = zkclient.make_client(cluster.zookeeper, timeout=4.0)
+def connect(cluster: LocalCluster, timeout: float = 2.0) -> Coordination | None:
+    """A started session on the local cluster, or None when ZooKeeper does not answer."""
     try:
-        zk.start(timeout=timeout)
-    except Exception:
-        zk.close()
+        return coord.connect(cluster.zookeeper, cluster.cluster, timeout, session_timeout=4.0)
+    except CoordinationError:
         return None
-    return zk
 
 
 def cluster_function_names(cluster: LocalCluster) -> set[str]:
     """Function names the cluster knows (ZooKeeper and its gearmands); empty without ZooKeeper."""
-    zk = connect(cluster)
-    if zk is None:
+    session = connect(cluster)
+    if session is None:
         return set()
     try:
-        paths = ClusterPaths(cluster.cluster)
         own = Endpoint.parse(cluster.nodes[0].gearman)
-        return known_in_cluster(zk, paths, FunctionRegistry(zk, paths.functions), own, 1.0)
+        return known_in_cluster(FunctionRegistry(session), own, 1.0)
     finally:
-        zk.stop()
-        zk.close()
+        session.close()
 
 
 def live_prefix(cluster: LocalCluster, node: str) -> str | None:
     """The key prefix of the gearmand that serves `node`'s store now; None if not known."""
-    zk = connect(cluster)
-    if zk is None:
+    session = connect(cluster)
+    if session is None:
         return None
     try:
-        return incarnation_prefix(int(zk.get(ClusterPaths(cluster.cluster).store_epoch(node))[0]))
-    except (NoNodeError, ValueError):
-        return None
+        epoch = session.epoch(node)
+        return incarnation_prefix(epoch[0]) if epoch else None
     finally:
-        zk.stop()
-        zk.close()
+        session.close()
 
 
 def node_status(
@@ -99,9 +81,9 @@ def node_status(
     agent_key = f"agent:{node.name}"
     agent_alive = cluster.running(agent_key)
     if not agent_alive:
-        state = membership.DOWN
+        state = NodeState.DOWN.value
     elif member is None:
-        state = membership.STARTING
+        state = NodeState.STARTING.value
     else:
         state = member.state
     return NodeStatus(
@@ -147,38 +129,35 @@ class _ZooKeeperView:
     takeover_paused: bool = False
 
 
-def _read_zookeeper(cluster: LocalCluster, zk: KazooClient | None) -> _ZooKeeperView:
-    if zk is None or not zk.connected:
-        return _ZooKeeperView(stores=[_store_status(None, ClusterPaths(""), n.name, n.store)
-                                      for n in cluster.nodes])  # fmt: skip
-    paths = ClusterPaths(cluster.cluster)
+def _read_zookeeper(cluster: LocalCluster, session: Coordination | None) -> _ZooKeeperView:
+    if session is None or not session.connected:
+        return _ZooKeeperView(stores=[_store_status(None, n.name, n.store) for n in cluster.nodes])
     try:
         return _ZooKeeperView(
             reachable=True,
-            members=read_member_entries(zk, paths),
-            stores=[_store_status(zk, paths, node.name, node.store) for node in cluster.nodes],
-            takeovers=read_takeovers(zk, paths),
-            takeover_paused=zk.exists(paths.takeover_paused) is not None,
+            members=session.member_entries(),
+            stores=[_store_status(session, node.name, node.store) for node in cluster.nodes],
+            takeovers=[takeover.as_json() for takeover in session.takeover_history()],
+            takeover_paused=session.takeover_paused(),
         )
-    except KazooException:  # the connection dropped while we read
+    except CoordinationError:  # the connection dropped while we read
         return _read_zookeeper(cluster, None)
 
 
-def collect(cluster: LocalCluster, zk: KazooClient | None = None) -> dict[str, Any]:
+def collect(cluster: LocalCluster, session: Coordination | None = None) -> dict[str, Any]:
     """The whole status as a JSON-ready dict (the `--json` schema documented in the README).
 
-    Without `zk` it opens (and closes) a ZooKeeper session of its own; `gearctl cluster status
-    --watch` passes one session kept open across refreshes.
+    Without `session` it opens (and closes) a ZooKeeper session of its own; `gearctl cluster
+    status --watch` passes one session kept open across refreshes.
     """
-    own_session = zk is None
+    own_session = session is None
     if own_session:
-        zk = connect(cluster)
+        session = connect(cluster)
     try:
-        view = _read_zookeeper(cluster, zk)
+        view = _read_zookeeper(cluster, session)
     finally:
-        if own_session and zk is not None:
-            zk.stop()
-            zk.close()
+        if own_session and session is not None:
+            session.close()
     started = {store["store"]: store.get("gearmand_started") for store in view.stores}
     return {
         "cluster": cluster.cluster,
@@ -202,80 +181,15 @@ def collect(cluster: LocalCluster, zk: KazooClient | None = None) -> dict[str, A
     }
 
 
-def read_takeovers(zk: KazooClient | None, paths: ClusterPaths) -> list[dict[str, Any]]:
-    """Take-over history, oldest first (running ones have `outcome` "running")."""
-    if zk is None:
-        return []
-    try:
-        names = sorted(zk.get_children(paths.takeovers))
-    except NoNodeError:
-        return []
-    history = []
-    for name in names:
-        try:
-            history.append(json.loads(zk.get(f"{paths.takeovers}/{name}")[0]))
-        except (NoNodeError, ValueError):
-            continue
-    return history
-
-
-def _store_status(
-    zk: KazooClient | None, paths: ClusterPaths, store: str, address: str
-) -> dict[str, Any]:
+def _store_status(session: Coordination | None, store: str, address: str) -> dict[str, Any]:
     epoch: int | None = None
     started: float | None = None
     owner: dict[str, str] | None = None
-    if zk is not None:
-        with contextlib.suppress(NoNodeError, ValueError, KazooException):
-            data, stat = zk.get(paths.store_epoch(store))
-            epoch, started = int(data or b"0"), stat.mtime / 1000
-        try:
-            raw = json.loads(zk.get(paths.store_owner(store))[0] or b"{}")
-            owner = {"node": raw.get("node"), "purpose": raw.get("purpose")}
-        except (NoNodeError, KazooException, ValueError):
-            pass
+    if session is not None:
+        with contextlib.suppress(CoordinationError):
+            epoch, started = session.epoch(store) or (None, None)
+        with contextlib.suppress(CoordinationError):
+            found = session.owner(store)
+            owner = {"node": found.node, "purpose": found.purpose} if found else None
     return {"store": store, "address": address, "owner": owner, "epoch": epoch,
             "gearmand_started": started}  # fmt: skip
-
-
-def wait_serving(
-    cluster: LocalCluster, progress: Callable[[str], None], timeout: float = SERVING_TIMEOUT
-) -> None:
-    """Return once every node's agent reports `serving`; fail with the agent's log otherwise."""
-    paths = ClusterPaths(cluster.cluster)
-    zk = connect(cluster, timeout=timeout)
-    if zk is None:
-        raise LaunchError(f"ZooKeeper {cluster.zookeeper} does not answer")
-    try:
-        deadline = time.monotonic() + timeout
-        waiting = {n.name for n in cluster.nodes}
-        while waiting:
-            members = read_members(zk, paths)
-            for name in sorted(waiting):
-                if not cluster.running(f"agent:{name}"):
-                    pid = cluster.processes[f"agent:{name}"].pid
-                    raise LaunchError(
-                        _agent_failure(cluster, name, f"the agent (pid {pid}) exited")
-                    )
-                member = members.get(name)
-                agent_pid = cluster.processes[f"agent:{name}"].pid
-                # A record left by an earlier agent's session does not count.
-                if member and member.state == membership.SERVING and member.agent_pid == agent_pid:
-                    progress(f"{name}: serving on {member.gearman}")
-                    waiting.discard(name)
-            if waiting and time.monotonic() > deadline:
-                reason = f"not serving after {timeout:.0f}s"
-                raise LaunchError(_agent_failure(cluster, sorted(waiting)[0], reason))
-            time.sleep(0.05)
-    finally:
-        zk.stop()
-        zk.close()
-
-
-def _agent_failure(cluster: LocalCluster, node: str, reason: str) -> str:
-    agent_log = cluster.node_dir(node) / "log" / "agent.log"
-    gearmand_log = cluster.node_dir(node) / "log" / "gearmand.log"
-    return (
-        f"{node}: {reason}\nlast lines of {agent_log}:\n{log_tail(agent_log)}"
-        f"\nlast lines of {gearmand_log}:\n{log_tail(gearmand_log, 5)}"
-    )

@@ -368,7 +368,9 @@ zk.create("/gearctl/rollout/acl-probe", b"")
 zk.delete("/gearctl/rollout/acl-probe")
 zk.stop()
 PY
-say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials"
+"$REPO/.venv/bin/gearctl" acl check --zookeeper "$ZOOKEEPER" --cluster rollout >"$WORK/acl-check.out" \
+  || { cat "$WORK/acl-check.out" >&2; die "gearctl acl check: znodes writable by anyone"; }
+say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials (acl check: $(tail -n 1 "$WORK/acl-check.out"))"
 
 # --- 5b. firewall: who reaches what (nftables table inet gearctl on every host) ----------------
 talk() {  # talk NS ADDR PORT REQUEST: send REQUEST from namespace NS (root namespace: -), print
@@ -443,7 +445,7 @@ takeovers() {  # "paused" or "automatic" (the pause znode is absent)
   "$REPO/.venv/bin/python" -c '
 import sys
 from cluster.zkclient import make_client
-from cluster.zkpaths import ClusterPaths
+from cluster.coord import ClusterPaths
 zk = make_client(sys.argv[1], 4.0)
 zk.start(timeout=10)
 print("paused" if zk.exists(ClusterPaths("rollout").takeover_paused) else "automatic")
