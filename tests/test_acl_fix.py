@@ -3,21 +3,20 @@ agent with credentials refuses to run on it, `gearctl acl fix` closes them, and 
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoAuthError, NoNodeError
+from kazoo.exceptions import NoAuthError
 
 from cluster.coord import ClusterPaths
 from cluster.endpoint import Endpoint
 from cluster.process import free_port, stop_pid
 from tests.conftest import HOST
+from tests.test_zk_acl import wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +74,7 @@ def test_open_tree_is_refused_then_fixed(
         with (tmp_path / "agent.out").open("ab") as log:
             proc = subprocess.Popen(agent, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
-            state = None
-            while state != "serving":
-                assert proc.poll() is None, (tmp_path / "agent.out").read_text()[-3000:]
-                assert time.monotonic() < deadline, (tmp_path / "agent.out").read_text()[-3000:]
-                time.sleep(0.1)
-                try:
-                    state = json.loads(anonymous.get(paths.member("node1"))[0])["state"]
-                except NoNodeError:
-                    state = None
+            wait_serving(proc, anonymous, paths.member("node1"), tmp_path / "agent.out")
         finally:
             stop_pid(proc.pid, timeout=15)
     finally:
