@@ -102,6 +102,8 @@ class Agent:
         self._connect_zookeeper()
         self.guard.start()
         try:
+            if self._tree_open():
+                return 1
             self._register()
             sdnotify.notify("READY=1")  # the supervisor's watchdog runs from now on
             self.takeovers.start()
@@ -442,6 +444,22 @@ class Agent:
                           self.config.zookeeper_hosts, exc, delay)  # fmt: skip
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _tree_open(self) -> bool:
+        """With credentials, refuse a tree whose znodes anyone may change (created before the
+        credentials were set): anyone could then take a store's ownership or plant records."""
+        if self.config.zookeeper_auth is None or self.stopping.is_set():
+            return False
+        open_znodes = self.coord.open_znodes()
+        if open_znodes:
+            log.critical(
+                "refusing to run: %d znode(s) of cluster %s are writable by anyone (created "
+                "before ZooKeeper credentials were set), e.g. %s; close them with `gearctl acl "
+                "fix --zookeeper %s --cluster %s --auth-file FILE` (the agents' credentials)",
+                len(open_znodes), self.config.cluster, open_znodes[0],
+                self.config.zookeeper_hosts, self.config.cluster,
+            )  # fmt: skip
+        return bool(open_znodes)
 
     def _register(self) -> None:
         """Create our ephemeral member record, waiting out one left by an earlier session."""

@@ -446,6 +446,47 @@ def takeover_resume(
             typer.echo(f"automatic take-over of cluster {name!r} was not paused")
 
 
+acl_app = typer.Typer(help="ZooKeeper ACLs of a cluster's znodes.", no_args_is_help=True)
+app.add_typer(acl_app, name="acl")
+
+
+@acl_app.command("check")
+def acl_check(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List the cluster's znodes anyone may change; exit 1 if there is one (agents with
+    credentials refuse to run on such a tree)."""
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        open_znodes = session.open_znodes()
+    for path in open_znodes:
+        typer.echo(f"writable by anyone: {path}")
+    typer.echo(f"{len(open_znodes)} znode(s) writable by anyone")
+    raise typer.Exit(1 if open_znodes else 0)
+
+
+@acl_app.command("fix")
+def acl_fix(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Give every znode anyone may change the credentials' ACL (theirs to change, everyone's
+    to read), as the agents create them. Needs the agents' credentials (`--auth-file`)."""
+    if _target(directory, zookeeper, cluster, auth_file, config).auth_file is None:
+        raise fail(GearctlError("acl fix needs the agents' credentials: --auth-file FILE"))
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        closed = session.close_znodes()
+    for path in closed:
+        typer.echo(f"closed: {path}")
+    typer.echo(f"{len(closed)} znode(s) closed: only the credentials change the tree now")
+
+
 @takeover_app.command("list")
 def takeover_list(
     directory: ClusterDirOption = None,
