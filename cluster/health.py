@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import psutil
 
-from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.admin import AdminClient
 
@@ -30,7 +29,9 @@ class Check:
     functions: tuple[str, ...] = ()
 
 
-def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
+def check_gearmand(pid: int, admin: AdminClient) -> Check:
+    """`admin` may keep its connection open between checks (`keep_open=True`): a check is then
+    one `status` round trip, no connect and close."""
     try:
         status = psutil.Process(pid).status()
     except psutil.Error:
@@ -40,7 +41,7 @@ def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
         return Check(Health.STOPPED)
     try:
-        functions = AdminClient(endpoint, timeout=timeout).status()
+        functions = admin.status()
     except GearctlError:
         return Check(Health.UNRESPONSIVE)
     return Check(Health.SERVING, tuple(f.name for f in functions))
