@@ -152,10 +152,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 0 and 1,000 jobs, 2 runs")
     parser.add_argument("--sizes", default="0,10000,100000,1000000")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--payload", type=int, default=common.PAYLOAD_BYTES,
-                        help="payload bytes of the filled jobs (smaller keeps 1M runs short)")
-    parser.add_argument("--restore-max", type=int, default=100_000,
-                        help="largest size whose restore rate is measured (each takes N/15k s)")
+    parser.add_argument(
+        "--payload",
+        type=int,
+        default=common.PAYLOAD_BYTES,
+        help="payload bytes of the filled jobs (smaller keeps 1M runs short)",
+    )
+    parser.add_argument(
+        "--restore-max",
+        type=int,
+        default=100_000,
+        help="largest size whose restore rate is measured (each takes N/15k s)",
+    )
     args = parser.parse_args()  # fmt: skip
     sizes = [0, 1000] if args.quick else [int(s) for s in args.sizes.split(",")]
     runs = 2 if args.quick else args.runs
