@@ -37,7 +37,6 @@ from common import HOST, Services, median, table
 
 from cluster.endpoint import Endpoint
 from cluster.gearman.admin import is_serving
-from cluster.gearman.protocol import Priority
 from cluster.gearmand_server import (
     DEFAULT_EXPECTED_QUEUE_DEPTH,
     GearmandLaunch,
@@ -62,29 +61,6 @@ def start_store(services: Services, *extra: str) -> tuple[Endpoint, subprocess.P
     wait_until(lambda: memcached_answers(endpoint, 0.2), timeout=10, what=f"memcached {endpoint}",
                alive=lambda: proc.poll() is None, log_path=log)  # fmt: skip
     return endpoint, proc
-
-
-def fill(store: Endpoint, count: int, payload_bytes: int) -> None:
-    """`count` jobs as gearmand g1_ writes them: key g1_<function>-<unique>, flags = priority."""
-    flags = [Priority(p).flags for p in common.PRIORITIES]
-    with socket.create_connection((store.host, store.port), timeout=60) as sock:
-        for start in range(0, count, 5000):
-            parts = []
-            for n in range(start, min(count, start + 5000)):
-                function = common.FUNCTIONS[n % len(common.FUNCTIONS)]
-                payload = f"{n:08d}".encode().ljust(payload_bytes, b".")
-                flag = flags[(n // len(common.FUNCTIONS)) % len(flags)]
-                parts.append(b"ms g1_%s-job-%d %d F%d q\r\n%s\r\n"
-                             % (function.encode(), n, len(payload), flag, payload))  # fmt: skip
-            sock.sendall(b"".join(parts) + b"mn\r\n")
-            reply = b""
-            while not reply.endswith(b"MN\r\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("memcached closed the connection while filling")
-                reply += chunk
-            if reply != b"MN\r\n":
-                raise RuntimeError(f"memcached refused a write: {reply[:200]!r}")
 
 
 def rss_mb(pid: int) -> float:
@@ -131,7 +107,7 @@ def restore_vs_submit(services: Services, count: int) -> dict[str, float]:
     submit_s = common.submit(ceiling_gearmand, common.jobs(count))
     services.kill9(ceiling_proc)
     full, _ = start_store(services)
-    fill(full, count, common.PAYLOAD_BYTES)
+    common.fill_store(full, count, common.PAYLOAD_BYTES)
     empty, _ = start_store(services)
     target, _proc = services.gearmand(empty, "g2_")
     source = Store(full, timeout=30)
@@ -177,8 +153,8 @@ def main() -> int:
             nodump, nodump_proc = start_store(services, "-X")
             empty, empty_proc = start_store(services)
             row["rss_empty_mb"] = rss_mb(empty_proc.pid)
-            fill(full, size, args.payload)
-            fill(nodump, size, args.payload)
+            common.fill_store(full, size, args.payload)
+            common.fill_store(nodump, size, args.payload)
             row["rss_full_mb"] = rss_mb(full_proc.pid)
             row["metadump_refused_with_X"] = metadump_refused(nodump)
             starts: dict[str, list[float]] = {way: [] for way in WAYS}
