@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 
+from cluster import sdnotify
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.coord import Coordination, MemberRecord, NodeState, Owner, Purpose, StoreRecord
@@ -32,11 +32,11 @@ from cluster.fencing import SessionGuard
 from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
-from cluster.health import Health, check_gearmand
+from cluster.health import HangWatch, Health, check_gearmand
 from cluster.metrics import AgentMetrics
 from cluster.process import is_program_on, kill_pid, log_tail, read_pidfile, stop_pid, wait_until
 from cluster.restore import RestoreIncomplete, RestoreReport, restore
-from cluster.store import Store
+from cluster.store import Store, StoreIdentity
 from cluster.storeprobe import store_writable
 from cluster.takeover import TakeoverWatcher
 
@@ -56,6 +56,7 @@ class Agent:
         self.gearmand: subprocess.Popen[bytes] | None = None
         self.policy = RestartPolicy()
         self.store = Store(config.store, timeout=config.check_timeout * 2)
+        self.store_identity: StoreIdentity | None = None  # memcached's, at the last check
         self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
         self.coord = Coordination.new(
             config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
@@ -63,6 +64,7 @@ class Agent:
         self.guard = SessionGuard(
             self.coord, config.session_timeout, config.safety_margin, self._fence,
             self._on_reconnected,
+            watchdog=sdnotify.WatchdogPing(config.session_timeout - config.safety_margin),
         )  # fmt: skip
         self.lease = self.coord.lease(config.node, config.node, Purpose.SERVE)
         self.functions = FunctionRegistry(self.coord)
@@ -96,6 +98,7 @@ class Agent:
         self.guard.start()
         try:
             self._register()
+            sdnotify.notify("READY=1")  # the supervisor's watchdog runs from now on
             self.takeovers.start()
             while not self.stopping.is_set():
                 try:
@@ -130,7 +133,9 @@ class Agent:
 
     def _serve_once(self) -> None:
         """Own the store, start gearmand, restore, then watch it until it dies or is fenced."""
-        if self.fenced.is_set():
+        # A fence and the new session after it may both have passed while this thread was
+        # blocked (a store check into a partition): register again all the same.
+        if self.fenced.is_set() or self.session_renewed.is_set():
             self._wait_unfenced()
             return
         if not self._own_store():
@@ -189,8 +194,7 @@ class Agent:
 
     def _describe_store(self, gearmand_pid: int) -> None:
         """Tell peers where our store and gearmand are, for a take-over after our death."""
-        record = StoreRecord(address=str(self.config.store), gearman=str(self.config.gearman),
-                             host=socket.gethostname(), gearmand_pid=gearmand_pid)  # fmt: skip
+        record = StoreRecord.here(str(self.config.store), str(self.config.gearman), gearmand_pid)
         self.coord.describe_store(self.config.node, record)
 
     def _may_drain(self) -> bool:
@@ -200,6 +204,10 @@ class Agent:
     def _restore(self, proc: subprocess.Popen[bytes], expected: int, prefix: str) -> bool:
         """Restore until every old job is back (but deferred ones); False if we must stop."""
         self._update(state=NodeState.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0)
+        # gearmand is health-checked while it restores too: a hang must not leave the node
+        # advertised live while every try times out.
+        watch = HangWatch(proc.pid, self.config.gearman, self.config.check_timeout,
+                          self.config.check_interval, self.config.hang_checks)  # fmt: skip
         while expected:
             log.info("restoring %d stored jobs", expected)
             try:
@@ -210,12 +218,19 @@ class Agent:
                     keep_prefix=prefix,
                     known_functions=self._known_functions(),
                     progress=_log_progress,
-                    should_continue=lambda: not (self.stopping.is_set() or self.fenced.is_set()),
+                    should_continue=lambda: (
+                        not (self.stopping.is_set() or self.fenced.is_set()) and watch.ok()
+                    ),
                 )
             except RestoreIncomplete as exc:
                 log.error("%s", exc)
                 if proc.poll() is not None or self.stopping.is_set() or self.fenced.is_set():
                     return proc.poll() is not None  # a dead gearmand is handled by _watch
+                if not watch.ok():
+                    log.error("gearmand pid %d is %s during the restore after %d checks; killing "
+                              "it", proc.pid, watch.last.value, watch.failures)  # fmt: skip
+                    self._stop_gearmand(kill=True)
+                    return True  # _watch finds it gone and restarts it
                 expected = exc.report.left_in_store
                 self.metrics.moved(exc.report.moved)
                 self.stopping.wait(0.5)
@@ -294,19 +309,36 @@ class Agent:
         workers that follow them go elsewhere; it is `serving` again once gearmand writes to
         the store again (cluster.storeprobe), which memcached answering does not yet mean."""
         if self.record.state != NodeState.STORE_LOST:
-            if self.store.ping():
+            lost = self._store_lost()
+            if lost is None:
                 return True
-            log.error("store %s lost: gearmand keeps its queued jobs in memory but cannot "
-                      "persist new ones; waiting for the store", self.config.store)  # fmt: skip
+            how, why = lost
+            log.error("store %s %s: gearmand keeps its queued jobs in memory but cannot "
+                      "persist new ones; waiting for the store", self.config.store,
+                      why)  # fmt: skip
+            self.metrics.store_lost(how)
             self._update(state=NodeState.STORE_LOST)
             return False
-        if not (self.store.ping() and store_writable(
+        if not (self._store_lost() is None and store_writable(
                 self.config.gearman, self.config.node, self.config.check_timeout)):  # fmt: skip
             return False
         log.warning("store %s is back (empty if it was restarted): gearmand writes to it "
                     "again", self.config.store)  # fmt: skip
         self._update(state=NodeState.SERVING)
         return True
+
+    def _store_lost(self) -> tuple[str, str] | None:
+        """(how, why) when the store does not answer, or answers as another memcached than at
+        the last check (it restarted in between: empty, though it answers); None if fine."""
+        try:
+            identity = self.store.identity()
+        except GearctlError as exc:
+            return "down", f"lost ({exc})"
+        previous, self.store_identity = self.store_identity, identity
+        if previous is not None and identity.restarted_since(previous):
+            return "restarted", (f"restarted between two checks (memcached pid {previous.pid} "
+                                 f"-> {identity.pid}): it is empty")  # fmt: skip
+        return None
 
     def _publish_functions(self, names: tuple[str, ...]) -> None:
         """Record new function names in ZooKeeper (only names not published yet cost a write)."""

@@ -221,7 +221,8 @@ def _print_ledger(result: DrillResult) -> None:
     verdict = "PASS" if result.passed else "FAIL"
     typer.echo(f"{verdict} {result.scenario}: attempted {ledger.attempted}, acknowledged "
                f"{ledger.acknowledged}, executed {ledger.executed}, lost {ledger.lost}, "
-               f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), unexpected "
+               f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), re-run "
+               f"{ledger.reruns} (in flight at a fault {ledger.in_flight_at_faults}), unexpected "
                f"{ledger.unexpected}, recovered in {result.recovery_seconds:.2f}s")  # fmt: skip
     fg = result.foreground
     if fg is not None:

@@ -5,8 +5,10 @@ belongs to one ZooKeeper session and vanishes when that session ends, which is w
 take the store over. Two sides keep that safe:
 - the owner: an agent that may have lost its session stops its gearmand before a peer can take
   the store over; `SessionGuard` decides when, from its own heartbeat;
-- the taker: a survivor (or `gearctl store drain`) drains a store only once its old gearmand is
-  confirmed dead (`old_server_is_dead`).
+- the taker: a survivor (or `gearctl store drain`) drains a store only once its owner's session
+  expired and the take-over rule (`old_server_is_dead`) finds its old gearmand dead.
+A hung agent cannot fence: its supervisor's watchdog (cluster.sdnotify, cluster.watchdog) kills
+it, and its gearmand dies with it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import threading
 import time
 from collections.abc import Callable
 
-import psutil
-
 from cluster.coord import Coordination, SessionState, StoreRecord
 from cluster.endpoint import Endpoint
+from cluster.errors import ConfigError, GearctlError
+from cluster.gearman.admin import AdminClient, AdminCommandError
+from cluster.process import is_running
+from cluster.sdnotify import WatchdogPing
 
 log = logging.getLogger("gearctl.fencing")
 
@@ -40,6 +44,7 @@ class SessionGuard:
     """
 
     HEARTBEAT = 0.2
+    POLL = HEARTBEAT / 4  # the loop runs 4 times a heartbeat: a fence is at most this late
 
     def __init__(
         self,
@@ -48,9 +53,19 @@ class SessionGuard:
         safety_margin: float,
         fence: Callable[[str], None],
         reconnected: Callable[[bool], None],
+        watchdog: WatchdogPing | None = None,
     ) -> None:
+        if safety_margin < 4 * self.POLL:
+            raise ConfigError(
+                f"zookeeper.safety_margin = {safety_margin} must be at least {4 * self.POLL:g}s "
+                f"(4 x the session guard's poll interval of {self.POLL:g}s): the fence, and "
+                "behind it the watchdog's ping, may each be one poll late"
+            )
         self.coord = coord
+        self.safety_margin = safety_margin
         self.fence_after = session_timeout - safety_margin
+        self.session_id = 0
+        self.watchdog = watchdog
         self.fence = fence
         self.reconnected = reconnected
         self.state = SessionState.CONNECTED
@@ -63,8 +78,20 @@ class SessionGuard:
         self.thread = threading.Thread(target=self._run, name="session-guard", daemon=True)
 
     def start(self) -> None:
+        """Start guarding the session the (connected) client holds now."""
         self.last_answered = time.monotonic()
+        self._new_session()
         self.thread.start()
+
+    def _new_session(self) -> None:
+        """Take the session id, and fence on ZooKeeper's negotiated timeout (a server grants
+        at most 20 x tickTime, whatever was asked for)."""
+        self.session_id = self.coord.session_id
+        timeout = self.coord.negotiated_timeout
+        if timeout is not None and timeout - self.safety_margin != self.fence_after:
+            self.fence_after = timeout - self.safety_margin
+            log.warning("ZooKeeper negotiated a session timeout of %.1fs: fencing after %.1fs "
+                        "without an answer", timeout, self.fence_after)  # fmt: skip
 
     def stop(self) -> None:
         self.stopping.set()
@@ -94,19 +121,42 @@ class SessionGuard:
             self.in_flight = False
 
     def _run(self) -> None:
-        while not self.stopping.wait(self.HEARTBEAT / 4):
+        while not self.stopping.wait(self.POLL):
             self._beat()
+            self._check_replaced()
             silent = time.monotonic() - self.last_answered
             if self.fenced_at is not None:
                 if self.state == SessionState.CONNECTED and self.last_answered > self.fenced_at:
                     self.fenced_at = None
                     lost, self.session_lost = self.session_lost, False
                     self.reconnected(lost)
-                continue
-            if self.state == SessionState.LOST:
+            elif self.state == SessionState.LOST:
                 self._fence("ZooKeeper session lost")
             elif silent >= self.fence_after:
                 self._fence(f"no answer from ZooKeeper for {silent:.1f}s")
+            if self.watchdog is not None:
+                if self.fenced_at is not None:
+                    self.watchdog.fenced()
+                else:
+                    # Between our own fence and the earliest expiry, two polls before it: the
+                    # watchdog fires only if the fence did not happen, and still before expiry.
+                    self.watchdog.alive(
+                        self.last_answered + self.fence_after + self.safety_margin - 2 * self.POLL
+                    )
+
+    def _check_replaced(self) -> None:
+        """kazoo may open a new session a few ms after LOST, before this loop sees LOST: a
+        session id that changed is a lost session (fence, and register again)."""
+        current = self.coord.session_id
+        if current == 0 or current == self.session_id:
+            return
+        if self.session_id == 0:  # the first session
+            self._new_session()
+            return
+        old, self.session_lost = self.session_id, True
+        if self.fenced_at is None:
+            self._fence(f"ZooKeeper session {old:#x} expired and was replaced by {current:#x}")
+        self._new_session()
 
     def _fence(self, reason: str) -> None:
         self.fenced_at = time.monotonic()
@@ -117,19 +167,53 @@ class SessionGuard:
             log.exception("fencing failed")
 
 
+FENCING_FAILED = "fencing failed"
+SHUTDOWN_CONFIRM = 3.0  # seconds a gearmand sent admin `shutdown` has to stop answering
+
+
 def old_server_is_dead(record: StoreRecord, timeout: float = 1.0) -> tuple[bool, str]:
-    """Fencing check: (True, how) if the store's last gearmand is known dead, else (False, why)."""
-    if record.host == socket.gethostname() and record.gearmand_pid is not None:
-        try:
-            if psutil.Process(record.gearmand_pid).status() != psutil.STATUS_ZOMBIE:
-                return False, f"gearmand pid {record.gearmand_pid} is still running on this host"
-        except psutil.Error:
-            return True, f"gearmand pid {record.gearmand_pid} is gone"
+    """The take-over rule (design invariant 4), once the owner's session expired and its owner
+    znode is gone (the caller checked both): (True, how) when the store's last gearmand is
+    dead, else (False, why; starting with FENCING_FAILED when it still answers).
+
+    Refusing connections, or unreachable (timeout, no route, host unreachable): dead by the
+    lease rule, its agent fenced it or its host is gone. Still answering: fencing failed
+    somewhere; it gets gearmand's admin `shutdown` and is dead once it stops answering. The PID
+    shortcut only where the record proves the same kernel and PID namespace, never a hostname."""
+    if record.same_pid_table() and record.gearmand_pid and not is_running(record.gearmand_pid):
+        return True, f"gearmand pid {record.gearmand_pid} is gone (same kernel, PID namespace)"
     endpoint = Endpoint.parse(record.gearman)
+    gone = _unreachable(endpoint, timeout)
+    if gone is not None:
+        return True, gone + ": dead by the lease rule"
+    log.error("%s: gearmand %s still accepts connections after its owner's session expired; "
+              "sending it admin shutdown", FENCING_FAILED, endpoint)  # fmt: skip
+    answer = "it did not stop"
+    deadline = time.monotonic() + SHUTDOWN_CONFIRM
+    while time.monotonic() < deadline:
+        try:
+            AdminClient(endpoint, timeout=timeout).shutdown()
+        except AdminCommandError as exc:  # Debian's 1.1.20 has no `shutdown`: no use repeating
+            answer = f"it answered {exc.code} {exc.text}".strip()
+            break
+        except GearctlError:
+            pass
+        gone = _unreachable(endpoint, timeout)
+        if gone is not None:
+            return True, (f"gearmand {endpoint} still answered after its owner's session "
+                          f"expired ({FENCING_FAILED}): shut down over admin; {gone}")  # fmt: skip
+        time.sleep(0.1)
+    return False, (f"{FENCING_FAILED}: gearmand {endpoint} still answers after its owner's "
+                   f"session expired, and admin shutdown did not stop it ({answer}); stop it "
+                   "by hand: the take-over follows")  # fmt: skip
+
+
+def _unreachable(endpoint: Endpoint, timeout: float) -> str | None:
+    """How a connection to `endpoint` failed (refused, timed out, no route), None if accepted."""
     try:
         with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout):
-            return False, f"gearmand {endpoint} still accepts connections"
+            return None
     except ConnectionRefusedError:
-        return True, f"gearmand {endpoint} refuses connections"
+        return f"gearmand {endpoint} refuses connections"
     except OSError as exc:
-        return False, f"gearmand {endpoint} cannot be reached to confirm it is dead ({exc})"
+        return f"gearmand {endpoint} cannot be reached ({exc or 'timed out'})"

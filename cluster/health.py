@@ -8,6 +8,7 @@ which the agent publishes so that job keys can be split right after a crash.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -45,3 +46,26 @@ def check_gearmand(pid: int, admin: AdminClient) -> Check:
     except GearctlError:
         return Check(Health.UNRESPONSIVE)
     return Check(Health.SERVING, tuple(f.name for f in functions))
+
+
+@dataclass
+class HangWatch:
+    """Health checks of one gearmand while something else runs (a restore), at most one per
+    `interval`: `ok()` turns False after `limit` failed checks in a row (hung or dead)."""
+
+    pid: int
+    endpoint: Endpoint
+    timeout: float
+    interval: float
+    limit: int
+    failures: int = 0
+    last: Health = Health.SERVING
+    _next_at: float = 0.0
+
+    def ok(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next_at:
+            self._next_at = now + self.interval
+            self.last = check_gearmand(self.pid, self.endpoint, self.timeout).health
+            self.failures = 0 if self.last is Health.SERVING else self.failures + 1
+        return self.failures < self.limit

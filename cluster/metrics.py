@@ -92,7 +92,7 @@ class AgentMetrics:
         self.takeovers = Counter(
             "gearctl_takeovers",
             "Take-overs of dead peers' stores by this agent, by outcome: started, done, "
-            "interrupted",
+            "interrupted, fencing-failed (the old gearmand kept answering: not taken over)",
             ["node", "outcome"],
             registry=r,
         )
@@ -108,6 +108,13 @@ class AgentMetrics:
             ["node"],
             registry=r,
         ).labels(node)
+        self.store_losses = Counter(
+            "gearctl_store_lost",
+            "Times the node's store was lost: down (no answer), or restarted between two health "
+            "checks (it answers again, empty)",
+            ["node", "how"],
+            registry=r,
+        )
         self.zookeeper = Enum(
             "gearctl_zookeeper_state",
             "The agent's ZooKeeper connection",
@@ -119,6 +126,8 @@ class AgentMetrics:
             self.takeovers.labels(node, outcome)
         for result in ("moved", "deferred"):
             self.restore_jobs.labels(node, result)
+        for how in ("down", "restarted"):
+            self.store_losses.labels(node, how)
         self.agent_state.state(NodeState.STARTING)
         self.live = LiveCollector(node, gearman, store, timeout)
         r.register(self.live)
@@ -181,6 +190,12 @@ class AgentMetrics:
 
     def takeover_started(self) -> None:
         self.takeovers.labels(self.node, "started").inc()
+
+    def store_lost(self, how: str) -> None:
+        self.store_losses.labels(self.node, how).inc()
+
+    def fencing_failed(self) -> None:
+        self.takeovers.labels(self.node, "fencing-failed").inc()
 
     def takeover_finished(self, outcome: Outcome, jobs: int) -> None:
         self.takeovers.labels(self.node, outcome.value).inc()

@@ -184,6 +184,14 @@ class Store:
                 stats[name] = value
         return stats
 
+    def identity(self) -> StoreIdentity:
+        """Which memcached process answers: its `pid` and when it started (from `uptime`)."""
+        stats = self.stats()
+        try:
+            return StoreIdentity(int(stats["pid"]), time.time() - int(stats["uptime"]))
+        except (KeyError, ValueError):
+            raise StoreError(f"memcached {self.endpoint}: stats without pid/uptime") from None
+
     def curr_items(self) -> int:
         return int(self.stats()["curr_items"])
 
@@ -300,6 +308,16 @@ class _Connection:
 
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    pid: int
+    started: float  # wall clock, to a second (memcached's `uptime` is in whole seconds)
+
+    def restarted_since(self, earlier: StoreIdentity) -> bool:
+        """Another process, or the same PID started again (a container's PID 1)."""
+        return self.pid != earlier.pid or self.started > earlier.started + 2.0
 
 
 def _any(_item: StoredItem) -> bool:

@@ -4,9 +4,11 @@ Every agent runs a `TakeoverWatcher` thread. When the member list changes (and a
 second, to retry) it looks for orphaned stores: a store with jobs whose node has no member
 record and which nobody owns. It claims and drains each with `cluster.claim.claim_and_drain`:
 the first survivor to create the store's owner znode (purpose `drain`) wins; the others see it
-owned and stay out. Before loading anything the winner fences the old server (design invariant
-4): its gearmand must refuse connections, or its process must be gone (checked when it ran on
-this host). If neither can be established it waits and reports, and never drains.
+owned and stay out. Before loading anything the winner applies the take-over rule (design
+invariant 4, `cluster.fencing.old_server_is_dead`): a gearmand that refuses connections or cannot
+be reached is dead by the lease rule; one that still answers is shut down over admin first; one
+that keeps answering is never drained from, and reported loudly (log, metric, a `refused`
+take-over record that `status` shows).
 
 While `takeover-paused` exists (`gearctl takeover pause`) no survivor scans.
 """
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from cluster.claim import ClaimRefused, Refusal, claim_and_drain
-from cluster.coord import Coordination
+from cluster.coord import Coordination, Outcome, TakeoverRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.fencing import FENCING_FAILED
 from cluster.functions import FunctionRegistry, known_in_cluster
 from cluster.metrics import AgentMetrics
 from cluster.store import Store
@@ -107,6 +111,8 @@ class TakeoverWatcher:
             if refused.refusal is Refusal.NOT_FENCED and store not in self.unfenced_reported:
                 log.error("not draining store %s: %s", store, refused.detail)
                 self.unfenced_reported.add(store)
+                if refused.detail.startswith(FENCING_FAILED):
+                    self._report_fencing_failed(store, refused.detail)
             return  # a member came back, or another survivor won: nothing to do
         self.unfenced_reported.discard(store)
         takeover, report = drained.takeover, drained.report
@@ -114,6 +120,14 @@ class TakeoverWatcher:
             self.metrics.takeover_finished(takeover.outcome, takeover.jobs)
         if report is not None and report.deferred and takeover.done:
             self.idle[store] = (report.deferred, len(known))
+
+    def _report_fencing_failed(self, store: str, how: str) -> None:
+        """Loudly: a metric, and a take-over record `status` shows (outcome `refused: ...`)."""
+        if self.metrics:
+            self.metrics.fencing_failed()
+        record = TakeoverRecord(store=store, by=self.node, started=time.time())
+        record.finish(Outcome.REFUSED, 0, how)
+        self.coord.record_takeover(record)
 
     def _started(self) -> None:
         if self.metrics:

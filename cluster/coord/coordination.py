@@ -92,6 +92,8 @@ class Coordination:
         self.zk = zk
         self.paths = ClusterPaths(cluster)
         self.hosts = hosts
+        self._read_timeout_ms: float | None = None
+        self._record_negotiated_timeout()
 
     @classmethod
     def new(
@@ -127,6 +129,24 @@ class Coordination:
     @property
     def connected(self) -> bool:
         return bool(self.zk.connected)
+
+    def _record_negotiated_timeout(self) -> None:
+        """kazoo 2.11 keeps the session timeout the server granted to itself: its connection's
+        `_connect` returns 2/3 of it as the read timeout (ms) at each (re)connection."""
+        connection = self.zk._connection
+        connect = connection._connect
+
+        def recording(*args: object) -> tuple[float, float]:
+            read_timeout, connect_timeout = connect(*args)
+            self._read_timeout_ms = read_timeout
+            return read_timeout, connect_timeout
+
+        connection._connect = recording
+
+    @property
+    def negotiated_timeout(self) -> float | None:
+        """The session timeout ZooKeeper granted, in seconds (None before the first session)."""
+        return None if self._read_timeout_ms is None else self._read_timeout_ms * 1.5 / 1000
 
     @property
     def session_id(self) -> int:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Self
 
 from cluster import __version__
+from cluster.process import boot_id, pid_namespace
 
 
 class NodeState(enum.StrEnum):
@@ -90,12 +91,18 @@ def session_text(session: int) -> str:
 @dataclass(frozen=True)
 class StoreRecord:
     """`stores/<node>`: what peers need to take the store over; written by its owner at each
-    start of gearmand."""
+    start of gearmand.
+
+    `boot_id` (the kernel's) and `pid_namespace` (inode) say where `gearmand_pid` means
+    something: only a peer with both equal may look the PID up. `host` is for people only:
+    hostnames repeat across containers and cloned machines."""
 
     address: str
     gearman: str
     host: str
     gearmand_pid: int | None
+    boot_id: str | None = None
+    pid_namespace: int | None = None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -104,7 +111,19 @@ class StoreRecord:
     def decode(cls, data: bytes) -> StoreRecord:
         """ValueError or KeyError when the store was never described (empty or foreign data)."""
         raw = json.loads(data.decode())
-        return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"))
+        return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"),
+                   raw.get("boot_id"), raw.get("pid_namespace"))  # fmt: skip
+
+    @classmethod
+    def here(cls, address: str, gearman: str, gearmand_pid: int) -> StoreRecord:
+        """The record of a gearmand this process started."""
+        return cls(address, gearman, socket.gethostname(), gearmand_pid, boot_id(),
+                   pid_namespace())  # fmt: skip
+
+    def same_pid_table(self) -> bool:
+        """Is `gearmand_pid` a PID of this kernel and PID namespace?"""
+        mine = (boot_id(), pid_namespace())
+        return None not in mine and (self.boot_id, self.pid_namespace) == mine
 
 
 class Purpose(enum.StrEnum):
@@ -147,6 +166,7 @@ class Outcome(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     INTERRUPTED = "interrupted"
+    REFUSED = "refused"  # not taken over: its old gearmand still answered (fencing failed)
 
 
 @dataclass
@@ -154,7 +174,7 @@ class TakeoverRecord:
     """`takeovers/t-<seq>`: one take-over of a dead node's store, or a manual drain.
 
     On the wire `outcome` is one string: `running`, `done`, `done; <reason>` (jobs left for
-    later) or `interrupted: <reason>`.
+    later), `interrupted: <reason>` or `refused: <reason>`.
     """
 
     store: str
@@ -175,7 +195,7 @@ class TakeoverRecord:
     def outcome_text(self) -> str:
         if not self.reason:
             return self.outcome.value
-        separator = ":" if self.outcome is Outcome.INTERRUPTED else ";"
+        separator = ";" if self.outcome is Outcome.DONE else ":"
         return f"{self.outcome.value}{separator} {self.reason}"
 
     def finish(self, outcome: Outcome, jobs: int, reason: str = "") -> None:

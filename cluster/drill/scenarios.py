@@ -16,37 +16,50 @@ import contextlib
 import os
 import random
 import signal
+import socket
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from cluster.coord import Coordination
+from cluster.coord import Coordination, PauseRecord
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
+    BackgroundWorkers,
     ForegroundLedger,
     ForegroundLoad,
     Job,
     Ledger,
-    drain,
     numbered_jobs,
     submit,
 )
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.gearman.admin import is_serving
 from cluster.gearman.client import BackgroundJob, Client, NoServerError
 from cluster.gearman.protocol import GearmanConnection
+from cluster.gearmand_server import GearmandLaunch
 from cluster.local import cluster as localcluster
 from cluster.local import netns
 from cluster.local.netns import HostNetwork
 from cluster.local.status import collect, connect
-from cluster.process import free_port_block, is_running, wait_until
+from cluster.process import (
+    ProcessRef,
+    free_port_block,
+    is_running,
+    pid_inside,
+    pid_namespace,
+    require_binary,
+    spawn,
+    wait_until,
+)
 from cluster.restore import BATCH
 
 Progress = Callable[[str], None]
@@ -70,6 +83,7 @@ class DrillContext:
     started: float = field(default_factory=time.monotonic)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     network: HostNetwork | None = None  # the namespaces of a multi-host drill
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # drill's end
     violations: list[str] = field(default_factory=list)  # broken invariants besides the ledger
     extra_jobs: list[Job] = field(default_factory=list)  # background jobs submitted by the fault
     extra_acknowledged: set[str] = field(default_factory=set)
@@ -257,9 +271,10 @@ PARTITION_JITTER = 1.5  # seconds: the partition falls at a random point of this
 
 
 def partition_node(ctx: DrillContext) -> None:
-    """Cut node1's namespace off the bridge; it must fence before its session expires, a
-    survivor must confirm its gearmand gone (same host: by PID) and drain its store; after the
-    heal node1 must come back under a new session and serve only once the drain is over."""
+    """Cut node1's host off the bridge; it must fence before its session expires, a survivor
+    must find its gearmand unreachable (dead by the lease rule: its session expired) and drain
+    its store; after the heal node1 must come back under a new session and serve only once the
+    drain is over."""
     network = ctx.network
     assert network is not None, "partition-node runs on a test network"
     cluster = ctx.cluster()
@@ -297,14 +312,10 @@ def partition_node(ctx: DrillContext) -> None:
         takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"] != "running")
         ctx.event(f"take-over by {takeover['by']}: {takeover['outcome']}, {takeover['jobs']} jobs "
                   f"in {takeover['seconds']:.2f}s")  # fmt: skip
-        how = f"taking over store node1: gearmand pid {gearmand_pid} is gone"
-        if how not in ctx.agent_log(takeover["by"]):
-            raise GearctlError(f"drill: {takeover['by']} drained without the same-host PID check")
-        ctx.event(f"{takeover['by']} confirmed node1's gearmand pid {gearmand_pid} gone (psutil)")
-        if f"not draining store node1: gearmand pid {gearmand_pid} is still running" in (
-            ctx.agent_log(takeover["by"])
-        ):
-            ctx.event(f"{takeover['by']} had first found it still running and waited")
+        how = _takeover_how(ctx, takeover)
+        if "dead by the lease rule" not in how:
+            ctx.violation(f"{takeover['by']} took over without the lease rule: {how}")
+        ctx.event(f"{takeover['by']}: {how}")
         _wait_node1_back(ctx, zk, session, takeover, log_before)
     finally:
         zk.close()
@@ -395,6 +406,163 @@ def _wait_node1_back(
               + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
 
 
+FAULT_TIMEOUT = 30.0
+
+
+def _node1_host(ctx: DrillContext) -> tuple[HostNetwork, netns.Host]:
+    network = ctx.network
+    assert network is not None, f"{ctx.scenario} runs on network-namespace hosts"
+    node1 = ctx.cluster().nodes[0]
+    assert node1.netns is not None
+    return network, network.host(node1.netns)
+
+
+@contextlib.contextmanager
+def _zookeeper(ctx: DrillContext) -> Iterator[Coordination]:
+    zk = connect(ctx.cluster())
+    if zk is None:
+        raise GearctlError("drill: ZooKeeper does not answer")
+    try:
+        yield zk
+    finally:
+        zk.close()
+
+
+def _wait_member_gone(ctx: DrillContext, zk: Coordination) -> float:
+    """When node1's member record vanished (its session expired)."""
+    deadline = time.monotonic() + FAULT_TIMEOUT
+    while zk.member_entry("node1") is not None:
+        if time.monotonic() > deadline:
+            raise GearctlError(f"drill: node1's session still there {FAULT_TIMEOUT:.0f}s after "
+                               "the fault")  # fmt: skip
+        time.sleep(0.01)
+    ctx.event("node1's session (member record) gone")
+    return time.monotonic()
+
+
+def _takeover_how(ctx: DrillContext, takeover: dict[str, Any]) -> str:
+    """The survivor's own words for why node1's old gearmand counted as dead."""
+    marker = "taking over store node1: "
+    lines = [ln for ln in ctx.agent_log(takeover["by"]).splitlines() if marker in ln]
+    if not lines:
+        raise GearctlError(f"drill: no take-over line in {takeover['by']}'s log")
+    return lines[-1].split(marker, 1)[1].split("; draining")[0]
+
+
+def host_down(ctx: DrillContext) -> None:
+    """node1's host dies: every process in it killed, its link down (its address times out,
+    no RST); a survivor must take its store over by the lease rule alone."""
+    network, host = _node1_host(ctx)
+    with _zookeeper(ctx) as zk:
+        died = time.time()
+        killed = network.power_off(host.name)
+        ctx.event(f"host {host.name} ({host.address}) powered off: {len(killed)} processes "
+                  f"killed, {host.veth_root} down")  # fmt: skip
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
+        ctx.event(f"take-over of node1's store by {takeover['by']} started "
+                  f"{takeover['started'] - died:.2f}s after the host died (session timeout "
+                  f"{ctx.cluster().session_timeout:g}s)")  # fmt: skip
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
+
+
+def agent_hang(ctx: DrillContext) -> None:
+    """SIGSTOP node1's agent: its watchdog must kill agent and gearmand before the session
+    expires; a survivor then takes the store over."""
+    node = ctx.node("node1")
+    with _zookeeper(ctx) as zk:
+        ctx.kill(node["agent_pid"], signal.SIGSTOP, "node1 agent")
+        deadline = time.monotonic() + FAULT_TIMEOUT
+        while is_running(node["gearmand_pid"]):
+            if time.monotonic() > deadline:
+                raise GearctlError("drill: node1's gearmand still runs beside its hung agent")
+            time.sleep(0.01)
+        killed_at = time.monotonic()
+        ctx.event(f"node1's gearmand pid {node['gearmand_pid']} gone")
+        expired_at = _wait_member_gone(ctx, zk)
+        if "watchdog: pid" not in ctx.agent_log("node1"):
+            ctx.violation("node1's gearmand died, but not by its watchdog")
+        if expired_at <= killed_at:
+            ctx.violation("node1's session expired before its watchdog killed agent and gearmand")
+        else:
+            ctx.event(f"the watchdog killed agent and gearmand {expired_at - killed_at:.2f}s "
+                      "before the session expired")  # fmt: skip
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
+
+
+def session_blip(ctx: DrillContext) -> None:
+    """node1's session expires and a new one opens at once: node1 is cut off ZooKeeper (take-over
+    paused, so that only node1 may own its store) until its member record is gone, then healed;
+    it must have fenced, and must register again and serve under a new session."""
+    network, host = _node1_host(ctx)
+    with _zookeeper(ctx) as zk:
+        zk.pause_takeover(PauseRecord())
+        session = zk.member_entry("node1").session
+        gearmand_pid = ctx.node("node1")["gearmand_pid"]
+        log_before = len(ctx.agent_log("node1"))
+        network.partition(host.name)
+        ctx.event(f"node1 cut off (take-over paused); session {session:#x}")
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, gearmand_pid)
+        network.heal(host.name)
+        ctx.event("healed at once: node1's client finds its session expired and opens a new one")
+        if expired_at <= fenced_at:
+            ctx.violation("node1's session expired before its agent fenced gearmand")
+        zk.resume_takeover()
+        deadline = time.monotonic() + FAULT_TIMEOUT
+        while True:
+            node, entry = ctx.node("node1"), zk.member_entry("node1")
+            if node["state"] == "serving" and entry is not None and entry.session != session:
+                break
+            if time.monotonic() > deadline:
+                raise GearctlError("drill: node1 not serving under a new session after the blip")
+            time.sleep(0.05)
+        log = ctx.agent_log("node1")[log_before:]
+        how = "replaced" if "was replaced by" in log else "lost"
+        ctx.event(f"node1 registered again (session {entry.session:#x}, noticed as {how}) "
+                  f"and serves with gearmand pid {node['gearmand_pid']}")  # fmt: skip
+
+
+def fencing_failed(ctx: DrillContext) -> None:
+    """node1's host loses its agent, but a gearmand detached from any agent keeps answering on
+    node1's address (with node1's store) after the session expired. The survivor must send it
+    gearmand's admin `shutdown`; Debian's gearmand 1.1.20 does not know the command, so it must
+    then refuse the take-over loudly (a `refused` take-over record) and wait; once the operator
+    stops that gearmand it takes the store over."""
+    _network, host = _node1_host(ctx)
+    cluster = ctx.cluster()
+    node1 = cluster.nodes[0]
+    with _zookeeper(ctx) as zk:
+        zk.pause_takeover(PauseRecord())  # no take-over before the impostor is up
+        ctx.kill(cluster.processes["agent:node1"].pid, what="node1's agent and its supervisor")
+        launch = GearmandLaunch(
+            endpoint=Endpoint.parse(node1.gearman), store=Endpoint.parse(node1.store),
+            prefix="gdetached_", log_path=ctx.directory / "detached-gearmand.log",
+            pid_path=ctx.directory / "detached-gearmand.pid", threads=1, buckets=991,
+        )  # fmt: skip
+        binary = require_binary("gearmand", "gearman-job-server")
+        detached = spawn(netns.exec_argv(host.name, launch.argv(binary)),
+                         log_path=ctx.directory / "detached-gearmand.stdout.log")  # fmt: skip
+        detached_ref = ProcessRef.of(detached.pid)
+        ctx.stack.callback(detached_ref.stop)
+        wait_until(lambda: is_serving(launch.endpoint), timeout=10, what="detached gearmand")
+        ctx.event(f"a gearmand detached from any agent (pid {detached.pid}) answers on "
+                  f"{launch.endpoint} with node1's store")  # fmt: skip
+        _wait_member_gone(ctx, zk)
+        zk.resume_takeover()
+        refused = _wait_takeover(ctx, zk, lambda t: t["outcome"].startswith("refused"))
+        ctx.event(f"{refused['by']} {refused['outcome']}")
+        if any(t["store"] == "node1" and t["outcome"].startswith("done")
+               for t in (r.as_json() for r in zk.takeover_history())):  # fmt: skip
+            ctx.violation("node1's store was drained while its old gearmand still answered")
+        if not detached_ref.alive():
+            ctx.event("the detached gearmand stopped on admin shutdown")
+        else:
+            detached_ref.stop()
+            ctx.event(f"operator: detached gearmand pid {detached.pid} stopped by hand")
+        takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"].startswith("done"))
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -425,6 +593,14 @@ SCENARIOS = {
                  "and its peers, then heal", partition_node, isolated_nodes=NODES),
         Scenario("store-lost", "kill -9 node1's memcached; start it again on its port",
                  store_lost),
+        Scenario("host-down", "on three hosts: node1's host dies (every process killed, its "
+                 "link down)", host_down, isolated_nodes=NODES),
+        Scenario("agent-hang", "on three hosts: SIGSTOP node1's agent; its watchdog kills it",
+                 agent_hang, isolated_nodes=NODES),
+        Scenario("session-blip", "on three hosts: node1's session expires and a new one opens at "
+                 "once", session_blip, isolated_nodes=NODES),
+        Scenario("fencing-failed", "on three hosts: a gearmand detached from its agent answers "
+                 "after the session expired", fencing_failed, isolated_nodes=NODES),
     )
 }  # fmt: skip
 
@@ -487,6 +663,7 @@ def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local")
         directory = Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix=f"gearctl-drill-{scenario_name}-")))  # fmt: skip
         ctx = DrillContext(directory, progress, scenario=scenario_name, jobs=jobs)
+        stack.enter_context(ctx.stack)
         placement = localcluster.Placement()
         if isolated:
             # Torn down last (after the cluster is stopped), even when anything below fails.
@@ -512,10 +689,26 @@ def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local")
             ctx.event(", ".join(f"{n.name} in namespace {n.netns} on {n.gearman}"
                                 for n in ctx.cluster().nodes if n.netns)
                       + f"; ZooKeeper and stores on {placement.services}")  # fmt: skip
+            ctx.event(_hosts_seen(ctx))
         result = _run(scenario, jobs, ctx)
         result.hosts = "netns" if isolated else "local"
         return result
     raise AssertionError("unreachable")
+
+
+def _hosts_seen(ctx: DrillContext) -> str:
+    """How each node's host looks from inside: its hostname, and its agent's PID there."""
+    seen = []
+    for node in ctx.cluster().nodes:
+        pid = ctx.cluster().agent_pid(node.name)
+        assert pid is not None
+        argv = ["nsenter", "--target", str(pid), "--uts", "hostname"]
+        hostname = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        seen.append(f"{node.name}: hostname {hostname}, agent pid {pid} is pid "
+                    f"{pid_inside(pid)} there, PID namespace {pid_namespace(pid)}")  # fmt: skip
+    return f"hosts (this machine: {socket.gethostname()}, PID namespace {pid_namespace()}): " + (
+        "; ".join(seen)
+    )
 
 
 def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
@@ -523,43 +716,48 @@ def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
     target = Endpoint.parse(ctx.node("node1")["gearman"])
     acknowledged = submit(target, workload)
     ctx.event(f"{acknowledged} of {jobs} jobs acknowledged by node1")
-    # Workers stay registered on every node through the fault, as they would in production.
-    with contextlib.ExitStack() as workers:
-        for node in ctx.status()["nodes"]:
-            worker = workers.enter_context(GearmanConnection(Endpoint.parse(node["gearman"])))
-            for function in FUNCTIONS:
-                worker.can_do(function)
-        return _inject_and_count(scenario, jobs, ctx, workload, acknowledged)
+    # Workers grab and run jobs on every node through the fault, as they would in production.
+    cluster = ctx.cluster()
+    endpoints = [Endpoint.parse(node.gearman) for node in cluster.nodes]
+    with BackgroundWorkers(endpoints, FUNCTIONS, cluster.zookeeper, cluster.cluster) as workers:
+        return _inject_and_count(scenario, jobs, ctx, workload, acknowledged, workers)
 
 
 def _inject_and_count(
-    scenario: Scenario, jobs: int, ctx: DrillContext, workload: list[Job], acknowledged: int
+    scenario: Scenario,
+    jobs: int,
+    ctx: DrillContext,
+    workload: list[Job],
+    acknowledged: int,
+    workers: BackgroundWorkers,
 ) -> DrillResult:
     cluster = ctx.cluster()
     # Foreground jobs through the failover Client run from just before the fault to recovery.
     with ForegroundLoad(cluster.zookeeper, cluster.cluster, scenario.name) as foreground:
+        ctx.event(f"workers running background jobs: {len(workers.executed())} done so far")
         fault_at = time.monotonic()
         scenario.fault(ctx)
         uniques = {job.unique for job in workload[:acknowledged]} | ctx.extra_acknowledged
         ctx.wait(
-            "recovery (every acknowledged job queued on a live server)",
+            "recovery (every acknowledged job run, or queued on a live server)",
             lambda s: (
-                sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
+                len(workers.executed() & uniques)
+                + sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
                 >= len(uniques)
             ),
             RECOVERY_TIMEOUT,
         )
         recovery = time.monotonic() - fault_at
-        ctx.event(f"recovered: every job queued again after {recovery:.2f}s")
+        ctx.event(f"recovered: every job run or queued again after {recovery:.2f}s")
     fg = foreground.ledger()
     ctx.event(f"foreground jobs through the failover Client: {fg.attempted} submitted, "
               f"{fg.acknowledged} answered right, {fg.failed} failed")  # fmt: skip
     for failure in foreground.failures[:3]:
         ctx.event(f"foreground failure: {failure}")
-    servers = [Endpoint.parse(n["gearman"]) for n in ctx.status()["nodes"]
-               if n["state"] == "serving"]  # fmt: skip
-    drained = drain(servers, FUNCTIONS, len(uniques))
-    ctx.event(f"workers drained {sum(drained.counts.values())} jobs")
-    ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, drained)
+    workers.wait_done(uniques)
+    ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, workers.drained,
+                          workers.in_flight)  # fmt: skip
+    ctx.event(f"workers ran {ledger.executed} jobs; {ledger.in_flight_at_faults} were in flight "
+              f"on a connection that broke, {ledger.reruns} of them ran again")  # fmt: skip
     return DrillResult(scenario.name, jobs, ledger, scenario.duplicate_bound, round(recovery, 3),
                        ctx.timeline, ctx.violations, fg)  # fmt: skip

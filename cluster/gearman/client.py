@@ -90,6 +90,9 @@ class NoServerError(GearmanConnectionError):
         return len(self.handles)
 
 
+LIVE_CHECK_EVERY = 1.0  # seconds: how often a silent foreground job's server is looked up
+
+
 class JobTimeoutError(GearctlError, TimeoutError):
     """A foreground job gave no result within its timeout (it may still run)."""
 
@@ -278,6 +281,15 @@ class Client:
             if remaining <= 0:
                 conn.close()  # its late answer must not be read as another job's
                 raise JobTimeoutError(f"job {handle.decode(errors='replace')}: no result in time")
+            if not conn.wait_readable(min(remaining, LIVE_CHECK_EVERY)):
+                # No word from the server for a while: a host that died answers nothing (no
+                # RST). Once its node has left the live servers, run the job elsewhere.
+                if conn.endpoint not in self.source.servers():
+                    conn.close()
+                    job = handle.decode(errors="replace")
+                    raise GearmanConnectionError(f"{conn.endpoint} left the live servers while "
+                                                 f"job {job} ran")  # fmt: skip
+                continue
             conn.read_timeout = remaining
             try:
                 answer = conn.receive()

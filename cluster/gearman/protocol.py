@@ -8,6 +8,7 @@ NUL bytes.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import time
@@ -413,6 +414,16 @@ class GearmanConnection:
             if deadline is None:
                 deadline = time.monotonic() + self.read_timeout
             self._fill(deadline)
+
+    def wait_readable(self, timeout: float) -> bool:
+        """True once a packet may be received (bytes buffered or arriving) within `timeout`;
+        False if nothing came. Unlike `receive`, waiting in vain keeps the connection open."""
+        if self._offset < len(self._buffer):
+            return True
+        if self._sock is None:
+            return True  # `receive` reports the closed connection
+        readable, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        return bool(readable)
 
     def _fill(self, deadline: float) -> None:
         """Read more bytes into the buffer before `deadline`."""

@@ -9,6 +9,11 @@ created and deletes all of it when the `with` block ends, whatever happened insi
 keeps two test networks from being built at once, so that anything named `gcd-*` found while
 holding it was left by a run that was killed, and is removed first.
 
+A host is more than a network namespace: whatever `host_argv` starts there also gets a UTS
+namespace of its own (its hostname is the namespace's name) and a PID namespace of its own (a
+private /proc; the first process is PID 1 and its death kills every process of the host), so
+nothing can tell two hosts apart by hostname or PID table, as on separate machines.
+
 `partition(host)` sets the root end of the host's veth pair down: the namespace end loses its
 carrier and every frame either way is dropped (no RST, no ICMP), so TCP in both directions just
 stops, as on a cut cable; established connections resume by retransmission after `heal(host)`
@@ -81,6 +86,16 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def exec_argv(namespace: str, argv: Sequence[str]) -> list[str]:
     """`argv` run inside `namespace` (`ip netns exec` execs it: the PID stays the program's)."""
     return [_ip_binary(), "netns", "exec", namespace, *argv]
+
+
+def host_argv(namespace: str, argv: Sequence[str]) -> list[str]:
+    """`argv` run as PID 1 of a new host inside `namespace`: own hostname (the namespace's
+    name), own PID namespace and /proc. The returned command's PID (`unshare`, which waits)
+    is outside; its one child is `argv`, and `unshare` being killed kills it (--kill-child)."""
+    return exec_argv(namespace, [
+        "unshare", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child",
+        "sh", "-c", 'hostname "$0" && exec "$@"', namespace, *argv,
+    ])  # fmt: skip
 
 
 def namespaces() -> list[str]:
@@ -223,6 +238,16 @@ class HostNetwork:
         """Cut host `name` off: the root end of its veth goes down (frames dropped both ways)."""
         ip("link", "set", self.host(name).veth_root, "down")
         self.partitioned.add(name)
+
+    def power_off(self, name: str) -> list[int]:
+        """Host `name` dies: its link goes down (so its address times out, no RST) and every
+        process in it is killed at once. Returns the PIDs killed."""
+        self.partition(name)
+        killed = pids_in(name)
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        return killed
 
     def heal(self, name: str) -> None:
         host = self.host(name)

@@ -15,6 +15,7 @@ from cluster.gearman.admin import AdminClient
 from cluster.jobkey import incarnation_prefix
 from cluster.local.cluster import LocalCluster
 from cluster.local.zookeeper_server import zookeeper_mode
+from cluster.process import pid_outside
 from cluster.store import Store
 
 PROBE_TIMEOUT = 1.0
@@ -78,9 +79,8 @@ def node_status(
 ) -> NodeStatus:
     node = next(n for n in cluster.nodes if n.name == node_name)
     member = entry.record if entry else None
-    agent_key = f"agent:{node.name}"
-    agent_alive = cluster.running(agent_key)
-    if not agent_alive:
+    agent = cluster.agent_pid(node.name)  # PIDs as this machine sees them (a host has its own)
+    if agent is None:
         state = NodeState.DOWN.value
     elif member is None:
         state = NodeState.STARTING.value
@@ -90,8 +90,8 @@ def node_status(
         name=node.name,
         gearman=node.gearman,
         store=node.store,
-        agent_pid=cluster.processes[agent_key].pid if agent_alive else None,
-        gearmand_pid=member.gearmand_pid if member and agent_alive else None,
+        agent_pid=agent,
+        gearmand_pid=pid_outside(member.gearmand_pid, agent) if member and agent else None,
         state=state,
         queued_jobs=_queued_jobs(Endpoint.parse(node.gearman)),
         store_items=_store_items(Endpoint.parse(node.store)),
@@ -99,7 +99,7 @@ def node_status(
         deferred_jobs=member.deferred_jobs if member else 0,
         gearmand_started=gearmand_started,
         zk_session=session_text(entry.session) if entry else None,
-        zk_session_state=("live" if agent_alive else "expiring") if entry else None,
+        zk_session_state=("live" if agent else "expiring") if entry else None,
         metrics=node.metrics,
     )
 
