@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.admin import AdminClient
 
@@ -66,6 +67,7 @@ class HangWatch:
         now = time.monotonic()
         if now >= self._next_at:
             self._next_at = now + self.interval
-            self.last = check_gearmand(self.pid, self.endpoint, self.timeout).health
+            admin = AdminClient(self.endpoint, timeout=self.timeout)
+            self.last = check_gearmand(self.pid, admin).health
             self.failures = 0 if self.last is Health.SERVING else self.failures + 1
         return self.failures < self.limit
