@@ -44,7 +44,8 @@ def main() -> int:
 
     with Services("footprint") as services:
         cluster = services.cluster(args.nodes)
-        agents = {("this tree", n.name): psutil.Process(cluster.processes[f"agent:{n.name}"].pid)
+        # The agents themselves, not their watchdog supervisors (whose PIDs `processes` holds).
+        agents = {("this tree", n.name): agent_of(cluster.processes[f"agent:{n.name}"].pid)
                   for n in cluster.nodes}  # fmt: skip
         baseline = None
         if args.baseline:
@@ -101,8 +102,16 @@ def start_baseline(
     gearctl(tree, "cluster", "up", "--dir", str(directory), "--nodes", str(nodes),
             "--port-base", str(base))  # fmt: skip
     processes = json.loads((directory / "cluster.json").read_text())["processes"]
-    return {("baseline", key.split(":", 1)[1]): psutil.Process(ref["pid"])
+    return {("baseline", key.split(":", 1)[1]): agent_of(ref["pid"])
             for key, ref in processes.items() if key.startswith("agent:")}  # fmt: skip
+
+
+def agent_of(pid: int) -> psutil.Process:
+    """The agent: the one child of its watchdog supervisor `pid`, or `pid` itself in a tree
+    from before agents ran under a supervisor."""
+    process = psutil.Process(pid)
+    children = process.children()
+    return children[0] if children else process
 
 
 if __name__ == "__main__":
