@@ -35,7 +35,9 @@ class SessionGuard:
     The server expires a session one timeout after the last request it received from us. The
     guard sends its own heartbeat (an `exists` every HEARTBEAT seconds) and remembers when the
     last *answered* one was sent: the server heard from us no earlier than that. It fences once
-    `session_timeout - safety_margin` has passed since then, and at once on LOST. (kazoo's own
+    `negotiated timeout - safety_margin` has passed since then, at once on LOST, and at once
+    when the session id changed (a LOST the poll missed). It sends the supervisor's WATCHDOG=1
+    only while that proof holds (cluster.sdnotify.WatchdogPing). (kazoo's own
     SUSPENDED state is no clock for this: kazoo times it from its last send, and every request
     postpones it, so it can arrive after the session has already expired.)
 

@@ -15,9 +15,9 @@ from cluster.errors import GearctlError
 PROBE = """
 import sys
 sys.argv = ["gearctl", *sys.argv[1:]]
-from cluster.cli import main
+from cluster.cli import gearctl
 try:
-    main()
+    gearctl()
 except SystemExit:
     pass
 print("pydantic" in sys.modules, file=sys.stderr)
