@@ -31,7 +31,7 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.fencing import SessionGuard
 from cluster.functions import FunctionRegistry, known_in_cluster
-from cluster.gearman.admin import is_serving
+from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import HangWatch, Health, check_gearmand
 from cluster.metrics import AgentMetrics
@@ -291,8 +291,9 @@ class Agent:
         """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
         failures = 0
         retry_deferred_at = 0.0
+        admin = AdminClient(self.config.gearman, timeout=self.config.check_timeout, keep_open=True)
         while not self.stopping.is_set() and not self.fenced.is_set():
-            check = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+            check = check_gearmand(proc.pid, admin)
             if check.health is Health.GONE:
                 break
             failures = 0 if check.health is Health.SERVING else failures + 1
@@ -310,6 +311,7 @@ class Agent:
                 every = DEFERRED_RETRY_EVERY if self.record.deferred_jobs else REFUSED_RETRY_EVERY
                 retry_deferred_at = time.monotonic() + every
             self.stopping.wait(self.config.check_interval)
+        admin.close()
         if self.stopping.is_set() or self.fenced.is_set():
             return
         self._stop_gearmand(kill=True)
