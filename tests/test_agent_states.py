@@ -3,6 +3,7 @@ its diagram, and the scenarios that matter for safety. Runs in well under a seco
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ class FakeCoordination:
 
     def describe_store(self, _store: str, _record: object) -> None:
         pass
+
+    def members(self) -> dict[str, MemberRecord]:
+        return {}  # no peer to send refused jobs to
 
     @property
     def states(self) -> list[str]:
@@ -229,7 +233,7 @@ def node(tmp_path: Path) -> Node:
         store,
         metrics=AgentMetrics("n1", config.gearman, config.store),
         known_functions=lambda: {"resize"},
-        publish_functions=published.append,
+        publish_functions=lambda names: (published.append(names), Counter())[1],
         restorer=restorer,
         clock=clock,  # type: ignore[arg-type]
     )

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from cluster.config import AgentConfig
-from cluster.gearman.admin import is_serving
+from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import Check, HangWatch, check_gearmand
 from cluster.process import is_program_on, kill_pid, read_pidfile, stop_pid, wait_until
@@ -30,6 +30,7 @@ class GearmandLauncher:
         self.config = config
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.admin: AdminClient | None = None  # kept open between health checks of `proc`
         self.fenced = False
 
     @property
@@ -68,7 +69,13 @@ class GearmandLauncher:
         return proc
 
     def check(self, proc: subprocess.Popen[bytes]) -> Check:
-        return check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+        """One health check, on an admin connection kept open for this gearmand (a check is
+        then its round trips, no connect and close)."""
+        if self.admin is None:
+            self.admin = AdminClient(
+                self.config.gearman, timeout=self.config.check_timeout, keep_open=True
+            )
+        return check_gearmand(proc.pid, self.admin)
 
     def hang_watch(self, proc: subprocess.Popen[bytes]) -> HangWatch:
         """Health checks while something else runs (a restore): a hang must not leave the node
@@ -90,6 +97,9 @@ class GearmandLauncher:
         """Stop (SIGTERM, or SIGKILL with `kill`) the running gearmand, if any, and reap it."""
         with self.lock:
             proc, self.proc = self.proc, None
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
         if proc is None:
             return
         if kill:

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from cluster.agent.states import PUBLISHED, State, check_transition
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.coord import MemberRecord, NodeState, Purpose, StoreRecord
+from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.health import Check, HangWatch, Health
 from cluster.metrics import AgentMetrics
@@ -35,6 +37,8 @@ from cluster.store import StoreIdentity
 log = logging.getLogger("gearctl.agent")
 
 DEFERRED_RETRY_EVERY = 1.0  # seconds between tries of jobs whose function name was unknown
+REFUSED_RETRY_EVERY = 30.0  # seconds between retries of jobs every gearmand refused (full store)
+NAMES_WARN_EVERY = 60.0  # seconds between warnings that function names were left unpublished
 RESTORE_RETRY_AFTER = 0.5
 RETRY_AFTER = 1.0  # after a failed step, an unreachable store, a launch failure
 UNFENCE_POLL = 0.1
@@ -81,7 +85,7 @@ class AgentMachine:
         *,
         metrics: AgentMetrics,
         known_functions: Callable[[], set[str]],
-        publish_functions: Callable[[tuple[str, ...]], None],
+        publish_functions: Callable[[tuple[str, ...]], Counter[str]],
         restorer: Callable[..., RestoreReport] = restore,
         clock: Clock | None = None,
     ) -> None:
@@ -117,6 +121,7 @@ class AgentMachine:
         self.prefix = ""
         self.expected = 0  # jobs under older prefixes, counted while gearmand was down
         self.reason = ""  # why the last step failed (logged on entering FAILED & co.)
+        self.names_warned_at = float("-inf")
         self.steps: dict[State, Callable[[], State]] = {
             State.STARTING: self._start,
             State.OWNING: self._own,
@@ -207,7 +212,7 @@ class AgentMachine:
         changes: dict[str, Any] = {"state": PUBLISHED[target]}
         if target is State.RESTORING:
             assert self.proc is not None
-            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0}
+            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0, "refused_jobs": 0}
         elif target is State.RESTARTING:
             changes |= {"gearmand_pid": None, "restarts": self.record.restarts + 1}
         elif target in (State.FAILED, State.STORE_UNREACHABLE):
@@ -319,6 +324,7 @@ class AgentMachine:
                     known_functions=self.known_functions(),
                     progress=_log_progress,
                     should_continue=lambda: not self.interrupted and watch.ok(),
+                    overflow=self._peers_serving,
                 )
             except RestoreIncomplete as exc:
                 log.error("%s", exc)
@@ -336,14 +342,17 @@ class AgentMachine:
                 self._wait(RESTORE_RETRY_AFTER)
                 continue
             log.info(
-                "restored %d jobs in %.2fs (%d skipped, %d deferred)",
+                "restored %d jobs in %.2fs (%d skipped, %d deferred, %d refused, %d to other "
+                "nodes)",
                 report.moved,
                 report.seconds,
                 len(report.skipped),
                 report.deferred,
+                len(report.refused),
+                report.overflowed,
             )
             self.metrics.restored(report)
-            self._update(deferred_jobs=report.deferred)
+            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
             break
         return State.SERVING
 
@@ -366,9 +375,11 @@ class AgentMachine:
                 )
                 self.metrics.store_lost(how)
                 return State.STORE_LOST
-            if self.record.deferred_jobs and self.clock.monotonic() >= retry_deferred_at:
+            waiting = self.record.deferred_jobs + self.record.refused_jobs
+            if waiting and self.clock.monotonic() >= retry_deferred_at:
                 self._restore_deferred()
-                retry_deferred_at = self.clock.monotonic() + DEFERRED_RETRY_EVERY
+                every = DEFERRED_RETRY_EVERY if self.record.deferred_jobs else REFUSED_RETRY_EVERY
+                retry_deferred_at = self.clock.monotonic() + every
             self._wait(self.config.check_interval)
         return self._interrupted_state()
 
@@ -468,33 +479,60 @@ class AgentMachine:
     # -- helpers ----------------------------------------------------------------------------
 
     def _restore_deferred(self) -> None:
-        """Try the deferred jobs again: function names may have become known since."""
+        """Try the deferred and refused jobs again: function names may have become known
+        since, and the store or a peer may have room now."""
         try:
             report = self.restorer(
                 self.store,
                 self.config.gearman,
-                expected=self.record.deferred_jobs,
+                expected=self.record.deferred_jobs + self.record.refused_jobs,
                 keep_prefix=self.prefix,
                 known_functions=self.known_functions(),
+                overflow=self._peers_serving,
             )
         except RestoreIncomplete as exc:
-            log.warning("deferred jobs: %s", exc)
+            log.warning("deferred or refused jobs: %s", exc)
             return
         if report.moved:
             log.info(
-                "restored %d deferred jobs; %d still wait for their function name",
+                "restored %d waiting jobs; %d still wait for their function name, %d are refused",
                 report.moved,
                 report.deferred,
+                len(report.refused),
             )
             self.metrics.moved(report.moved)
-            self._update(deferred_jobs=report.deferred)
+            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
+
+    def _peers_serving(self) -> list[Endpoint]:
+        """Other members' gearmands that serve: where jobs our own store cannot hold go."""
+        try:
+            members = self.coord.members()
+        except GearctlError as exc:
+            log.warning("no peers to send refused jobs to: %s", exc)
+            return []
+        return [
+            Endpoint.parse(m.gearman)
+            for name, m in members.items()
+            if name != self.config.node and m.state == NodeState.SERVING
+        ]
 
     def _publish_functions(self, names: tuple[str, ...]) -> None:
         """Record new function names in ZooKeeper (only names not published yet cost a write)."""
         try:
-            self.publish_functions(names)
+            left_out = self.publish_functions(names)
         except GearctlError as exc:
             log.warning("could not publish function names: %s", exc)
+            return
+        if left_out:
+            self.metrics.names_left_out(left_out)
+            now = self.clock.monotonic()
+            if now >= self.names_warned_at + NAMES_WARN_EVERY:
+                self.names_warned_at = now
+                log.warning(
+                    "function names not published to ZooKeeper (bound hit): %s; a "
+                    "client registers many or long names?",
+                    dict(left_out),
+                )
 
 
 def _log_progress(report: RestoreReport) -> None:

@@ -33,6 +33,7 @@ class Agent:
         self.coord = Coordination.new(
             config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
         )
+        self.metrics.watch_coordination(self.coord)
         self.launcher = GearmandLauncher(config)
         functions = FunctionRegistry(self.coord)
         self.machine = AgentMachine(
@@ -74,6 +75,8 @@ class Agent:
         self.guard.start()
         watching = False
         try:
+            if self._tree_open():
+                return 1
             while self.machine.run_cycle() is not State.STOPPED:
                 if self.machine.registered and not watching:
                     sdnotify.notify("READY=1")  # the supervisor's watchdog runs from now on
@@ -105,6 +108,25 @@ class Agent:
                 )
                 self.machine.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _tree_open(self) -> bool:
+        """With credentials, refuse a tree whose znodes anyone may change (created before the
+        credentials were set): anyone could then take a store's ownership or plant records."""
+        if self.config.zookeeper_auth is None or self.machine.stopping.is_set():
+            return False
+        open_znodes = self.coord.open_znodes()
+        if open_znodes:
+            log.critical(
+                "refusing to run: %d znode(s) of cluster %s are writable by anyone (created "
+                "before ZooKeeper credentials were set), e.g. %s; close them with `gearctl acl "
+                "fix --zookeeper %s --cluster %s --auth-file FILE` (the agents' credentials)",
+                len(open_znodes),
+                self.config.cluster,
+                open_znodes[0],
+                self.config.zookeeper_hosts,
+                self.config.cluster,
+            )
+        return bool(open_znodes)
 
     def _shutdown(self) -> None:
         self.guard.stop()

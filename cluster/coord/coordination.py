@@ -17,11 +17,12 @@ from urllib.parse import quote, unquote
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
+from kazoo.security import ACL, Permissions
 
-from cluster.coord.errors import CoordinationError, translated
+from cluster.coord.errors import CoordinationError, CoordinationRefused, translated
 from cluster.coord.lease import StoreLease
 from cluster.coord.members import MemberFollower
-from cluster.coord.paths import ClusterPaths
+from cluster.coord.paths import ROOT, ClusterPaths
 from cluster.coord.records import (
     MemberEntry,
     MemberRecord,
@@ -174,12 +175,24 @@ class Coordination:
         """A live copy of every member record, kept by watches; `on_change` when it changes."""
         return MemberFollower(self, on_change)
 
+    # -- /gearctl (read-only: which clusters exist; operator commands check names) --------
+
+    @translated
+    def clusters(self) -> list[str]:
+        """Names of every cluster in this ZooKeeper, whatever cluster this session is on."""
+        return sorted(self._children(ROOT))
+
     # -- stores/<node> (its agent), epoch (its agent, compare-and-set) ---------------------
 
     @translated
     def describe_store(self, store: str, record: StoreRecord) -> None:
         self.zk.ensure_path(self.paths.store(store))
         self.zk.set(self.paths.store(store), record.encode())
+
+    @translated
+    def stores(self) -> list[str]:
+        """Every store (node) the cluster has had: each agent describes its own at start."""
+        return sorted(self._children(self.paths.stores))
 
     @translated
     def store_record(self, store: str) -> StoreRecord | None:
@@ -311,6 +324,48 @@ class Coordination:
             return list(self.zk.get_children(path))
         except NoNodeError:
             return []
+
+    # -- ACLs of the whole tree -----------------------------------------------------------
+
+    @translated
+    def open_znodes(self) -> list[str]:
+        """The cluster's znodes that anyone may change, delete or add children to
+        (`world:anyone` with more than READ), parents first: what a tree created before the
+        credentials were set keeps. [] when the tree does not exist yet."""
+        return [path for path, acl in self._acls() if _open_to_anyone(acl)]
+
+    @translated
+    def close_znodes(self) -> list[str]:
+        """Give every open znode this session's ACL (its credentials everything, the world
+        READ); returns the paths changed. CoordinationRefused without credentials, or where a
+        znode's ACL does not let this identity change it."""
+        acl = self.zk.default_acl
+        if not acl:
+            raise CoordinationRefused("closing the ACLs needs the cluster's credentials")
+        closed = []
+        for path, current in self._acls():
+            if _open_to_anyone(current):
+                with contextlib.suppress(NoNodeError):  # an ephemeral znode gone meanwhile
+                    self.zk.set_acls(path, acl)
+                    closed.append(path)
+        return closed
+
+    def _acls(self) -> Iterator[tuple[str, list[ACL]]]:
+        """(path, ACL) of the cluster's root and every znode below it, parents first."""
+        pending = [self.paths.root]
+        while pending:
+            path = pending.pop()
+            try:
+                acl, _ = self.zk.get_acls(path)
+            except NoNodeError:
+                continue
+            yield path, acl
+            children = sorted(self._children(path), reverse=True)
+            pending.extend(f"{path}/{child}" for child in children)
+
+
+def _open_to_anyone(acl: list[ACL]) -> bool:
+    return any(entry.id.scheme == "world" and entry.perms & ~Permissions.READ for entry in acl)
 
 
 def connect(
