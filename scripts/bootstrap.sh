@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2)
+packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2
+  php-cli php-gearman)  # php-*: the PHP interop tests (tests/php/)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
