@@ -7,7 +7,8 @@
     worker.work()            # blocks; SIGTERM or worker.stop() drains and returns
 
 One loop thread owns the sockets (a `selectors` loop over a socket per server plus a wake-up
-socketpair); handlers run on `concurrency` pool threads and hand their answers back to it:
+socketpair); handlers run on `concurrency` pool threads and hand their answers back to it
+(with concurrency 1 and no timeout to watch, on the loop thread itself: no hand-off):
 - on connect: CAN_DO for every function; the server counts as awake (it may have jobs);
 - a GRAB_JOB_UNIQ is sent to an awake server only while a slot is free (jobs running plus
   grabs unanswered < concurrency), so a Worker never holds a job it has no thread for;
@@ -236,6 +237,7 @@ class Worker:
         """Failed background jobs waiting for their retry (heap by time)."""
         self._sequence = itertools.count()
         self._pool: _Pool | None = None
+        self._loop_thread: int | None = None
         self._client: Client | None = None
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -276,6 +278,7 @@ class Worker:
         On the main thread with `handle_signals`, SIGTERM calls `stop()` while it runs."""
         done_before = self.jobs_done
         self._stopping = False
+        self._loop_thread = threading.get_ident()
         self._pool = _Pool(self.concurrency)
         previous = None
         if handle_signals and threading.current_thread() is threading.main_thread():
@@ -315,7 +318,8 @@ class Worker:
 
     # The loop.
 
-    def _step(self) -> None:
+    def _step(self, until: float | None = None) -> None:
+        """One turn of the loop: wait for events at most until `until`."""
         if self._servers_changed:
             self._servers_changed = False
             self._sync_servers()
@@ -329,14 +333,14 @@ class Worker:
                     ]
                     server.awake = True  # it may have jobs for the new function already
         now = time.monotonic()
-        timeout = self._tend(now)
+        timeout = IDLE_WAKEUP if until is None else max(0.0, until - now)
         for server in list(self._servers.values()):
             if server.sock is None:
                 if now >= server.retry_at:
                     self._connect(server)
                 if server.sock is None:
                     timeout = min(timeout, max(0.0, server.retry_at - now))
-        self._tend(time.monotonic())
+        timeout = min(timeout, self._tend(time.monotonic()))
         for key, _ in self._selector.select(timeout):
             if key.data is None:
                 with contextlib.suppress(OSError):
@@ -344,7 +348,6 @@ class Worker:
                         pass
             elif key.data.sock is not None:
                 self._on_readable(key.data)
-        self._tend(time.monotonic())
 
     def _tend(self, now: float) -> float:
         """Hand out what pool threads answered, fail timed-out jobs, start due retries, grab
@@ -415,7 +418,7 @@ class Worker:
         if busy:
             log.info("worker stopping: waiting up to %.1fs for the jobs in hand", self.grace)
         while busy and time.monotonic() < deadline:
-            self._step_until(deadline)
+            self._step(deadline)
             with self._lock:
                 busy = bool(self._runs or self._held)
         with self._lock:
@@ -433,18 +436,8 @@ class Worker:
             with self._lock:
                 if not any(r.state == "settling" for r in self._runs) and not self._outbox:
                     break
-            self._step_until(settle_by)
+            self._step(settle_by)
         self._tend(time.monotonic())
-
-    def _step_until(self, deadline: float) -> None:
-        timeout = min(self._tend(time.monotonic()), max(0.0, deadline - time.monotonic()))
-        for key, _ in self._selector.select(timeout):
-            if key.data is None:
-                with contextlib.suppress(OSError):
-                    while self._wake_r.recv(4096):
-                        pass
-            elif key.data.sock is not None:
-                self._on_readable(key.data)
 
     def _sync_servers(self) -> None:
         live = set(self.source.servers())
@@ -543,6 +536,8 @@ class Worker:
         if registration is None:
             log.warning("job %r for unregistered function %r: failing it", handle, function)
             self._finish(run, [request(PacketType.WORK_FAIL, handle)])
+        elif self.concurrency == 1 and deadline is None:
+            self._execute(run)  # nothing to watch it for: no thread hand-off (the fast path)
         else:
             self._pool.submit(self._execute, run)
 
@@ -671,9 +666,14 @@ class Worker:
             run.state = "done"
             self._runs.discard(run)
             self._outbox.append((run, packets, True))
-        self._wake()
+        if threading.get_ident() != self._loop_thread:
+            self._wake()
 
     def _report(self, run: _Run, packet: Packet) -> None:
+        if threading.get_ident() == self._loop_thread:  # a handler run inline: send now
+            if run.server.sock is run.sock:
+                self._send_bytes(run.server, encode(packet))
+            return
         with self._lock:
             if run.state != "running":
                 return
