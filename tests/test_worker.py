@@ -293,3 +293,37 @@ def test_one_client_shared_by_threads(gearmand: RunningGearmand) -> None:
     assert len(set(handles)) == threads * each
     assert counts(gearmand, "shared") == (threads * each, 0)
     assert 1 <= pooled <= threads
+
+
+SIGTERM_WORKER = """
+import sys, time
+from cluster.gearman.client import Worker
+worker = Worker(servers=[sys.argv[1]], grace=30)
+def slow(job):
+    print("started", flush=True)
+    time.sleep(1.0)
+    return b"done"
+worker.register("slow-term", slow)
+print("ran", worker.work(), flush=True)
+"""
+
+
+def test_sigterm_drains_the_job_in_hand(gearmand: RunningGearmand) -> None:
+    import subprocess
+    import sys
+
+    with Client(servers=[gearmand.endpoint]) as client:
+        client.submit_background("slow-term", b"", unique="t-1")
+        client.submit_background("slow-term", b"", unique="t-2")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SIGTERM_WORKER, str(gearmand.endpoint)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "started"
+        proc.terminate()  # SIGTERM while the first job runs
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert out.strip() == "ran 1"  # it finished the job in hand and grabbed no other
+        assert counts(gearmand, "slow-term") == (1, 0)  # the second still waits, not running
