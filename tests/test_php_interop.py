@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,9 @@ def ledger_uniques(path: Path, function: str) -> Counter[str]:
     return Counter(unique for name, unique, _ in lines if name == function)
 
 
-def wait_for_runs(ran: callable, acknowledged: set[str], timeout: float = 90) -> Counter[str]:
+def wait_for_runs(
+    ran: Callable[[], Counter[str]], acknowledged: set[str], timeout: float = 90
+) -> Counter[str]:
     """Wait until every acknowledged unique ran (a bound against hangs), then a little
     longer so that second runs would show; the runs per unique."""
     deadline = time.monotonic() + timeout
@@ -110,6 +112,14 @@ def node_in_use(status: dict[str, Any], pid: int) -> dict[str, Any]:
     """The node whose gearmand the process `pid` is connected to (the first one)."""
     ports = {c.raddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
     return next(n for n in status["nodes"] if int(n["gearman"].rsplit(":", 1)[1]) in ports)
+
+
+def assert_ran_once(acknowledged: set[str], counted: Counter[str]) -> None:
+    """Every acknowledged unique ran, and no unique ran twice."""
+    missing = acknowledged - set(counted)
+    assert not missing, f"acknowledged but never run: {sorted(missing)}"
+    twice = {u: n for u, n in counted.items() if n > 1}
+    assert not twice, f"ran more than once: {twice}"
 
 
 def kill_gearmand(node: dict[str, Any]) -> None:
@@ -167,10 +177,7 @@ def test_php_client_to_our_worker_through_a_gearmand_kill(cluster: dict[str, Any
         thread.join(30)
         worker.close()
     assert restarted(cluster, victim)
-    missing = acknowledged - set(counted)
-    assert not missing, f"acknowledged but never run: {sorted(missing)}"
-    twice = {u: n for u, n in counted.items() if n > 1}
-    assert not twice, f"ran more than once: {twice}"
+    assert_ran_once(acknowledged, counted)
 
 
 def test_our_client_to_php_workers_through_a_gearmand_kill(
@@ -199,10 +206,7 @@ def test_our_client_to_php_workers_through_a_gearmand_kill(
         stop_procs(workers)
     assert restarted(cluster, victim)
     assert len(acknowledged) == JOBS
-    missing = acknowledged - set(counted)
-    assert not missing, f"acknowledged but never run: {sorted(missing)}"
-    twice = {u: n for u, n in counted.items() if n > 1}
-    assert not twice, f"ran more than once: {twice}"
+    assert_ran_once(acknowledged, counted)
 
 
 def test_foreground_round_trip_each_way_with_data_and_status(
