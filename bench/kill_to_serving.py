@@ -23,15 +23,13 @@ import time
 
 import common
 from common import Services, median, poll, table
-from kazoo.client import KazooClient
 
+from cluster import coord
+from cluster.coord import MemberRecord, NodeState
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.admin import AdminClient, is_serving
 from cluster.local import cluster as localcluster
-from cluster.local import membership
-from cluster.membership import MemberRecord
-from cluster.zkpaths import ClusterPaths
 
 
 class Node:
@@ -39,22 +37,15 @@ class Node:
         self.cluster = cluster
         self.name = cluster.nodes[0].name
         self.gearman = Endpoint.parse(cluster.nodes[0].gearman)
-        self.path = ClusterPaths(cluster.cluster).member(self.name)
-        self.zk = KazooClient(hosts=cluster.zookeeper, timeout=10.0)
-        self.zk.start(timeout=10.0)
+        self.coord = coord.connect(cluster.zookeeper, cluster.cluster, 10.0)
 
     def member(self) -> MemberRecord | None:
-        stat = self.zk.exists(self.path)
-        if stat is None:
-            return None
-        try:
-            return MemberRecord.decode(self.zk.get(self.path)[0])
-        except Exception:
-            return None
+        entry = self.coord.member_entry(self.name)
+        return entry.record if entry else None
 
     def serving_member(self) -> MemberRecord | None:
         record = self.member()
-        if record and record.state == membership.SERVING and record.gearmand_pid:
+        if record and record.state == NodeState.SERVING and record.gearmand_pid:
             return record
         return None
 
@@ -65,8 +56,7 @@ class Node:
         return poll(self.serving_member, interval=0.05, timeout=120, what="agent serving")
 
     def close(self) -> None:
-        self.zk.stop()
-        self.zk.close()
+        self.coord.close()
 
 
 def new_gearmand_pid(endpoint: Endpoint, old: int) -> bool:

@@ -28,9 +28,9 @@ from common import RESULTS, Services, poll, table
 from kazoo.client import KazooClient
 from kazoo.protocol.states import EventType
 
+from cluster.coord import ClusterPaths
 from cluster.endpoint import Endpoint
 from cluster.local.status import collect
-from cluster.zkpaths import ClusterPaths
 
 FALLBACK_RESTORE_RATE = 10_000.0  # jobs/s, used only when restore_throughput.json is missing
 

@@ -17,43 +17,41 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
-
-from cluster import membership, zkclient
+from cluster import sdnotify
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
+from cluster.coord import Coordination, MemberRecord, NodeState, Owner, Purpose, StoreRecord
+from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
+from cluster.fencing import SessionGuard
 from cluster.functions import FunctionRegistry, known_in_cluster
-from cluster.gearman.admin import is_serving
+from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
-from cluster.health import Health, check_gearmand
-from cluster.lease import SERVE, Owner, SessionGuard, StoreLease
-from cluster.membership import MemberRecord
+from cluster.health import HangWatch, Health, check_gearmand
 from cluster.metrics import AgentMetrics
 from cluster.process import is_program_on, kill_pid, log_tail, read_pidfile, stop_pid, wait_until
 from cluster.restore import RestoreIncomplete, RestoreReport, restore
-from cluster.store import Store
+from cluster.store import Store, StoreIdentity
 from cluster.storeprobe import store_writable
-from cluster.takeover import StoreRecord, TakeoverWatcher
-from cluster.zkpaths import ClusterPaths
+from cluster.takeover import TakeoverWatcher
 
 log = logging.getLogger("gearctl.agent")
 
 GEARMAND_READY_TIMEOUT = 10.0
+NAMES_WARN_EVERY = 60.0  # seconds between warnings that function names were left unpublished
+REFUSED_RETRY_EVERY = 30.0  # seconds between retries of jobs every gearmand refused (full store)
 DEFERRED_RETRY_EVERY = 1.0  # seconds between tries of jobs whose function name was unknown
 
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.paths = ClusterPaths(config.cluster)
         self.stopping = threading.Event()
         self.fenced = threading.Event()
         self.session_renewed = threading.Event()  # set when a LOST session was replaced
@@ -61,16 +59,22 @@ class Agent:
         self.gearmand: subprocess.Popen[bytes] | None = None
         self.policy = RestartPolicy()
         self.store = Store(config.store, timeout=config.check_timeout * 2)
+        self.store_identity: StoreIdentity | None = None  # memcached's, at the last check
         self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
-        self.zk = zkclient.connect(config)
+        self.coord = Coordination.new(
+            config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
+        )
+        self.metrics.watch_coordination(self.coord)
         self.guard = SessionGuard(
-            self.zk, config.session_timeout, config.safety_margin, self._fence,
+            self.coord, config.session_timeout, config.safety_margin, self._fence,
             self._on_reconnected,
+            watchdog=sdnotify.WatchdogPing(config.session_timeout - config.safety_margin),
         )  # fmt: skip
-        self.lease = StoreLease(self.zk, self.paths.store_owner(config.node), config.node, SERVE)
-        self.functions = FunctionRegistry(self.zk, self.paths.functions)
+        self.lease = self.coord.lease(config.node, config.node, Purpose.SERVE)
+        self.functions = FunctionRegistry(self.coord)
+        self._names_warned_at = float("-inf")
         self.takeovers = TakeoverWatcher(
-            self.zk, self.paths, config.node, config.gearman, self._may_drain, self.stopping,
+            self.coord, config.node, config.gearman, self._may_drain, self.stopping,
             metrics=self.metrics,
         )  # fmt: skip
         self.record = MemberRecord(
@@ -79,7 +83,7 @@ class Agent:
             store=str(config.store),
             agent_pid=os.getpid(),
             gearmand_pid=None,
-            state=membership.STARTING,
+            state=NodeState.STARTING,
         )
 
     @property
@@ -98,12 +102,15 @@ class Agent:
         self._connect_zookeeper()
         self.guard.start()
         try:
+            if self._tree_open():
+                return 1
             self._register()
+            sdnotify.notify("READY=1")  # the supervisor's watchdog runs from now on
             self.takeovers.start()
             while not self.stopping.is_set():
                 try:
                     self._serve_once()
-                except (GearctlError, KazooException) as exc:
+                except GearctlError as exc:
                     # ZooKeeper or the store went away mid-step: report, and start over from a
                     # stopped gearmand (the next count of the store needs it quiescent).
                     log.error("%s: %s", type(exc).__name__, exc)
@@ -124,8 +131,7 @@ class Agent:
         self._stop_gearmand()
         try:
             self.lease.release()
-            self.zk.stop()  # closing the session removes the ephemeral member record
-            self.zk.close()
+            self.coord.close()  # closing the session removes the ephemeral member record
         except Exception:
             log.exception("closing the ZooKeeper session failed")
         log.info("agent %s stopped", self.config.node)
@@ -134,7 +140,9 @@ class Agent:
 
     def _serve_once(self) -> None:
         """Own the store, start gearmand, restore, then watch it until it dies or is fenced."""
-        if self.fenced.is_set():
+        # A fence and the new session after it may both have passed while this thread was
+        # blocked (a store check into a partition): register again all the same.
+        if self.fenced.is_set() or self.session_renewed.is_set():
             self._wait_unfenced()
             return
         if not self._own_store():
@@ -143,7 +151,7 @@ class Agent:
             expected = self.store.curr_items()
         except GearctlError as exc:
             self.metrics.count_error(exc)
-            self._failed(f"store {self.config.store} unreachable: {exc}", membership.STORE_LOST)
+            self._failed(f"store {self.config.store} unreachable: {exc}", NodeState.STORE_LOST)
             return
         proc, prefix = self._start_gearmand()
         if proc is None:
@@ -155,12 +163,12 @@ class Agent:
         def waiting(owner: Owner) -> None:
             log.warning("store %s is held by %s (%s); waiting", self.config.node, owner.node,
                         owner.purpose)  # fmt: skip
-            self._update(state=membership.WAITING)
+            self._update(state=NodeState.WAITING)
 
         return self.lease.acquire(self.stopping, waiting) and not self.fenced.is_set()
 
     def _start_gearmand(self) -> tuple[subprocess.Popen[bytes] | None, str]:
-        epoch = self._next_epoch()
+        epoch = self.coord.next_epoch(self.config.node)
         launch = GearmandLaunch(
             endpoint=self.config.gearman,
             store=self.config.store,
@@ -193,18 +201,21 @@ class Agent:
 
     def _describe_store(self, gearmand_pid: int) -> None:
         """Tell peers where our store and gearmand are, for a take-over after our death."""
-        record = StoreRecord(address=str(self.config.store), gearman=str(self.config.gearman),
-                             host=socket.gethostname(), gearmand_pid=gearmand_pid)  # fmt: skip
-        self.zk.ensure_path(self.paths.store(self.config.node))
-        self.zk.set(self.paths.store(self.config.node), record.encode())
+        record = StoreRecord.here(str(self.config.store), str(self.config.gearman), gearmand_pid)
+        self.coord.describe_store(self.config.node, record)
 
     def _may_drain(self) -> bool:
         """Peers' stores are drained only into a gearmand that serves, under a live session."""
-        return self.record.state == membership.SERVING and not self.fenced.is_set()
+        return self.record.state == NodeState.SERVING and not self.fenced.is_set()
 
     def _restore(self, proc: subprocess.Popen[bytes], expected: int, prefix: str) -> bool:
         """Restore until every old job is back (but deferred ones); False if we must stop."""
-        self._update(state=membership.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0)
+        self._update(state=NodeState.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0,
+                     refused_jobs=0)  # fmt: skip
+        # gearmand is health-checked while it restores too: a hang must not leave the node
+        # advertised live while every try times out.
+        watch = HangWatch(proc.pid, self.config.gearman, self.config.check_timeout,
+                          self.config.check_interval, self.config.hang_checks)  # fmt: skip
         while expected:
             log.info("restoring %d stored jobs", expected)
             try:
@@ -215,53 +226,74 @@ class Agent:
                     keep_prefix=prefix,
                     known_functions=self._known_functions(),
                     progress=_log_progress,
-                    should_continue=lambda: not (self.stopping.is_set() or self.fenced.is_set()),
+                    should_continue=lambda: (
+                        not (self.stopping.is_set() or self.fenced.is_set()) and watch.ok()
+                    ),
+                    overflow=self._peers_serving,
                 )
             except RestoreIncomplete as exc:
                 log.error("%s", exc)
                 if proc.poll() is not None or self.stopping.is_set() or self.fenced.is_set():
                     return proc.poll() is not None  # a dead gearmand is handled by _watch
+                if not watch.ok():
+                    log.error("gearmand pid %d is %s during the restore after %d checks; killing "
+                              "it", proc.pid, watch.last.value, watch.failures)  # fmt: skip
+                    self._stop_gearmand(kill=True)
+                    return True  # _watch finds it gone and restarts it
                 expected = exc.report.left_in_store
                 self.metrics.moved(exc.report.moved)
                 self.stopping.wait(0.5)
                 continue
-            log.info("restored %d jobs in %.2fs (%d skipped, %d deferred)", report.moved,
-                     report.seconds, len(report.skipped), report.deferred)  # fmt: skip
+            log.info("restored %d jobs in %.2fs (%d skipped, %d deferred, %d refused, %d to "
+                     "other nodes)", report.moved, report.seconds, len(report.skipped),
+                     report.deferred, len(report.refused), report.overflowed)  # fmt: skip
             self.metrics.restored(report)
-            self._update(deferred_jobs=report.deferred)
+            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
             break
-        self._update(state=membership.SERVING)
+        self._update(state=NodeState.SERVING)
         return True
 
+    def _peers_serving(self) -> list[Endpoint]:
+        """Other members' gearmands that serve: where jobs our own store cannot hold go."""
+        try:
+            members = self.coord.members()
+        except GearctlError as exc:
+            log.warning("no peers to send refused jobs to: %s", exc)
+            return []
+        return [Endpoint.parse(m.gearman) for name, m in members.items()
+                if name != self.config.node and m.state == NodeState.SERVING]  # fmt: skip
+
     def _known_functions(self) -> set[str]:
-        return known_in_cluster(self.zk, self.paths, self.functions, self.config.gearman,
-                                self.config.check_timeout)  # fmt: skip
+        return known_in_cluster(self.functions, self.config.gearman, self.config.check_timeout)
 
     def _restore_deferred(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
-        """Try the deferred jobs again: function names may have become known since."""
+        """Try the deferred and refused jobs again: function names may have become known
+        since, and the store or a peer may have room now."""
         try:
             report = restore(
                 self.store,
                 self.config.gearman,
-                expected=self.record.deferred_jobs,
+                expected=self.record.deferred_jobs + self.record.refused_jobs,
                 keep_prefix=prefix,
                 known_functions=self._known_functions(),
+                overflow=self._peers_serving,
             )
         except RestoreIncomplete as exc:
-            log.warning("deferred jobs: %s", exc)
+            log.warning("deferred or refused jobs: %s", exc)
             return
         if report.moved:
-            log.info("restored %d deferred jobs; %d still wait for their function name",
-                     report.moved, report.deferred)  # fmt: skip
+            log.info("restored %d waiting jobs; %d still wait for their function name, %d are "
+                     "refused", report.moved, report.deferred, len(report.refused))  # fmt: skip
             self.metrics.moved(report.moved)
-            self._update(deferred_jobs=report.deferred)
+            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
 
     def _watch(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
         """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
         failures = 0
         retry_deferred_at = 0.0
+        admin = AdminClient(self.config.gearman, timeout=self.config.check_timeout, keep_open=True)
         while not self.stopping.is_set() and not self.fenced.is_set():
-            check = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+            check = check_gearmand(proc.pid, admin)
             if check.health is Health.GONE:
                 break
             failures = 0 if check.health is Health.SERVING else failures + 1
@@ -273,10 +305,13 @@ class Agent:
             if not self._store_ok():  # gearmand keeps its queue in memory: never restart it
                 self.stopping.wait(self.config.check_interval)
                 continue
-            if self.record.deferred_jobs and time.monotonic() >= retry_deferred_at:
+            waiting = self.record.deferred_jobs + self.record.refused_jobs
+            if waiting and time.monotonic() >= retry_deferred_at:
                 self._restore_deferred(proc, prefix)
-                retry_deferred_at = time.monotonic() + DEFERRED_RETRY_EVERY
+                every = DEFERRED_RETRY_EVERY if self.record.deferred_jobs else REFUSED_RETRY_EVERY
+                retry_deferred_at = time.monotonic() + every
             self.stopping.wait(self.config.check_interval)
+        admin.close()
         if self.stopping.is_set() or self.fenced.is_set():
             return
         self._stop_gearmand(kill=True)
@@ -285,7 +320,7 @@ class Agent:
                     proc.returncode, delay)  # fmt: skip
         if self.policy.crash_looping:
             self._failed(f"gearmand crash loop: {len(self.policy.deaths)} deaths")
-        self._update(state=membership.RESTARTING, restarts=self.record.restarts + 1,
+        self._update(state=NodeState.RESTARTING, restarts=self.record.restarts + 1,
                      gearmand_pid=None)  # fmt: skip
         self.stopping.wait(delay)
 
@@ -297,27 +332,52 @@ class Agent:
         cannot be deleted). `store-lost` takes the node off the live servers, so clients and
         workers that follow them go elsewhere; it is `serving` again once gearmand writes to
         the store again (cluster.storeprobe), which memcached answering does not yet mean."""
-        if self.record.state != membership.STORE_LOST:
-            if self.store.ping():
+        if self.record.state != NodeState.STORE_LOST:
+            lost = self._store_lost()
+            if lost is None:
                 return True
-            log.error("store %s lost: gearmand keeps its queued jobs in memory but cannot "
-                      "persist new ones; waiting for the store", self.config.store)  # fmt: skip
-            self._update(state=membership.STORE_LOST)
+            how, why = lost
+            log.error("store %s %s: gearmand keeps its queued jobs in memory but cannot "
+                      "persist new ones; waiting for the store", self.config.store,
+                      why)  # fmt: skip
+            self.metrics.store_lost(how)
+            self._update(state=NodeState.STORE_LOST)
             return False
-        if not (self.store.ping() and store_writable(
+        if not (self._store_lost() is None and store_writable(
                 self.config.gearman, self.config.node, self.config.check_timeout)):  # fmt: skip
             return False
         log.warning("store %s is back (empty if it was restarted): gearmand writes to it "
                     "again", self.config.store)  # fmt: skip
-        self._update(state=membership.SERVING)
+        self._update(state=NodeState.SERVING)
         return True
+
+    def _store_lost(self) -> tuple[str, str] | None:
+        """(how, why) when the store does not answer, or answers as another memcached than at
+        the last check (it restarted in between: empty, though it answers); None if fine."""
+        try:
+            identity = self.store.identity()
+        except GearctlError as exc:
+            return "down", f"lost ({exc})"
+        previous, self.store_identity = self.store_identity, identity
+        if previous is not None and identity.restarted_since(previous):
+            return "restarted", (f"restarted between two checks (memcached pid {previous.pid} "
+                                 f"-> {identity.pid}): it is empty")  # fmt: skip
+        return None
 
     def _publish_functions(self, names: tuple[str, ...]) -> None:
         """Record new function names in ZooKeeper (only names not published yet cost a write)."""
         try:
-            self.functions.publish(names)
-        except KazooException as exc:
+            left_out = self.functions.publish(names)
+        except GearctlError as exc:
             log.warning("could not publish function names: %s", exc)
+            return
+        if left_out:
+            self.metrics.names_left_out(left_out)
+            now = time.monotonic()
+            if now >= self._names_warned_at + NAMES_WARN_EVERY:
+                self._names_warned_at = now
+                log.warning("function names not published to ZooKeeper (bound hit): %s; a "
+                            "client registers many or long names?", dict(left_out))  # fmt: skip
 
     def _stop_gearmand(self, kill: bool = False) -> None:
         with self.gearmand_lock:
@@ -337,7 +397,7 @@ class Agent:
             log.warning("stopping gearmand pid %d left by an earlier agent", pid)
             stop_pid(pid)
 
-    def _failed(self, reason: str, state: str = membership.FAILED) -> None:
+    def _failed(self, reason: str, state: NodeState = NodeState.FAILED) -> None:
         tail = log_tail(self.config.log_dir / "gearmand.log", 5)
         log.error("%s\nlast lines of gearmand.log:\n%s", reason, tail)
         self._update(state=state, gearmand_pid=None)
@@ -352,7 +412,7 @@ class Agent:
             if self.gearmand is not None:
                 kill_pid(self.gearmand.pid)
         log.error("fenced (%s): gearmand killed", reason)
-        self.record = self.record.with_changes(state=membership.FENCED, gearmand_pid=None)
+        self.record = self.record.with_changes(state=NodeState.FENCED, gearmand_pid=None)
         self.metrics.fenced()
 
     def _on_reconnected(self, session_was_lost: bool) -> None:
@@ -368,65 +428,61 @@ class Agent:
             self.session_renewed.clear()
             log.info("new ZooKeeper session: registering again")
             self._register()
-        self._update(state=membership.STARTING)
+        self._update(state=NodeState.STARTING)
 
     # -- ZooKeeper ----------------------------------------------------------------------------
 
     def _connect_zookeeper(self) -> None:
         """Connect, retrying with backoff: ZooKeeper being down is not a reason to crash."""
-        self.zk.add_listener(self.guard.listener)
-        self.zk.add_listener(self.metrics.zookeeper_state)
+        self.coord.add_listener(self.guard.listener)
+        self.coord.add_listener(self.metrics.zookeeper_state)
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                self.zk.start(timeout=max(5.0, self.config.session_timeout))
+                self.coord.start(timeout=max(5.0, self.config.session_timeout))
                 return
-            except Exception as exc:
+            except GearctlError as exc:
                 log.error("ZooKeeper %s unreachable (%s); retrying in %.1fs",
                           self.config.zookeeper_hosts, exc, delay)  # fmt: skip
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
 
+    def _tree_open(self) -> bool:
+        """With credentials, refuse a tree whose znodes anyone may change (created before the
+        credentials were set): anyone could then take a store's ownership or plant records."""
+        if self.config.zookeeper_auth is None or self.stopping.is_set():
+            return False
+        open_znodes = self.coord.open_znodes()
+        if open_znodes:
+            log.critical(
+                "refusing to run: %d znode(s) of cluster %s are writable by anyone (created "
+                "before ZooKeeper credentials were set), e.g. %s; close them with `gearctl acl "
+                "fix --zookeeper %s --cluster %s --auth-file FILE` (the agents' credentials)",
+                len(open_znodes), self.config.cluster, open_znodes[0],
+                self.config.zookeeper_hosts, self.config.cluster,
+            )  # fmt: skip
+        return bool(open_znodes)
+
     def _register(self) -> None:
         """Create our ephemeral member record, waiting out one left by an earlier session."""
-        path = self.paths.member(self.config.node)
         while not self.stopping.is_set():
             try:
-                self.zk.create(path, self.record.encode(), ephemeral=True, makepath=True)
-                return
-            except NodeExistsError:
-                log.warning("member %s still held by an earlier session; waiting", path)
+                if self.coord.register(self.record):
+                    return
+                log.warning("member %s still held by an earlier session; waiting",
+                            self.config.node)  # fmt: skip
                 self.stopping.wait(self.config.session_timeout / 4)
             except Exception as exc:
-                log.error("cannot register member %s: %s", path, exc)
+                log.error("cannot register member %s: %s", self.config.node, exc)
                 self.stopping.wait(1.0)
 
     def _update(self, **changes: object) -> None:
         self.record = self.record.with_changes(**changes)
         self.metrics.record(self.record)
         try:
-            self.zk.set(self.paths.member(self.config.node), self.record.encode())
+            self.coord.update_member(self.record)
         except Exception as exc:
             log.warning("could not update the member record: %s", exc)
-
-    def _next_epoch(self) -> int:
-        """Increment the store's incarnation counter (compare-and-set) and return it."""
-        path = self.paths.store_epoch(self.config.node)
-        while True:
-            try:
-                data, stat = self.zk.get(path)
-            except NoNodeError:
-                try:
-                    self.zk.create(path, b"1", makepath=True)
-                    return 1
-                except NodeExistsError:
-                    continue
-            epoch = int(data or b"0") + 1
-            try:
-                self.zk.set(path, str(epoch).encode(), version=stat.version)
-                return epoch
-            except BadVersionError:
-                time.sleep(0.01)
 
 
 def _log_progress(report: RestoreReport) -> None:

@@ -1,12 +1,11 @@
 """`gearctl store drain NODE --into NODE`: an operator drains a dead node's store by hand.
 
-The same guards as a survivor's automatic take-over (cluster/takeover.py), in the same order:
-the node has no member record (its agent is gone), the store's owner znode can be created by us
-(nobody serves or drains it), and the old gearmand is fenced (refuses connections, or its
-process is gone on this host). Only then are the jobs moved, with the same restore routine, and
-the drain is recorded under `takeovers/` (`manual: true`). The lease belongs to this command's
-ZooKeeper session: if the command dies, the lease vanishes with the session and a survivor (or
-another `store drain`) resumes.
+The same guards as a survivor's automatic take-over, by the same function
+(cluster.claim.claim_and_drain): the node has no member record (its agent is gone), the store's
+owner znode can be created by us (nobody serves or drains it), and the old gearmand is fenced
+(refuses connections, or its process is gone on this host). Only then are the jobs moved, and
+the drain is recorded under `takeovers/` (`manual: true`). Before those, this command checks
+what only it has: the store is described and `--into` names a serving node.
 """
 
 from __future__ import annotations
@@ -15,25 +14,18 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
-
-from cluster import membership
+from cluster.claim import claim_and_drain
+from cluster.coord import Coordination, MemberEntry, NodeState, StoreRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.functions import FunctionRegistry, known_in_cluster
-from cluster.lease import DRAIN, SERVE, StoreLease
-from cluster.membership import read_member_entries, session_text
 from cluster.restore import Progress
-from cluster.store import Store
-from cluster.takeover import StoreRecord, drain_store, old_server_is_dead
-from cluster.zkpaths import ClusterPaths
 
-TARGET_STATES = (membership.SERVING,)  # drain only into a gearmand that serves
+TARGET_STATES = (NodeState.SERVING,)  # drain only into a gearmand that serves
 
 
 class DrainRefused(GearctlError):
-    """The drain did not start: a guard (owner alive, another drain, no fence) said no."""
+    """The drain did not start: the store or the `--into` node is not fit for it."""
 
 
 @dataclass
@@ -46,11 +38,8 @@ class DrainResult:
     moved: int
     deferred: int
     seconds: float
-    outcome: str
-
-    @property
-    def done(self) -> bool:
-        return self.outcome.startswith("done")
+    outcome: str  # as the take-over record has it: with the reason, if any
+    done: bool
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -67,8 +56,7 @@ class DrainResult:
 
 
 def drain_by_hand(
-    zk: KazooClient,
-    paths: ClusterPaths,
+    coord: Coordination,
     store: str,
     into: str,
     progress: Progress | None = None,
@@ -76,71 +64,48 @@ def drain_by_hand(
 ) -> DrainResult:
     """Drain dead node `store`'s memcached store into node `into`'s gearmand, once.
 
-    Raises DrainRefused (nothing was moved) when a guard fails. `interrupted` stops the drain
-    between chunks (the record then says `interrupted`; the rest stays in the store).
+    Raises DrainRefused or ClaimRefused (nothing was moved) when a guard fails. `interrupted`
+    stops the drain between chunks (the record then says `interrupted`; the rest stays in the
+    store).
     """
     if store == into:
         raise DrainRefused(f"cannot drain store {store} into its own node")
-    record = _store_record(zk, paths, store)
-    members = read_member_entries(zk, paths)
-    target = _target(members, into)
-    if store in members:
-        entry = members[store]
-        raise DrainRefused(
-            f"node {store} still has a ZooKeeper session ({session_text(entry.session)}, its "
-            f"record says {entry.record.state}): its agent is alive, or died less than a session "
-            f"timeout ago. Drain only a dead node's store"
-        )
-    lease = StoreLease(zk, paths.store_owner(store), into, DRAIN)
-    holder = lease.try_acquire()
-    if holder is not None:
-        why = (
-            "its agent is alive"
-            if holder.purpose == SERVE
-            else "another drain runs (see `gearctl takeover list`)"
-        )
-        raise DrainRefused(
-            f"store {store} is held by {holder.node} ({holder.purpose}, ZooKeeper session "
-            f"{session_text(holder.session)}): {why}"
-        )
-    try:
-        dead, how = old_server_is_dead(record)
-        if not dead:
-            raise DrainRefused(f"store {store} is not fenced: {how}; nothing was drained")
-        known = known_in_cluster(zk, paths, FunctionRegistry(zk, paths.functions), target, 1.0)
-        stop = interrupted or threading.Event()
-        takeover, report = drain_store(
-            zk, paths, store, Store(Endpoint.parse(record.address)), target, by=into, how=how,
-            known=known, should_continue=lambda: not stop.is_set() and lease.held(),
-            progress=progress, manual=True,
-        )  # fmt: skip
-    finally:
-        lease.release()
+    record = _store_record(coord, store)
+    target = _target(coord.member_entries(), into)
+    stop = interrupted or threading.Event()
+    drained = claim_and_drain(
+        coord, store, record, target, by=into, manual=True, progress=progress,
+        known=lambda: known_in_cluster(FunctionRegistry(coord), target, 1.0),
+        keep_going=lambda: not stop.is_set(),
+    )  # fmt: skip
+    takeover, report = drained.takeover, drained.report
     return DrainResult(
         store=store,
         into=into,
         target=str(target),
-        fenced=how,
+        fenced=drained.fenced,
         expected=report.expected if report else 0,
         moved=takeover.jobs,
         deferred=report.deferred if report else 0,
         seconds=takeover.seconds,
-        outcome=takeover.outcome,
+        outcome=takeover.outcome_text,
+        done=takeover.done,
     )
 
 
-def _store_record(zk: KazooClient, paths: ClusterPaths, store: str) -> StoreRecord:
+def _store_record(coord: Coordination, store: str) -> StoreRecord:
     try:
-        return StoreRecord.decode(zk.get(paths.store(store))[0])
-    except NoNodeError:
-        raise DrainRefused(f"no store {store} in cluster {paths.cluster}") from None
+        record = coord.store_record(store)
     except (ValueError, KeyError):
         raise DrainRefused(
             f"store {store} was never described by its agent (no gearmand started on it yet)"
         ) from None
+    if record is None:
+        raise DrainRefused(f"no store {store} in cluster {coord.paths.cluster}")
+    return record
 
 
-def _target(members: dict[str, membership.MemberEntry], into: str) -> Endpoint:
+def _target(members: dict[str, MemberEntry], into: str) -> Endpoint:
     entry = members.get(into)
     if entry is None:
         raise DrainRefused(f"--into {into}: no such live node (no member record in ZooKeeper)")

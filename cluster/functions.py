@@ -1,46 +1,44 @@
 """Function names the cluster has seen, kept in ZooKeeper so any agent can split job keys right.
 
 A key `P<function>-<unique>` is ambiguous when either part holds '-'; knowing the function names
-(gearmand's `status` lists every function with queued jobs) resolves it (design §4).
+(gearmand's `status` lists every function with queued jobs) resolves it (design §4). What one
+agent publishes is bounded (cluster.namebound: size, count, rate): any client may register
+names.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections import Counter
 from collections.abc import Iterable
-from urllib.parse import quote, unquote
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError, NoNodeError
-
+from cluster.coord import Coordination
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.admin import AdminClient
-from cluster.membership import read_members
-from cluster.zkpaths import ClusterPaths
+from cluster.namebound import NameBound
 
 
 class FunctionRegistry:
-    def __init__(self, zk: KazooClient, path: str) -> None:
-        self.zk = zk
-        self.path = path
+    """The names recorded in ZooKeeper, and which of them this process wrote or saw already."""
+
+    def __init__(self, coord: Coordination, bound: NameBound | None = None) -> None:
+        self.coord = coord
         self.published: set[str] = set()
+        self.bound = bound or NameBound()
 
     def known(self) -> set[str]:
-        try:
-            children = self.zk.get_children(self.path)
-        except NoNodeError:
-            return set()
-        names = {unquote(child) for child in children}
+        names = self.coord.function_names()
         self.published |= names
         return names
 
-    def publish(self, names: Iterable[str]) -> None:
-        """Record names not recorded yet (one znode each; a name is never removed)."""
-        for name in set(names) - self.published:
-            with contextlib.suppress(NodeExistsError):
-                self.zk.create(f"{self.path}/{quote(name, safe='')}", makepath=True)
+    def publish(self, names: Iterable[str]) -> Counter[str]:
+        """Record names not recorded yet, within the bound (one znode each; a name is never
+        removed); returns how many were left out, by reason (`size`, `count`, `rate`)."""
+        admitted, left_out = self.bound.admit(set(names) - self.published, self.published)
+        for name in admitted:
+            self.coord.add_function(name)
             self.published.add(name)
+        return left_out
 
 
 def names_served(endpoints: Iterable[Endpoint], timeout: float) -> set[str]:
@@ -48,16 +46,16 @@ def names_served(endpoints: Iterable[Endpoint], timeout: float) -> set[str]:
     names: set[str] = set()
     for endpoint in endpoints:
         try:
-            names.update(f.name for f in AdminClient(endpoint, timeout=timeout).status())
+            functions, _ = AdminClient(endpoint, timeout=timeout).status_head()
+            names.update(f.name for f in functions)
         except GearctlError:
             continue  # a dead or hung server knows nothing we can use
     return names
 
 
-def known_in_cluster(
-    zk: KazooClient, paths: ClusterPaths, registry: FunctionRegistry, own: Endpoint, timeout: float
-) -> set[str]:
+def known_in_cluster(registry: FunctionRegistry, own: Endpoint, timeout: float) -> set[str]:
     """Names recorded in ZooKeeper plus those every member's gearmand knows right now (queued
     jobs or registered workers): a worker for a function anywhere makes its name known."""
-    endpoints = {Endpoint.parse(m.gearman) for m in read_members(zk, paths).values()} | {own}
+    members = registry.coord.members().values()
+    endpoints = {Endpoint.parse(m.gearman) for m in members} | {own}
     return registry.known() | names_served(endpoints, timeout)

@@ -69,8 +69,11 @@ class GearmandLaunch:
 
 
 def start_gearmand(launch: GearmandLaunch) -> subprocess.Popen[bytes]:
-    """Start gearmand; it is not ready until `cluster.gearman.admin.is_serving` says so."""
+    """Start gearmand; it is not ready until `cluster.gearman.admin.is_serving` says so.
+
+    gearmand dies with the thread that starts it (the agent's main thread): an agent killed
+    by its watchdog, or by anyone, leaves no gearmand serving a store it no longer owns."""
     binary = require_binary("gearmand", "gearman-job-server")
     ensure_port_free(launch.endpoint, f"gearmand {launch.endpoint}")
     stdout_log = launch.log_path.with_name(launch.log_path.stem + ".stdout.log")
-    return spawn(launch.argv(binary), log_path=stdout_log)
+    return spawn(launch.argv(binary), log_path=stdout_log, die_with_parent=True)

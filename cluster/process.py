@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 import shutil
@@ -104,8 +105,12 @@ def spawn(
     pid_path: Path | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own session, output appended to `log_path`, PID written to `pid_path`."""
+    """Start `argv` in its own session, output appended to `log_path`, PID written to `pid_path`.
+
+    `die_with_parent`: the kernel SIGKILLs the child when the thread that started it ends
+    (PR_SET_PDEATHSIG; start it from a thread that lives as long as the process)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         try:
@@ -117,12 +122,27 @@ def spawn(
                 start_new_session=True,
                 env=env,
                 cwd=cwd,
+                preexec_fn=_pdeathsig_setter(os.getpid()) if die_with_parent else None,
             )
         except OSError as exc:
             raise LaunchError(f"cannot run {argv[0]}: {exc}") from exc
     if pid_path is not None:
         write_pidfile(pid_path, proc.pid)
     return proc
+
+
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child only calls it
+
+
+def _pdeathsig_setter(parent: int) -> Callable[[], None]:
+    """A preexec_fn: SIGKILL on the parent's death; exit at once if it died before the call."""
+
+    def set_pdeathsig() -> None:
+        if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+            os._exit(127)
+
+    return set_pdeathsig
 
 
 def write_pidfile(path: Path, pid: int) -> None:
@@ -148,6 +168,53 @@ def is_running(pid: int | None) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def boot_id() -> str | None:
+    """This kernel's boot id: equal only on the same machine since the same boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def pid_namespace(pid: int | str = "self") -> int | None:
+    """The inode of `pid`'s PID namespace (equal inodes: the same namespace), None if gone."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def pid_inside(pid: int) -> int | None:
+    """`pid` (as this process sees it) as seen from inside its own PID namespace."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def pid_outside(inside: int | None, like: int) -> int | None:
+    """The PID, as this process sees it, of the process `inside` of the PID namespace `like`
+    lives in (a process in another namespace reports its own PIDs as seen from there)."""
+    namespace = pid_namespace(like)
+    if inside is None or namespace is None or namespace == pid_namespace():
+        return inside
+    for pid in psutil.pids():
+        if pid_namespace(pid) == namespace and pid_inside(pid) == inside:
+            return pid
+    return None
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of `pid`'s live children (none when it is gone)."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children() if is_running(c.pid)]
+    except psutil.Error:
+        return []
 
 
 @dataclass(frozen=True)

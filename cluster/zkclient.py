@@ -14,15 +14,11 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient
 from kazoo.security import ACL, READ_ACL_UNSAFE, make_digest_acl
 
 from cluster.errors import ConfigError
-
-if TYPE_CHECKING:
-    from cluster.config import AgentConfig
 
 
 @dataclass(frozen=True)
@@ -72,8 +68,3 @@ def make_client(
         auth_data=credentials.auth_data,
         default_acl=credentials.acl,
     )
-
-
-def connect(config: AgentConfig) -> KazooClient:
-    """The agent's client (not started): its ensemble, session timeout and credentials."""
-    return make_client(config.zookeeper_hosts, config.session_timeout, config.zookeeper_auth)

@@ -19,6 +19,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from cluster.coord import ClusterPaths
 from cluster.drill.workload import FUNCTIONS, PRIORITIES, drain, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.gearman.admin import AdminClient
@@ -26,7 +27,6 @@ from cluster.jobkey import parse_job_key
 from cluster.local.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 from cluster.process import free_port, read_pidfile, stop_pid
 from cluster.store import Store
-from cluster.zkpaths import ClusterPaths
 from tests.conftest import HOST
 
 pytestmark = pytest.mark.integration

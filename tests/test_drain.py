@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from kazoo.client import KazooClient
 
-from cluster.lease import DRAIN, StoreLease
-from cluster.zkpaths import ClusterPaths
+from cluster import coord
+from cluster.coord import Purpose
+from cluster.process import is_running, wait_until
 from tests.clusterctl import gearctl, local_cluster, node, status_json
 from tests.clusterctl import wait_until as wait_status
 from tests.test_takeover import JOBS, load, run_to_completion
@@ -41,37 +41,32 @@ def test_drain_is_refused_until_the_node_is_dead_and_fenced_then_moves_every_job
         assert code == 1 and str(report["outcome"]).startswith("refused")
         assert "still has a ZooKeeper session" in stderr
 
-        # The agent dies, its gearmand lives on (nobody fences it): once the session has
-        # expired the store has no owner, but the old server is not fenced.
+        # The agent dies, and its gearmand with it (parent-death signal); once the session
+        # has expired the store has no owner. (A gearmand that outlives its session is the
+        # fencing-failed drill's case.)
         os.kill(victim["agent_pid"], signal.SIGKILL)
+        wait_until(lambda: not is_running(victim["gearmand_pid"]), timeout=10,
+                   what="gearmand's death with its agent")  # fmt: skip
         status = wait_status(directory, lambda s: node(s, "node2")["zk_session"] is None)
-        code, report, stderr = drain(directory, "node2", "node1")
-        assert code == 1 and "is not fenced" in stderr, stderr
-        assert f"gearmand pid {victim['gearmand_pid']} is still running" in stderr
-
-        os.kill(victim["gearmand_pid"], signal.SIGKILL)
         time.sleep(2.5)  # survivors scan at least twice: paused, none of them drains
         status = status_json(directory)
         assert status["takeover_paused"] is True and status["takeovers"] == []
         assert node(status, "node2")["store_items"] == JOBS
 
-        zk = KazooClient(hosts=status["zookeeper"]["address"])
-        zk.start(timeout=10)
-        try:
-            other = StoreLease(zk, ClusterPaths("local").store_owner("node2"), "node3", DRAIN)
+        with coord.session(status["zookeeper"]["address"], "local", timeout=10) as session:
+            other = session.lease("node2", "node3", Purpose.DRAIN)
             assert other.try_acquire() is None
             code, report, stderr = drain(directory, "node2", "node1")
             assert code == 1 and "held by node3 (drain" in stderr, stderr
             assert "another drain runs" in stderr
             other.release()
-        finally:
-            zk.stop()
-            zk.close()
 
         code, report, stderr = drain(directory, "node2", "node1")
         assert code == 0, stderr
         assert report["outcome"] == "done" and report["moved"] == report["expected"] == JOBS
-        assert report["fenced"] == f"gearmand pid {victim['gearmand_pid']} is gone"
+        assert report["fenced"] == (
+            f"gearmand pid {victim['gearmand_pid']} is gone (same kernel, PID namespace)"
+        )
         status = status_json(directory)
         (takeover,) = status["takeovers"]
         assert (takeover["store"], takeover["by"], takeover["jobs"]) == ("node2", "node1", JOBS)

@@ -1,7 +1,8 @@
 """Every failover drill on a real 3-node cluster, 5,000 jobs each, counted one by one.
 
-Every scenario runs once; `partition-node` always puts each node in a network namespace of its
-own, and `kill-node` runs a second time that way (`--hosts netns`). Where namespaces cannot be
+Every scenario runs once; `partition-node`, `host-down`, `agent-hang`, `session-blip` and
+`fencing-failed` always put each node on a host of its own (network, UTS and PID namespace), and
+`kill-node` runs a second time that way (`--hosts netns`). Where namespaces cannot be
 made, those drills fail with the reason: they never skip.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
+from cluster import coord
 from cluster.drill.scenarios import (
     FOREGROUND_DUPLICATE_BOUND,
     SCENARIOS,
@@ -25,11 +28,14 @@ from cluster.drill.scenarios import (
     Scenario,
     run,
 )
+from cluster.drill.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
+from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.functions import FunctionRegistry
 from cluster.local import netns
-from cluster.local.cluster import LocalCluster
+from cluster.local.cluster import PORT_BLOCK, LocalCluster, Placement, down, up
 from cluster.local.status import collect
-from cluster.process import wait_until
+from cluster.process import free_port_block, wait_until
 from tests.clusterctl import gearctl, local_cluster, up_again
 
 pytestmark = pytest.mark.integration
@@ -45,6 +51,7 @@ def check(result: DrillResult, scenario: str) -> None:
     assert ledger.lost == 0
     assert ledger.unexpected == 0
     assert ledger.duplicated <= SCENARIOS[scenario].duplicate_bound
+    assert ledger.reruns <= ledger.in_flight_at_faults  # one per connection that broke
     assert fg is not None and fg.attempted > 0
     assert (fg.lost, fg.unexpected, fg.failed) == (0, 0, 0)
     assert fg.acknowledged == fg.attempted
@@ -53,11 +60,11 @@ def check(result: DrillResult, scenario: str) -> None:
     assert result.passed
 
 
-@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"store-lost"}))
+@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"store-lost", "store-full"}))
 def test_drill_loses_and_doubles_nothing(scenario: str) -> None:
     result = run(scenario, DRILL_JOBS, print)
     check(result, scenario)
-    if scenario == "partition-node":
+    if SCENARIOS[scenario].isolated_nodes:
         check_three_hosts(result)
 
 
@@ -71,6 +78,12 @@ def test_drill_on_three_network_namespace_hosts(scenario: str) -> None:
 def check_three_hosts(result: DrillResult) -> None:
     assert result.hosts == "netns"
     assert "node3 in namespace gcd-n3 on 10.231.0.13" in result.timeline[1][1]
+    hosts = result.timeline[2][1]  # each host: its own hostname and PID namespace
+    assert hosts.startswith("hosts (this machine: ")
+    namespaces = re.findall(r"PID namespace (\d+)", hosts)
+    assert len(set(namespaces)) == 4  # this machine's and three others
+    for n in (1, 2, 3):
+        assert f"node{n}: hostname gcd-n{n}, agent pid" in hosts
     assert netns.leftovers() == ([], [])  # namespaces, veths and bridge torn down
 
 
@@ -83,6 +96,15 @@ def test_store_lost_is_reported_and_never_restarts_gearmand() -> None:
     assert any(e.endswith("never restarted") for e in events)
     # the jobs queued on node1 before the loss, and those the Client placed meanwhile
     assert result.ledger.acknowledged == DRILL_JOBS + DRILL_JOBS // 10
+
+
+def test_store_full_counts_refused_submits_as_refused_and_runs_every_job_once() -> None:
+    result = run("store-full", DRILL_JOBS, print)
+    check(result, "store-full")
+    events = [event for _, event in result.timeline]
+    assert result.ledger.refused > 0  # refused, never acknowledged: `unexpected` if one ran
+    assert result.ledger.attempted == result.ledger.acknowledged + result.ledger.refused
+    assert any("not job keys gearmand wrote" in e for e in events)  # the fillers: reported
 
 
 def node1(directory: Path) -> dict[str, Any]:
@@ -161,3 +183,39 @@ def test_drill_cli_rejects_unknown_scenario() -> None:
     result = gearctl("drill", "no-such-drill")
     assert result.returncode == 1
     assert "unknown scenario 'no-such-drill'" in result.stderr
+
+
+def test_store_drain_takes_over_a_dead_hosts_store(tmp_path: Path) -> None:
+    """`gearctl store drain` on the store of a host that is gone (its address times out)."""
+    with netns.HostNetwork(2) as network:
+        placement = Placement(services=network.bridge_address,
+                              node_hosts=tuple(h.address for h in network.members),
+                              node_netns=tuple(h.name for h in network.members))  # fmt: skip
+        directory = tmp_path / "c"
+        base = free_port_block(PORT_BLOCK, placement.services)
+        try:
+            up(directory, 2, base, print, placement=placement)
+            assert gearctl("takeover", "pause", "--dir", str(directory)).returncode == 0
+            cluster = LocalCluster.load(directory)
+            assert cluster is not None
+            jobs = numbered_jobs(500, "hostdown")
+            assert submit(Endpoint.parse(cluster.nodes[0].gearman), jobs) == 500
+            # node1's agent publishes the (dashed) function names: the drain needs them
+            with coord.session(cluster.zookeeper, cluster.cluster) as session:
+                registry = FunctionRegistry(session)
+                wait_until(lambda: set(FUNCTIONS) <= registry.known(), timeout=30,
+                           what="function names in ZooKeeper")  # fmt: skip
+            network.power_off("gcd-n1")
+            wait_until(lambda: node1(directory)["zk_session"] is None, timeout=60,
+                       what="node1's session expiry")  # fmt: skip
+            result = gearctl("store", "drain", "node1", "--into", "node2", "--dir",
+                             str(directory), "--json")  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            report = json.loads(result.stdout)
+            assert "cannot be reached" in report["fenced"], report
+            assert report["moved"] == 500
+            drained = drain([Endpoint.parse(cluster.nodes[1].gearman)], FUNCTIONS, 500)
+            ledger = Ledger.count(500, {j.unique for j in jobs}, drained)
+            assert (ledger.lost, ledger.duplicated, ledger.unexpected) == (0, 0, 0)
+        finally:
+            down(directory, print)

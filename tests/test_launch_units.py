@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cluster.coord import MemberRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import ConfigError
 from cluster.gearmand_server import _is_prime, hashtable_buckets, io_threads
-from cluster.membership import MemberRecord
 
 
 @given(st.integers(min_value=1, max_value=5_000_000))

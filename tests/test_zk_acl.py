@@ -16,10 +16,10 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import Permissions
 
+from cluster.coord import ClusterPaths
 from cluster.endpoint import Endpoint
 from cluster.process import free_port, read_pidfile, stop_pid
 from cluster.zkclient import ZkCredentials, make_client
-from cluster.zkpaths import ClusterPaths
 from tests.conftest import HOST
 
 pytestmark = pytest.mark.integration
@@ -34,6 +34,22 @@ def walk(zk: KazooClient, path: str) -> Iterator[str]:
     yield path
     for child in zk.get_children(path):
         yield from walk(zk, f"{path}/{child}")
+
+
+def wait_serving(
+    proc: subprocess.Popen[bytes], zk: KazooClient, member: str, log: Path, timeout: float = 60
+) -> None:
+    """Until the agent's member record says `serving`; fails with its log if it dies first."""
+    deadline = time.monotonic() + timeout
+    state = None
+    while state != "serving":
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+        try:
+            state = json.loads(zk.get(member)[0])["state"]
+        except NoNodeError:
+            state = None
 
 
 @pytest.fixture
@@ -63,16 +79,7 @@ def secured_agent(
     paths = ClusterPaths(cluster)
     anonymous = started(KazooClient(hosts=str(zookeeper)))
     try:
-        deadline = time.monotonic() + 60
-        state = None
-        while state != "serving":
-            assert proc.poll() is None, (tmp_path / "agent.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "agent.out").read_text()[-3000:]
-            time.sleep(0.1)
-            try:
-                state = json.loads(anonymous.get(paths.member(node))[0])["state"]
-            except NoNodeError:
-                state = None
+        wait_serving(proc, anonymous, paths.member(node), tmp_path / "agent.out")
         yield paths, node, credentials
     finally:
         anonymous.stop()

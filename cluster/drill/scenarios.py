@@ -16,38 +16,52 @@ import contextlib
 import os
 import random
 import signal
+import socket
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from cluster.coord import Coordination, PauseRecord
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
+    BackgroundWorkers,
     ForegroundLedger,
     ForegroundLoad,
     Job,
     Ledger,
-    drain,
     numbered_jobs,
     submit,
 )
 from cluster.endpoint import Endpoint
-from cluster.errors import GearctlError
+from cluster.errors import GearctlError, StoreError
+from cluster.gearman.admin import is_serving
 from cluster.gearman.client import BackgroundJob, Client, NoServerError
-from cluster.gearman.protocol import GearmanConnection
+from cluster.gearman.protocol import BatchSubmitError, GearmanConnection
+from cluster.gearmand_server import GearmandLaunch
 from cluster.local import cluster as localcluster
 from cluster.local import netns
 from cluster.local.netns import HostNetwork
-from cluster.local.status import collect, connect, read_takeovers
-from cluster.process import free_port_block, is_running, wait_until
+from cluster.local.status import collect, connect
+from cluster.process import (
+    ProcessRef,
+    free_port_block,
+    is_running,
+    pid_inside,
+    pid_namespace,
+    require_binary,
+    spawn,
+    wait_until,
+)
 from cluster.restore import BATCH
-from cluster.zkpaths import ClusterPaths
+from cluster.store import Store
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
@@ -70,9 +84,11 @@ class DrillContext:
     started: float = field(default_factory=time.monotonic)
     timeline: list[tuple[float, str]] = field(default_factory=list)
     network: HostNetwork | None = None  # the namespaces of a multi-host drill
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # drill's end
     violations: list[str] = field(default_factory=list)  # broken invariants besides the ledger
     extra_jobs: list[Job] = field(default_factory=list)  # background jobs submitted by the fault
     extra_acknowledged: set[str] = field(default_factory=set)
+    extra_refused: set[str] = field(default_factory=set)  # submits the fault saw refused
 
     def event(self, text: str) -> None:
         self.timeline.append((round(time.monotonic() - self.started, 3), text))
@@ -222,6 +238,56 @@ def store_lost(ctx: DrillContext) -> None:
         ctx.event(f"node1's gearmand pid {gearmand_pid} never restarted")
 
 
+STORE_FULL_ITEM = 50_000  # bytes of each item that fills node1's store, and of each big job
+STORE_FULL_ROOM = 20  # fillers deleted again: room for about so many big jobs
+STORE_FULL_BIG = 60  # big jobs the workload pushes, each followed by small ones
+
+
+def store_full(ctx: DrillContext) -> None:
+    """node1's store fills up with 50 kB items that are not gearmand's (someone else's data,
+    which the restore must skip and report) until memcached (-M) refuses one, and
+    STORE_FULL_ROOM of them are deleted again. The workload then pushes it past full: a
+    pipeline of big jobs, each followed by small ones, straight to node1; gearmand refuses big
+    jobs and goes on, and each refused submit counts as refused, never acknowledged. node1's
+    gearmand is then killed: its agent restores into the full store, and the jobs it cannot
+    hold there go to the other nodes (every job once)."""
+    store = Store(Endpoint.parse(ctx.cluster().nodes[0].store))
+    fillers = 0
+    with contextlib.suppress(StoreError):  # memcached -M: out of memory, nothing evicted
+        while True:
+            store.set(f"drill-filler-{fillers}", b"f" * STORE_FULL_ITEM, 0)
+            fillers += 1
+    for n in range(STORE_FULL_ROOM):
+        store.delete(f"drill-filler-{fillers - 1 - n}")
+    store.close()
+    ctx.event(f"node1's store full after {fillers} items of {STORE_FULL_ITEM:,} bytes that are "
+              f"not gearmand's; {STORE_FULL_ROOM} deleted again")  # fmt: skip
+    sizes = ("big", "small", "small") * STORE_FULL_BIG
+    jobs = [Job(FUNCTIONS[n % 3], f"{ctx.scenario}-{size}-{n}",
+                (b"B" * STORE_FULL_ITEM) if size == "big" else b"small %d" % n, "normal")
+            for n, size in enumerate(sizes)]  # fmt: skip
+    ctx.extra_jobs.extend(jobs)
+    with GearmanConnection(Endpoint.parse(ctx.node("node1")["gearman"])) as conn:
+        try:
+            handles = conn.submit_background_many(
+                (job.function, job.unique, job.payload, job.priority) for job in jobs)  # fmt: skip
+        except BatchSubmitError as exc:
+            handles = exc.handles
+    ctx.extra_acknowledged.update(job.unique for job, h in zip(jobs, handles, strict=True) if h)
+    ctx.extra_refused.update(job.unique for job, h in zip(jobs, handles, strict=True) if not h)
+    ctx.event(f"pushed past full: node1 acknowledged {len(jobs) - len(ctx.extra_refused)} and "
+              f"refused {len(ctx.extra_refused)} of {len(jobs)} pipelined jobs")  # fmt: skip
+    if not ctx.extra_refused:
+        ctx.violation("node1's full store refused no job: the drill did not fill it")
+    restarts = ctx.node("node1")["restarts"]
+    kill_gearmand(ctx)
+    ctx.wait("node1 serving again", lambda s: s["nodes"][0]["state"] == "serving"
+             and s["nodes"][0]["restarts"] > restarts, RECOVERY_TIMEOUT)  # fmt: skip
+    for line in ctx.agent_log("node1").splitlines():
+        if "refused" in line or "not job keys" in line or "went to other" in line:
+            ctx.event(f"node1 agent: {line.split(' ', 3)[-1][:200]}")
+
+
 def _submit_straight_to_node1(ctx: DrillContext, gearman: Endpoint) -> None:
     """A plain client that knows only node1: gearmand 1.1.20 answers QUEUE_ERROR."""
     job = Job(FUNCTIONS[0], f"{ctx.scenario}-straight-0", b"straight to node1", "normal")
@@ -230,6 +296,7 @@ def _submit_straight_to_node1(ctx: DrillContext, gearman: Endpoint) -> None:
         with GearmanConnection(gearman) as conn:
             conn.submit_background(job.function, job.payload, unique=job.unique)
     except GearctlError as exc:
+        ctx.extra_refused.add(job.unique)
         ctx.event(f"a submit straight to node1 is refused ({exc})")
         return
     ctx.extra_acknowledged.add(job.unique)
@@ -242,12 +309,14 @@ def _submit_through_client(ctx: DrillContext, cluster: localcluster.LocalCluster
     ctx.extra_jobs.extend(jobs)
     specs = [BackgroundJob(j.function, j.payload, j.unique, j.priority) for j in jobs]
     with Client(zookeeper=cluster.zookeeper, cluster=cluster.cluster) as client:
+        handles: list[bytes | None]
         try:
-            acknowledged = len(client.submit_background_many(specs))
+            handles = list(client.submit_background_many(specs))
         except NoServerError as exc:
-            acknowledged = exc.acknowledged
+            handles = exc.handles
         servers = ", ".join(str(s) for s in client.servers())
-    ctx.extra_acknowledged.update(j.unique for j in jobs[:acknowledged])
+    acknowledged = sum(map(bool, handles))
+    ctx.extra_acknowledged.update(j.unique for j, h in zip(jobs, handles, strict=True) if h)
     ctx.event(f"{acknowledged} of {len(jobs)} jobs submitted meanwhile through the failover "
               f"Client acknowledged (live servers: {servers})")  # fmt: skip
 
@@ -257,22 +326,22 @@ PARTITION_JITTER = 1.5  # seconds: the partition falls at a random point of this
 
 
 def partition_node(ctx: DrillContext) -> None:
-    """Cut node1's namespace off the bridge; it must fence before its session expires, a
-    survivor must confirm its gearmand gone (same host: by PID) and drain its store; after the
-    heal node1 must come back under a new session and serve only once the drain is over."""
+    """Cut node1's host off the bridge; it must fence before its session expires, a survivor
+    must find its gearmand unreachable (dead by the lease rule: its session expired) and drain
+    its store; after the heal node1 must come back under a new session and serve only once the
+    drain is over."""
     network = ctx.network
     assert network is not None, "partition-node runs on a test network"
     cluster = ctx.cluster()
     node1 = cluster.nodes[0]
     assert node1.netns is not None
     host = network.host(node1.netns)
-    paths = ClusterPaths(cluster.cluster)
     gearmand_pid = ctx.node("node1")["gearmand_pid"]
     zk = connect(cluster)
     if zk is None:
         raise GearctlError("drill: ZooKeeper does not answer")
     try:
-        session = zk.exists(paths.member("node1")).ephemeralOwner
+        session = zk.member_entry("node1").session
         log_before = len(ctx.agent_log("node1"))
         # At a random moment of node1's ZooKeeper traffic (its take-over scans run every second).
         time.sleep(random.uniform(0.0, PARTITION_JITTER))
@@ -280,7 +349,7 @@ def partition_node(ctx: DrillContext) -> None:
         partitioned_at = time.monotonic()
         ctx.event(f"partition: node1 ({host.name}, {host.address}) cut off from ZooKeeper and its "
                   f"peers ({host.veth_root} down)")  # fmt: skip
-        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, paths, gearmand_pid)
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, gearmand_pid)
         lines = ctx.agent_log("node1")[log_before:].splitlines()
         reasons = [line.split("fencing: ", 1)[1] for line in lines if "fencing: " in line]
         reason = reasons[0] if reasons else "no fencing line in node1's agent log"
@@ -290,30 +359,25 @@ def partition_node(ctx: DrillContext) -> None:
                           "the partition)")  # fmt: skip
         else:
             ctx.event(f"fenced {expired_at - fenced_at:.2f}s before the session expired ({reason})")
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: True)
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
         ctx.event(f"take-over of node1's store by {takeover['by']} started")
         _check_partition(ctx, host, cluster)
         network.heal(host.name)
         ctx.event(f"heal: {host.veth_root} up")
-        takeover = _wait_takeover(ctx, zk, paths, lambda t: t["outcome"] != "running")
+        takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"] != "running")
         ctx.event(f"take-over by {takeover['by']}: {takeover['outcome']}, {takeover['jobs']} jobs "
                   f"in {takeover['seconds']:.2f}s")  # fmt: skip
-        how = f"taking over store node1: gearmand pid {gearmand_pid} is gone"
-        if how not in ctx.agent_log(takeover["by"]):
-            raise GearctlError(f"drill: {takeover['by']} drained without the same-host PID check")
-        ctx.event(f"{takeover['by']} confirmed node1's gearmand pid {gearmand_pid} gone (psutil)")
-        if f"not draining store node1: gearmand pid {gearmand_pid} is still running" in (
-            ctx.agent_log(takeover["by"])
-        ):
-            ctx.event(f"{takeover['by']} had first found it still running and waited")
-        _wait_node1_back(ctx, zk, paths, session, takeover, log_before)
+        how = _takeover_how(ctx, takeover)
+        if "dead by the lease rule" not in how:
+            ctx.violation(f"{takeover['by']} took over without the lease rule: {how}")
+        ctx.event(f"{takeover['by']}: {how}")
+        _wait_node1_back(ctx, zk, session, takeover, log_before)
     finally:
-        zk.stop()
         zk.close()
 
 
 def _watch_fence_and_expiry(
-    ctx: DrillContext, zk: Any, paths: ClusterPaths, gearmand_pid: int
+    ctx: DrillContext, zk: Coordination, gearmand_pid: int
 ) -> tuple[float, float]:
     """(when node1's gearmand died, when its member record vanished), polled every 10 ms."""
     fenced_at = expired_at = None
@@ -325,7 +389,7 @@ def _watch_fence_and_expiry(
         if fenced_at is None and not is_running(gearmand_pid):
             fenced_at = time.monotonic()
             ctx.event(f"node1's agent fenced: gearmand pid {gearmand_pid} gone")
-        if expired_at is None and zk.exists(paths.member("node1")) is None:
+        if expired_at is None and zk.member_entry("node1") is None:
             expired_at = time.monotonic()
             ctx.event("survivors see node1's session expired (member record gone)")
         time.sleep(0.01)
@@ -333,11 +397,12 @@ def _watch_fence_and_expiry(
 
 
 def _wait_takeover(
-    ctx: DrillContext, zk: Any, paths: ClusterPaths, done: Callable[[dict[str, Any]], bool]
+    ctx: DrillContext, zk: Coordination, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
     deadline = time.monotonic() + PARTITION_TIMEOUT
     while time.monotonic() < deadline:
-        found = [t for t in read_takeovers(zk, paths) if t["store"] == "node1" and done(t)]
+        history = [t.as_json() for t in zk.takeover_history()]
+        found = [t for t in history if t["store"] == "node1" and done(t)]
         if found:
             return found[0]
         time.sleep(0.02)
@@ -369,8 +434,7 @@ def _check_partition(ctx: DrillContext, host: netns.Host, cluster: Any) -> None:
 
 def _wait_node1_back(
     ctx: DrillContext,
-    zk: Any,
-    paths: ClusterPaths,
+    zk: Coordination,
     old_session: int,
     takeover: dict[str, Any],
     log_before: int,
@@ -379,9 +443,9 @@ def _wait_node1_back(
     deadline = time.monotonic() + PARTITION_TIMEOUT
     while time.monotonic() < deadline:
         node = ctx.node("node1")
-        stat = zk.exists(paths.member("node1"))
-        if (node["state"] == "serving" and node["gearmand_pid"] and stat is not None
-                and stat.ephemeralOwner != old_session):  # fmt: skip
+        entry = zk.member_entry("node1")
+        if (node["state"] == "serving" and node["gearmand_pid"] and entry is not None
+                and entry.session != old_session):  # fmt: skip
             break
         time.sleep(0.05)
     else:
@@ -392,9 +456,166 @@ def _wait_node1_back(
         ctx.violation(f"node1's gearmand pid {pid} started during the drain of its store")
     log = ctx.agent_log("node1")[log_before:]
     waited = "store node1 is held by" in log
-    ctx.event(f"node1 back: new session {stat.ephemeralOwner:#x}, gearmand pid {pid} serving "
+    ctx.event(f"node1 back: new session {entry.session:#x}, gearmand pid {pid} serving "
               f"{started - takeover['finished']:.2f}s after the drain ended"
               + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
+
+
+FAULT_TIMEOUT = 30.0
+
+
+def _node1_host(ctx: DrillContext) -> tuple[HostNetwork, netns.Host]:
+    network = ctx.network
+    assert network is not None, f"{ctx.scenario} runs on network-namespace hosts"
+    node1 = ctx.cluster().nodes[0]
+    assert node1.netns is not None
+    return network, network.host(node1.netns)
+
+
+@contextlib.contextmanager
+def _zookeeper(ctx: DrillContext) -> Iterator[Coordination]:
+    zk = connect(ctx.cluster())
+    if zk is None:
+        raise GearctlError("drill: ZooKeeper does not answer")
+    try:
+        yield zk
+    finally:
+        zk.close()
+
+
+def _wait_member_gone(ctx: DrillContext, zk: Coordination) -> float:
+    """When node1's member record vanished (its session expired)."""
+    deadline = time.monotonic() + FAULT_TIMEOUT
+    while zk.member_entry("node1") is not None:
+        if time.monotonic() > deadline:
+            raise GearctlError(f"drill: node1's session still there {FAULT_TIMEOUT:.0f}s after "
+                               "the fault")  # fmt: skip
+        time.sleep(0.01)
+    ctx.event("node1's session (member record) gone")
+    return time.monotonic()
+
+
+def _takeover_how(ctx: DrillContext, takeover: dict[str, Any]) -> str:
+    """The survivor's own words for why node1's old gearmand counted as dead."""
+    marker = "taking over store node1: "
+    lines = [ln for ln in ctx.agent_log(takeover["by"]).splitlines() if marker in ln]
+    if not lines:
+        raise GearctlError(f"drill: no take-over line in {takeover['by']}'s log")
+    return lines[-1].split(marker, 1)[1].split("; draining")[0]
+
+
+def host_down(ctx: DrillContext) -> None:
+    """node1's host dies: every process in it killed, its link down (its address times out,
+    no RST); a survivor must take its store over by the lease rule alone."""
+    network, host = _node1_host(ctx)
+    with _zookeeper(ctx) as zk:
+        died = time.time()
+        killed = network.power_off(host.name)
+        ctx.event(f"host {host.name} ({host.address}) powered off: {len(killed)} processes "
+                  f"killed, {host.veth_root} down")  # fmt: skip
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
+        ctx.event(f"take-over of node1's store by {takeover['by']} started "
+                  f"{takeover['started'] - died:.2f}s after the host died (session timeout "
+                  f"{ctx.cluster().session_timeout:g}s)")  # fmt: skip
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
+
+
+def agent_hang(ctx: DrillContext) -> None:
+    """SIGSTOP node1's agent: its watchdog must kill agent and gearmand before the session
+    expires; a survivor then takes the store over."""
+    node = ctx.node("node1")
+    with _zookeeper(ctx) as zk:
+        ctx.kill(node["agent_pid"], signal.SIGSTOP, "node1 agent")
+        deadline = time.monotonic() + FAULT_TIMEOUT
+        while is_running(node["gearmand_pid"]):
+            if time.monotonic() > deadline:
+                raise GearctlError("drill: node1's gearmand still runs beside its hung agent")
+            time.sleep(0.01)
+        killed_at = time.monotonic()
+        ctx.event(f"node1's gearmand pid {node['gearmand_pid']} gone")
+        expired_at = _wait_member_gone(ctx, zk)
+        if "watchdog: pid" not in ctx.agent_log("node1"):
+            ctx.violation("node1's gearmand died, but not by its watchdog")
+        if expired_at <= killed_at:
+            ctx.violation("node1's session expired before its watchdog killed agent and gearmand")
+        else:
+            ctx.event(f"the watchdog killed agent and gearmand {expired_at - killed_at:.2f}s "
+                      "before the session expired")  # fmt: skip
+        takeover = _wait_takeover(ctx, zk, lambda t: True)
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
+
+
+def session_blip(ctx: DrillContext) -> None:
+    """node1's session expires and a new one opens at once: node1 is cut off ZooKeeper (take-over
+    paused, so that only node1 may own its store) until its member record is gone, then healed;
+    it must have fenced, and must register again and serve under a new session."""
+    network, host = _node1_host(ctx)
+    with _zookeeper(ctx) as zk:
+        zk.pause_takeover(PauseRecord())
+        session = zk.member_entry("node1").session
+        gearmand_pid = ctx.node("node1")["gearmand_pid"]
+        log_before = len(ctx.agent_log("node1"))
+        network.partition(host.name)
+        ctx.event(f"node1 cut off (take-over paused); session {session:#x}")
+        fenced_at, expired_at = _watch_fence_and_expiry(ctx, zk, gearmand_pid)
+        network.heal(host.name)
+        ctx.event("healed at once: node1's client finds its session expired and opens a new one")
+        if expired_at <= fenced_at:
+            ctx.violation("node1's session expired before its agent fenced gearmand")
+        zk.resume_takeover()
+        deadline = time.monotonic() + FAULT_TIMEOUT
+        while True:
+            node, entry = ctx.node("node1"), zk.member_entry("node1")
+            if node["state"] == "serving" and entry is not None and entry.session != session:
+                break
+            if time.monotonic() > deadline:
+                raise GearctlError("drill: node1 not serving under a new session after the blip")
+            time.sleep(0.05)
+        log = ctx.agent_log("node1")[log_before:]
+        how = "replaced" if "was replaced by" in log else "lost"
+        ctx.event(f"node1 registered again (session {entry.session:#x}, noticed as {how}) "
+                  f"and serves with gearmand pid {node['gearmand_pid']}")  # fmt: skip
+
+
+def fencing_failed(ctx: DrillContext) -> None:
+    """node1's host loses its agent, but a gearmand detached from any agent keeps answering on
+    node1's address (with node1's store) after the session expired. The survivor must send it
+    gearmand's admin `shutdown`; Debian's gearmand 1.1.20 does not know the command, so it must
+    then refuse the take-over loudly (a `refused` take-over record) and wait; once the operator
+    stops that gearmand it takes the store over."""
+    _network, host = _node1_host(ctx)
+    cluster = ctx.cluster()
+    node1 = cluster.nodes[0]
+    with _zookeeper(ctx) as zk:
+        zk.pause_takeover(PauseRecord())  # no take-over before the impostor is up
+        ctx.kill(cluster.processes["agent:node1"].pid, what="node1's agent and its supervisor")
+        launch = GearmandLaunch(
+            endpoint=Endpoint.parse(node1.gearman), store=Endpoint.parse(node1.store),
+            prefix="gdetached_", log_path=ctx.directory / "detached-gearmand.log",
+            pid_path=ctx.directory / "detached-gearmand.pid", threads=1, buckets=991,
+        )  # fmt: skip
+        binary = require_binary("gearmand", "gearman-job-server")
+        detached = spawn(netns.exec_argv(host.name, launch.argv(binary)),
+                         log_path=ctx.directory / "detached-gearmand.stdout.log")  # fmt: skip
+        detached_ref = ProcessRef.of(detached.pid)
+        ctx.stack.callback(detached_ref.stop)
+        wait_until(lambda: is_serving(launch.endpoint), timeout=10, what="detached gearmand")
+        ctx.event(f"a gearmand detached from any agent (pid {detached.pid}) answers on "
+                  f"{launch.endpoint} with node1's store")  # fmt: skip
+        _wait_member_gone(ctx, zk)
+        zk.resume_takeover()
+        refused = _wait_takeover(ctx, zk, lambda t: t["outcome"].startswith("refused"))
+        ctx.event(f"{refused['by']} {refused['outcome']}")
+        if any(t["store"] == "node1" and t["outcome"].startswith("done")
+               for t in (r.as_json() for r in zk.takeover_history())):  # fmt: skip
+            ctx.violation("node1's store was drained while its old gearmand still answered")
+        if not detached_ref.alive():
+            ctx.event("the detached gearmand stopped on admin shutdown")
+        else:
+            detached_ref.stop()
+            ctx.event(f"operator: detached gearmand pid {detached.pid} stopped by hand")
+        takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"].startswith("done"))
+        ctx.event(f"{takeover['by']}: {_takeover_how(ctx, takeover)}")
 
 
 @dataclass(frozen=True)
@@ -427,6 +648,16 @@ SCENARIOS = {
                  "and its peers, then heal", partition_node, isolated_nodes=NODES),
         Scenario("store-lost", "kill -9 node1's memcached; start it again on its port",
                  store_lost),
+        Scenario("host-down", "on three hosts: node1's host dies (every process killed, its "
+                 "link down)", host_down, isolated_nodes=NODES),
+        Scenario("agent-hang", "on three hosts: SIGSTOP node1's agent; its watchdog kills it",
+                 agent_hang, isolated_nodes=NODES),
+        Scenario("session-blip", "on three hosts: node1's session expires and a new one opens at "
+                 "once", session_blip, isolated_nodes=NODES),
+        Scenario("fencing-failed", "on three hosts: a gearmand detached from its agent answers "
+                 "after the session expired", fencing_failed, isolated_nodes=NODES),
+        Scenario("store-full", "fill node1's store, push jobs past full, kill -9 its gearmand",
+                 store_full),
     )
 }  # fmt: skip
 
@@ -489,6 +720,7 @@ def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local")
         directory = Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix=f"gearctl-drill-{scenario_name}-")))  # fmt: skip
         ctx = DrillContext(directory, progress, scenario=scenario_name, jobs=jobs)
+        stack.enter_context(ctx.stack)
         placement = localcluster.Placement()
         if isolated:
             # Torn down last (after the cluster is stopped), even when anything below fails.
@@ -514,10 +746,26 @@ def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local")
             ctx.event(", ".join(f"{n.name} in namespace {n.netns} on {n.gearman}"
                                 for n in ctx.cluster().nodes if n.netns)
                       + f"; ZooKeeper and stores on {placement.services}")  # fmt: skip
+            ctx.event(_hosts_seen(ctx))
         result = _run(scenario, jobs, ctx)
         result.hosts = "netns" if isolated else "local"
         return result
     raise AssertionError("unreachable")
+
+
+def _hosts_seen(ctx: DrillContext) -> str:
+    """How each node's host looks from inside: its hostname, and its agent's PID there."""
+    seen = []
+    for node in ctx.cluster().nodes:
+        pid = ctx.cluster().agent_pid(node.name)
+        assert pid is not None
+        argv = ["nsenter", "--target", str(pid), "--uts", "hostname"]
+        hostname = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        seen.append(f"{node.name}: hostname {hostname}, agent pid {pid} is pid "
+                    f"{pid_inside(pid)} there, PID namespace {pid_namespace(pid)}")  # fmt: skip
+    return f"hosts (this machine: {socket.gethostname()}, PID namespace {pid_namespace()}): " + (
+        "; ".join(seen)
+    )
 
 
 def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
@@ -525,43 +773,48 @@ def _run(scenario: Scenario, jobs: int, ctx: DrillContext) -> DrillResult:
     target = Endpoint.parse(ctx.node("node1")["gearman"])
     acknowledged = submit(target, workload)
     ctx.event(f"{acknowledged} of {jobs} jobs acknowledged by node1")
-    # Workers stay registered on every node through the fault, as they would in production.
-    with contextlib.ExitStack() as workers:
-        for node in ctx.status()["nodes"]:
-            worker = workers.enter_context(GearmanConnection(Endpoint.parse(node["gearman"])))
-            for function in FUNCTIONS:
-                worker.can_do(function)
-        return _inject_and_count(scenario, jobs, ctx, workload, acknowledged)
+    # Workers grab and run jobs on every node through the fault, as they would in production.
+    cluster = ctx.cluster()
+    endpoints = [Endpoint.parse(node.gearman) for node in cluster.nodes]
+    with BackgroundWorkers(endpoints, FUNCTIONS, cluster.zookeeper, cluster.cluster) as workers:
+        return _inject_and_count(scenario, jobs, ctx, workload, acknowledged, workers)
 
 
 def _inject_and_count(
-    scenario: Scenario, jobs: int, ctx: DrillContext, workload: list[Job], acknowledged: int
+    scenario: Scenario,
+    jobs: int,
+    ctx: DrillContext,
+    workload: list[Job],
+    acknowledged: int,
+    workers: BackgroundWorkers,
 ) -> DrillResult:
     cluster = ctx.cluster()
     # Foreground jobs through the failover Client run from just before the fault to recovery.
     with ForegroundLoad(cluster.zookeeper, cluster.cluster, scenario.name) as foreground:
+        ctx.event(f"workers running background jobs: {len(workers.executed())} done so far")
         fault_at = time.monotonic()
         scenario.fault(ctx)
         uniques = {job.unique for job in workload[:acknowledged]} | ctx.extra_acknowledged
         ctx.wait(
-            "recovery (every acknowledged job queued on a live server)",
+            "recovery (every acknowledged job run, or queued on a live server)",
             lambda s: (
-                sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
+                len(workers.executed() & uniques)
+                + sum(n["queued_jobs"] or 0 for n in s["nodes"] if n["state"] == "serving")
                 >= len(uniques)
             ),
             RECOVERY_TIMEOUT,
         )
         recovery = time.monotonic() - fault_at
-        ctx.event(f"recovered: every job queued again after {recovery:.2f}s")
+        ctx.event(f"recovered: every job run or queued again after {recovery:.2f}s")
     fg = foreground.ledger()
     ctx.event(f"foreground jobs through the failover Client: {fg.attempted} submitted, "
               f"{fg.acknowledged} answered right, {fg.failed} failed")  # fmt: skip
     for failure in foreground.failures[:3]:
         ctx.event(f"foreground failure: {failure}")
-    servers = [Endpoint.parse(n["gearman"]) for n in ctx.status()["nodes"]
-               if n["state"] == "serving"]  # fmt: skip
-    drained = drain(servers, FUNCTIONS, len(uniques))
-    ctx.event(f"workers drained {sum(drained.counts.values())} jobs")
-    ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, drained)
+    workers.wait_done(uniques)
+    ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, workers.drained,
+                          workers.in_flight, len(ctx.extra_refused))  # fmt: skip
+    ctx.event(f"workers ran {ledger.executed} jobs; {ledger.in_flight_at_faults} were in flight "
+              f"on a connection that broke, {ledger.reruns} of them ran again")  # fmt: skip
     return DrillResult(scenario.name, jobs, ledger, scenario.duplicate_bound, round(recovery, 3),
                        ctx.timeline, ctx.violations, fg)  # fmt: skip

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.client import Client, Worker, WorkerJob
+from cluster.gearman.discovery import server_source
 from cluster.gearman.protocol import GearmanConnection
 
 PRIORITIES = ("high", "normal", "low")
@@ -69,18 +70,34 @@ class Ledger:
     acknowledged: int
     executed: int
     lost: int
-    duplicated: int
+    duplicated: int  # extra executions, but the re-runs below
     unexpected: int
+    # Extra executions of a job that was in flight when its gearmand died (at-least-once:
+    # its key was never deleted): at most one per worker connection that broke.
+    reruns: int = 0
+    in_flight_at_faults: int = 0
+    refused: int = 0  # submits a server refused (ERROR): never acknowledged, must never run
 
     @classmethod
-    def count(cls, attempted: int, acknowledged: set[str], drained: Drained) -> Ledger:
+    def count(
+        cls,
+        attempted: int,
+        acknowledged: set[str],
+        drained: Drained,
+        in_flight: set[str] | frozenset[str] = frozenset(),
+        refused: int = 0,
+    ) -> Ledger:
+        reruns = sum(1 for u in in_flight if drained.counts[u] > 1)
         return cls(
             attempted=attempted,
             acknowledged=len(acknowledged),
             executed=sum(drained.counts.values()),
             lost=len(acknowledged - set(drained.counts)),
-            duplicated=drained.duplicates(),
+            duplicated=drained.duplicates() - reruns,
             unexpected=len(set(drained.counts) - acknowledged),
+            reruns=reruns,
+            in_flight_at_faults=len(in_flight),
+            refused=refused,
         )
 
     def __str__(self) -> str:
@@ -124,6 +141,93 @@ def drain(
         for _, conn in conns:
             conn.close()
     return result
+
+
+BACKGROUND_WORK = 0.002  # seconds per background job: the fault finds one in flight
+
+
+class BackgroundWorkers:
+    """Workers that grab and run background jobs on every node's gearmand from before the
+    fault to the end, as production workers would, one thread and connection per node.
+
+    A connection runs one job at a time: grab, run, WORK_COMPLETE, grab the next. gearmand
+    handles a connection's packets in order, so an answer to the next grab proves the last
+    WORK_COMPLETE was taken. The last job of a connection that then breaks is `in_flight`:
+    its gearmand may have died before deleting it, and may run it again. Use as a context
+    manager; `drained` counts every execution."""
+
+    def __init__(
+        self, endpoints: Iterable[Endpoint], functions: Iterable[str], zookeeper: str, cluster: str
+    ) -> None:
+        self.functions = tuple(functions)
+        # Only live servers, as a Worker following ZooKeeper: a `store-lost` node is left
+        # alone (its gearmand cannot delete a completed job and would hand it out again).
+        self.source = server_source(None, zookeeper, cluster)
+        self.drained = Drained()
+        self.in_flight: set[str] = set()
+        self.broken_connections = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._serve, args=(e,), daemon=True)
+                         for e in endpoints]  # fmt: skip
+
+    def __enter__(self) -> BackgroundWorkers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(30)
+        self.source.close()
+
+    def executed(self) -> set[str]:
+        with self._lock:
+            return set(self.drained.counts)
+
+    def wait_done(self, expected: set[str], timeout: float = 120) -> None:
+        """Until every `expected` job ran and nothing ran for a while (all servers empty)."""
+        deadline = time.monotonic() + timeout
+        quiet_since, seen = time.monotonic(), -1
+        while time.monotonic() < deadline:
+            with self._lock:
+                total = sum(self.drained.counts.values())
+                done = expected <= set(self.drained.counts)
+            if total != seen:
+                quiet_since, seen = time.monotonic(), total
+            if done and time.monotonic() - quiet_since > 1.0:
+                return
+            time.sleep(0.05)
+
+    def _serve(self, endpoint: Endpoint) -> None:
+        while not self._stopping.is_set():
+            last: str | None = None
+            if endpoint not in self.source.servers():
+                self._stopping.wait(0.05)
+                continue
+            try:
+                with GearmanConnection(endpoint, connect_timeout=0.5, read_timeout=2.0) as conn:
+                    for function in self.functions:
+                        conn.can_do(function)
+                    while not self._stopping.is_set() and endpoint in self.source.servers():
+                        job = conn.grab_job_uniq()
+                        last = None  # the answer proves the last WORK_COMPLETE was taken
+                        if job is None:
+                            self._stopping.wait(0.05)
+                            continue
+                        with self._lock:
+                            self.drained.counts[job.unique] += 1
+                            self.drained.order.append((job.function, job.unique, str(endpoint)))
+                        last = job.unique
+                        time.sleep(BACKGROUND_WORK)
+                        conn.work_complete(job.handle, b"")
+            except GearctlError:
+                with self._lock:
+                    if last is not None:
+                        self.in_flight.add(last)
+                        self.broken_connections += 1
+            self._stopping.wait(0.2)
 
 
 FOREGROUND_FUNCTION = "drill-echo"

@@ -1,10 +1,10 @@
 """Which gearmand servers accept jobs now: a fixed list, or the cluster's members in ZooKeeper.
 
-`ZooKeeperServers` follows `/gearctl/<cluster>/members/<node>` with kazoo watches: a ChildrenWatch
-on the members folder and a DataWatch per member. A server is live while its member record's
-state is `serving` or `restoring` (a restoring gearmand already serves new jobs). The watch
-callbacks only copy records into a dict under a lock and call the `on_change` callbacks, which
-must not block either (the Worker's one writes a byte to a socketpair). When the ZooKeeper
+`ZooKeeperServers` follows `/gearctl/<cluster>/members/<node>` with watches
+(cluster.coord.MemberFollower). A server is live while its member record's state is `serving`
+or `restoring` (a restoring gearmand already serves new jobs). The watch callbacks only copy
+records into a dict under a lock and call the `on_change` callbacks, which must not block
+either (the Worker's one writes a byte to a socketpair). When the ZooKeeper
 session is suspended or lost the last known list is kept: it is the best guess, and clients
 fail over on connection errors anyway.
 """
@@ -16,19 +16,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from kazoo.client import KazooClient, KazooState
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch
-
-from cluster import membership
+from cluster.coord import Coordination, MemberRecord, SessionState, connect
 from cluster.endpoint import Endpoint
-from cluster.errors import ConfigError, GearctlError
-from cluster.membership import MemberRecord
-from cluster.zkpaths import ClusterPaths
+from cluster.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-LIVE_STATES = frozenset({membership.SERVING, membership.RESTORING})
-"""Member states whose gearmand accepts jobs."""
 
 
 class ServerSource(Protocol):
@@ -73,9 +65,9 @@ class StaticServers:
 
 
 class ZooKeeperServers:
-    """Live servers of `cluster`, followed through ZooKeeper watches.
+    """Live servers of `cluster`, followed through ZooKeeper watches (cluster.coord).
 
-    Pass `zk` to share an already started KazooClient (it is then not stopped by `close`).
+    Pass `coord` to share an already started session (it is then not closed by `close`).
     """
 
     def __init__(
@@ -83,37 +75,24 @@ class ZooKeeperServers:
         hosts: str,
         cluster: str,
         *,
-        zk: KazooClient | None = None,
+        coord: Coordination | None = None,
         connect_timeout: float = 5.0,
         session_timeout: float = 10.0,
     ) -> None:
-        self.paths = ClusterPaths(cluster)
-        self._lock = threading.Lock()
-        self._members: dict[str, MemberRecord] = {}
-        self._watched: set[str] = set()  # members with a DataWatch
         self._listeners: list[Callable[[], None]] = []
-        self._children_watch: ChildrenWatch | None = None
-        self._closed = False
-        self._own_zk = zk is None
-        self.zk = zk or KazooClient(hosts=hosts, timeout=session_timeout)
-        if self._own_zk:
-            try:
-                self.zk.start(timeout=connect_timeout)
-            except Exception as exc:
-                self.zk.close()
-                raise GearctlError(
-                    f"ZooKeeper {hosts} does not answer within {connect_timeout}s: {exc}"
-                ) from exc
-        self.zk.add_listener(self._on_state)
-        # A DataWatch works on a missing node; the ChildrenWatch starts once the folder exists.
-        DataWatch(self.zk, self.paths.members, self._on_members_folder)
+        self._lock = threading.Lock()
+        self._own_session = coord is None
+        self.coord = coord or connect(
+            hosts, cluster, connect_timeout, session_timeout=session_timeout
+        )
+        self.coord.add_listener(self._on_state)
+        self.follower = self.coord.follow_members(self._notify)
 
     def servers(self) -> list[Endpoint]:
-        with self._lock:
-            records = sorted(self._members.values(), key=lambda r: r.node)
+        records = sorted(self.follower.members().values(), key=lambda r: r.node)
         live = []
         for record in records:
-            if record.state not in LIVE_STATES:
+            if not record.live:
                 continue
             try:
                 live.append(Endpoint.parse(record.gearman))
@@ -122,65 +101,22 @@ class ZooKeeperServers:
         return live
 
     def members(self) -> dict[str, MemberRecord]:
-        with self._lock:
-            return dict(self._members)
+        return self.follower.members()
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         with self._lock:
             self._listeners.append(callback)
 
     def close(self) -> None:
-        self._closed = True
-        self.zk.remove_listener(self._on_state)
-        if self._own_zk:
-            self.zk.stop()
-            self.zk.close()
+        self.follower.close()
+        if self._own_session:
+            self.coord.close()
 
-    # kazoo callbacks: they run on kazoo's threads and must not block.
+    # Called on kazoo's threads: they must not block.
 
-    def _on_state(self, state: str) -> None:
-        if state != KazooState.CONNECTED:
+    def _on_state(self, state: SessionState) -> None:
+        if state != SessionState.CONNECTED:
             log.info("ZooKeeper session %s: keeping the last known server list", state.lower())
-
-    def _on_members_folder(self, data: bytes | None, stat: object) -> bool | None:
-        if self._closed:
-            return False
-        if stat is not None and self._children_watch is None:
-            self._children_watch = ChildrenWatch(self.zk, self.paths.members, self._on_children)
-            return False  # the folder is never deleted while the cluster exists
-        return None
-
-    def _on_children(self, children: list[str]) -> bool | None:
-        if self._closed:
-            return False
-        with self._lock:
-            for gone in set(self._members) - set(children):
-                self._members.pop(gone, None)
-            new = set(children) - self._watched
-            self._watched |= new
-        for node in sorted(new):
-            DataWatch(self.zk, self.paths.member(node), self._member_watcher(node))
-        self._notify()
-        return None
-
-    def _member_watcher(self, node: str) -> Callable[[bytes | None, object], bool | None]:
-        def on_data(data: bytes | None, stat: object) -> bool | None:
-            if self._closed:
-                return False
-            with self._lock:
-                if data is None:
-                    self._members.pop(node, None)
-                    self._watched.discard(node)
-                else:
-                    try:
-                        self._members[node] = MemberRecord.decode(data)
-                    except (ValueError, TypeError) as exc:
-                        log.warning("member %s: unreadable record: %s", node, exc)
-                        self._members.pop(node, None)
-            self._notify()
-            return False if data is None else None  # a deleted member: stop watching it
-
-        return on_data
 
     def _notify(self) -> None:
         with self._lock:

@@ -13,15 +13,17 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cluster import coord
+from cluster.coord import CoordinationError, NodeState
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.local.memcached_server import DEFAULT_MEMORY_MB, start_memcached
-from cluster.local.netns import exec_argv as netns_exec_argv
-from cluster.local.status import wait_serving
+from cluster.local.netns import host_argv
 from cluster.local.zookeeper_server import (
     JARS,
     ZooKeeperLaunch,
@@ -31,16 +33,26 @@ from cluster.local.zookeeper_server import (
 )
 from cluster.process import (
     ProcessRef,
+    children,
     is_program_on,
+    log_tail,
+    pid_inside,
     read_pidfile,
     require_binary,
     spawn,
     stop_pid,
+    wait_until,
+    write_pidfile,
 )
 
+DEFAULT_DIR = Path(".gearctl")
+SERVING_TIMEOUT = 30.0
 LOCAL_HOST = "127.0.0.1"
 CLUSTER_NAME = "local"
 DEFAULT_SESSION_TIMEOUT = 4.0
+# The agent's watchdog deadline: half the session timeout, well below `timeout - margin`, so
+# that the agent pings only after a heartbeat that leaves it that long (cluster.sdnotify).
+WATCHDOG_SHARE = 0.5
 STANDARD_PORTS = {"zookeeper": 2181, "zk-peer": 2888, "zk-election": 3888, "gearman": 4730,
                   "store": 11211, "metrics": 9400}  # fmt: skip
 PORT_OFFSETS = {"zookeeper": 0, "zk-peer": 3, "zk-election": 6, "gearman": 10, "store": 110,
@@ -180,6 +192,15 @@ class LocalCluster:
         ref = self.processes.get(key)
         return ref is not None and ref.alive()
 
+    def agent_pid(self, node: str) -> int | None:
+        """The PID of node's agent itself (the one child of its watchdog supervisor, whose PID
+        `processes` holds), if it runs."""
+        ref = self.processes.get(f"agent:{node}")
+        if ref is None or not ref.alive():
+            return None
+        found = children(ref.pid)
+        return found[0] if found else None
+
     def stop(self, key: str, progress: Progress, what: str) -> None:
         ref = self.processes.pop(key, None)
         if ref is not None and ref.alive():
@@ -252,6 +273,48 @@ def up(
     return cluster
 
 
+def wait_serving(
+    cluster: LocalCluster, progress: Progress, timeout: float = SERVING_TIMEOUT
+) -> None:
+    """Return once every node's agent reports `serving`; fail with the agent's log otherwise."""
+    try:
+        session = coord.connect(cluster.zookeeper, cluster.cluster, timeout, session_timeout=4.0)
+    except CoordinationError:
+        raise LaunchError(f"ZooKeeper {cluster.zookeeper} does not answer") from None
+    try:
+        deadline = time.monotonic() + timeout
+        waiting = {n.name for n in cluster.nodes}
+        while waiting:
+            members = session.members()
+            for name in sorted(waiting):
+                agent_pid = cluster.processes[f"agent:{name}"].pid
+                if not cluster.running(f"agent:{name}"):
+                    reason = f"the agent (pid {agent_pid}) exited"
+                    raise LaunchError(_agent_failure(cluster, name, reason))
+                member = members.get(name)
+                agent = cluster.agent_pid(name)  # the agent itself, under its supervisor
+                # A record left by an earlier agent's session does not count.
+                if (member and member.state == NodeState.SERVING and agent is not None
+                        and member.agent_pid == pid_inside(agent)):  # fmt: skip
+                    progress(f"{name}: serving on {member.gearman}")
+                    waiting.discard(name)
+            if waiting and time.monotonic() > deadline:
+                reason = f"not serving after {timeout:.0f}s"
+                raise LaunchError(_agent_failure(cluster, sorted(waiting)[0], reason))
+            time.sleep(0.05)
+    finally:
+        session.close()
+
+
+def _agent_failure(cluster: LocalCluster, node: str, reason: str) -> str:
+    agent_log = cluster.node_dir(node) / "log" / "agent.log"
+    gearmand_log = cluster.node_dir(node) / "log" / "gearmand.log"
+    return (
+        f"{node}: {reason}\nlast lines of {agent_log}:\n{log_tail(agent_log)}"
+        f"\nlast lines of {gearmand_log}:\n{log_tail(gearmand_log, 5)}"
+    )
+
+
 def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress) -> None:
     def record(key: str, pid: int) -> None:
         cluster.processes[key] = ProcessRef.of(pid)
@@ -279,19 +342,42 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
                 pid_path=node_dir / "memcached.pid",
             )
             record(f"store:{node.name}", proc.pid)
-        if not cluster.running(f"agent:{node.name}"):
+        key = f"agent:{node.name}"
+        # An agent that just died leaves its supervisor for a moment: wait for it to follow.
+        wait_until(lambda key=key, name=node.name: (
+                       not cluster.running(key) or cluster.agent_pid(name) is not None),
+                   timeout=10, what=f"{node.name}'s supervisor to follow its agent")  # fmt: skip
+        if not cluster.running(key):
             progress(f"{node.name}: starting agent (gearmand on {node.gearman})")
-            config = write_agent_config(cluster, node)
-            argv = [sys.executable, "-m", "cluster", "agent", "run", "--config", str(config)]
-            if node.netns:
-                argv = netns_exec_argv(node.netns, argv)
-            proc = spawn(
-                argv,
-                log_path=node_dir / "log" / "agent.log",
-                pid_path=node_dir / "agent.pid",
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            record(f"agent:{node.name}", proc.pid)
+            pid = start_agent(cluster, node)
+            write_pidfile(node_dir / "agent.pid", pid)
+            record(key, pid)
+
+
+def start_agent(cluster: LocalCluster, node: NodePlan) -> int:
+    """Start node's agent under its watchdog supervisor (cluster.watchdog), in its own host when
+    it has a namespace (cluster.local.netns); returns the supervisor's PID."""
+    config = write_agent_config(cluster, node)
+    agent = [sys.executable, "-m", "cluster", "agent", "run", "--config", str(config)]
+    seconds = f"{cluster.session_timeout * WATCHDOG_SHARE:g}"
+    argv = [sys.executable, "-m", "cluster.watchdog", "--seconds", seconds, "--", *agent]
+    if node.netns:
+        argv = host_argv(node.netns, argv)
+    proc = spawn(
+        argv,
+        log_path=cluster.node_dir(node.name) / "log" / "agent.log",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if not node.netns:
+        return proc.pid
+    # `unshare` waits outside the host; the supervisor is its one child (PID 1 inside).
+    wait_until(lambda: bool(children(proc.pid)) or proc.poll() is not None, timeout=10,
+               what=f"{node.name}'s host in namespace {node.netns}")  # fmt: skip
+    found = children(proc.pid)
+    if not found:
+        raise LaunchError(f"{node.name}: its host in namespace {node.netns} did not start; see "
+                          f"{cluster.node_dir(node.name) / 'log' / 'agent.log'}")  # fmt: skip
+    return found[0]
 
 
 def zookeeper_launches(cluster: LocalCluster) -> list[ZooKeeperLaunch]:

@@ -6,8 +6,14 @@
 
 Every interface and namespace created here is named `gcd-*`; `HostNetwork` records what it
 created and deletes all of it when the `with` block ends, whatever happened inside. A file lock
-keeps two test networks from being built at once, so that anything named `gcd-*` found while
-holding it was left by a run that was killed, and is removed first.
+keeps two test networks from being built at once (the second waits up to LOCK_WAIT), so that
+anything named `gcd-*` found while holding it was left by a run that was killed, and is removed
+first.
+
+A host is more than a network namespace: whatever `host_argv` starts there also gets a UTS
+namespace of its own (its hostname is the namespace's name) and a PID namespace of its own (a
+private /proc; the first process is PID 1 and its death kills every process of the host), so
+nothing can tell two hosts apart by hostname or PID table, as on separate machines.
 
 `partition(host)` sets the root end of the host's veth pair down: the namespace end loses its
 carrier and every frame either way is dropped (no RST, no ICMP), so TCP in both directions just
@@ -39,6 +45,7 @@ BRIDGE = "gcd-br0"
 SUBNET = "10.231.0"
 BRIDGE_ADDRESS = f"{SUBNET}.1"
 LOCK_PATH = Path("/run/gearctl-netns.lock")
+LOCK_WAIT = 900.0  # seconds to wait for another test network (one drill at a time per machine)
 
 
 class NetnsError(GearctlError):
@@ -81,6 +88,16 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def exec_argv(namespace: str, argv: Sequence[str]) -> list[str]:
     """`argv` run inside `namespace` (`ip netns exec` execs it: the PID stays the program's)."""
     return [_ip_binary(), "netns", "exec", namespace, *argv]
+
+
+def host_argv(namespace: str, argv: Sequence[str]) -> list[str]:
+    """`argv` run as PID 1 of a new host inside `namespace`: own hostname (the namespace's
+    name), own PID namespace and /proc. The returned command's PID (`unshare`, which waits)
+    is outside; its one child is `argv`, and `unshare` being killed kills it (--kill-child)."""
+    return exec_argv(namespace, [
+        "unshare", "--uts", "--pid", "--fork", "--mount-proc", "--kill-child",
+        "sh", "-c", 'hostname "$0" && exec "$@"', namespace, *argv,
+    ])  # fmt: skip
 
 
 def namespaces() -> list[str]:
@@ -143,13 +160,7 @@ class HostNetwork:
 
     def __enter__(self) -> HostNetwork:
         self.check_possible()
-        self._lock = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            self._lock = None
-            raise NetnsError(f"another test network is in use ({LOCK_PATH} is locked)") from None
+        self._lock = self._take_lock()
         try:
             self._remove_leftovers()
             self._build()
@@ -160,6 +171,26 @@ class HostNetwork:
 
     def __exit__(self, *_exc: object) -> None:
         self.teardown()
+
+    @staticmethod
+    def _take_lock() -> int:
+        """The test-network lock (its file descriptor), waiting up to LOCK_WAIT for it."""
+        fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o600)
+        deadline = time.monotonic() + LOCK_WAIT
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise NetnsError(f"another test network is in use ({LOCK_PATH} is locked "
+                                     f"for more than {LOCK_WAIT:.0f}s)") from None  # fmt: skip
+                if not warned:
+                    log.warning("waiting for another test network (%s is locked)", LOCK_PATH)
+                    warned = True
+                time.sleep(0.5)
 
     @staticmethod
     def check_possible() -> None:
@@ -223,6 +254,16 @@ class HostNetwork:
         """Cut host `name` off: the root end of its veth goes down (frames dropped both ways)."""
         ip("link", "set", self.host(name).veth_root, "down")
         self.partitioned.add(name)
+
+    def power_off(self, name: str) -> list[int]:
+        """Host `name` dies: its link goes down (so its address times out, no RST) and every
+        process in it is killed at once. Returns the PIDs killed."""
+        self.partition(name)
+        killed = pids_in(name)
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        return killed
 
     def heal(self, name: str) -> None:
         host = self.host(name)

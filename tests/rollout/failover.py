@@ -22,14 +22,13 @@ from collections.abc import Callable
 
 import psutil
 
+from cluster import coord
+from cluster.coord import MemberRecord
 from cluster.drill.workload import FUNCTIONS, Ledger, drain, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.gearman.admin import AdminClient
 from cluster.gearman.protocol import GearmanConnection
-from cluster.membership import MemberRecord, read_members
-from cluster.zkclient import make_client
-from cluster.zkpaths import ClusterPaths
 
 RECOVERY_TIMEOUT = 120.0
 
@@ -65,14 +64,9 @@ def main() -> int:
     parser.add_argument("--node", default="node1")
     parser.add_argument("--jobs", type=int, default=2000)
     args = parser.parse_args()
-    paths = ClusterPaths(args.cluster)
-    zk = make_client(args.zookeeper, 4.0)  # reading member records needs no credentials
-    zk.start(timeout=10)
-    try:
-        return drill(args, lambda: read_members(zk, paths))
-    finally:
-        zk.stop()
-        zk.close()
+    # reading member records needs no credentials
+    with coord.session(args.zookeeper, args.cluster, timeout=10, session_timeout=4.0) as session:
+        return drill(args, session.members)
 
 
 def drill(args: argparse.Namespace, members: Callable[[], dict[str, MemberRecord]]) -> int:

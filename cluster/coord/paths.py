@@ -1,4 +1,4 @@
-"""Where gearctl keeps its state in ZooKeeper (one tree per cluster).
+"""Where gearctl keeps its state in ZooKeeper (one tree per cluster; records in .records).
 
 /gearctl/<cluster>/members/<node>        ephemeral: the live agent's member record
 /gearctl/<cluster>/stores/<node>         persistent: store and gearmand addresses, for peers

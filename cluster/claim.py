@@ -1,0 +1,188 @@
+"""Claim a dead node's store and drain it: the one guard sequence of every take-over.
+
+Both a survivor's automatic take-over (cluster/takeover.py) and the operator's `gearctl store
+drain` (cluster/drain.py) call `claim_and_drain`, which goes, in this order:
+
+    no member record (the node's agent is gone)
+      -> take the store's owner znode, purpose `drain` (nobody serves or drains it)
+      -> the old gearmand is confirmed dead (cluster.fencing.old_server_is_dead)
+      -> drain every job into the target gearmand (cluster.restore), recorded under takeovers/
+      -> release the owner znode
+
+A guard that says no raises `ClaimRefused` before anything is moved. The owner znode belongs to
+the caller's ZooKeeper session: if the caller dies, it vanishes with the session and a survivor
+(or another `store drain`) resumes.
+
+One drainer takes a whole store (rather than survivors sharing it): the restore then keeps the
+store's FIFO order per priority, and a drainer that dies leaves one store to resume, not pieces.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cluster.coord import (
+    Coordination,
+    NodeState,
+    Outcome,
+    Purpose,
+    StoreRecord,
+    TakeoverRecord,
+    session_text,
+)
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.fencing import old_server_is_dead
+from cluster.restore import Progress, RestoreReport, restore
+from cluster.store import Store
+
+log = logging.getLogger("gearctl.takeover")
+
+
+class Refusal(enum.Enum):
+    """Which guard refused a claim."""
+
+    ALIVE = "the node still has a member record"
+    HELD = "someone owns the store"
+    NOT_FENCED = "the old gearmand is not confirmed dead"
+
+
+class ClaimRefused(GearctlError):
+    """A guard said no; nothing was moved. `detail`: the guard's own finding."""
+
+    def __init__(self, refusal: Refusal, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.refusal = refusal
+        self.detail = detail or message
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A claim that passed every guard: how the old gearmand was found dead, and the drain."""
+
+    fenced: str
+    takeover: TakeoverRecord
+    report: RestoreReport | None  # None if the restore never started
+
+
+def claim_and_drain(
+    coord: Coordination,
+    store: str,
+    record: StoreRecord,
+    target: Endpoint,
+    *,
+    by: str,
+    known: Callable[[], set[str]],
+    keep_going: Callable[[], bool],
+    started: Callable[[], None] = lambda: None,
+    progress: Progress | None = None,
+    manual: bool = False,
+) -> Drained:
+    """Claim dead node `store`'s store (described by `record`) for node `by` and drain it into
+    gearmand `target`, once. `known()` gives the function names (asked only once the guards
+    passed); the drain stops between chunks when `keep_going()` turns False or the owner znode is
+    lost; `started()` is called just before the drain."""
+    entry = coord.member_entry(store)
+    if entry is not None:
+        raise ClaimRefused(
+            Refusal.ALIVE,
+            f"node {store} still has a ZooKeeper session ({session_text(entry.session)}, its "
+            f"record says {entry.record.state}): its agent is alive, or died less than a session "
+            f"timeout ago. Drain only a dead node's store",
+        )
+    lease = coord.lease(store, by, Purpose.DRAIN)
+    holder = lease.try_acquire()
+    if holder is not None:
+        why = (
+            "its agent is alive"
+            if holder.purpose == Purpose.SERVE
+            else "another drain runs (see `gearctl takeover list`)"
+        )
+        raise ClaimRefused(
+            Refusal.HELD,
+            f"store {store} is held by {holder.node} ({holder.purpose}, ZooKeeper session "
+            f"{session_text(holder.session)}): {why}",
+        )
+    try:
+        dead, how = old_server_is_dead(record)
+        if not dead:
+            message = f"store {store} is not fenced: {how}; nothing was drained"
+            raise ClaimRefused(Refusal.NOT_FENCED, message, how)
+        names = known()
+        started()
+        takeover, report = _drain(
+            coord, store, Store(Endpoint.parse(record.address)), target, by=by, how=how,
+            known=names, keep_going=lambda: keep_going() and lease.held(), progress=progress,
+            manual=manual,
+        )  # fmt: skip
+    finally:
+        lease.release()
+    return Drained(how, takeover, report)
+
+
+def _drain(
+    coord: Coordination,
+    store: str,
+    source: Store,
+    target: Endpoint,
+    *,
+    by: str,
+    how: str,
+    known: set[str],
+    keep_going: Callable[[], bool],
+    progress: Progress | None,
+    manual: bool,
+) -> tuple[TakeoverRecord, RestoreReport | None]:
+    """Move every job of `source` into `target`, recorded under `takeovers/`."""
+    expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
+    takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
+    path = coord.record_takeover(takeover)
+    log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected,
+                target)  # fmt: skip
+    report: RestoreReport | None = None
+    try:
+        report = restore(
+            source,
+            target,
+            expected=expected,
+            keep_prefix=None,
+            known_functions=known,
+            progress=progress,
+            should_continue=keep_going,
+            overflow=lambda: _other_serving(coord, target),
+        )
+        takeover.finish(Outcome.DONE, report.moved, _waiting(report))
+    except GearctlError as exc:
+        log.error("draining store %s stopped: %s", store, exc)
+        report = getattr(exc, "report", None)
+        takeover.finish(Outcome.INTERRUPTED, report.moved if report is not None else 0, str(exc))
+    log.warning("take-over of store %s %s: %d jobs in %.2fs", store, takeover.outcome_text,
+                takeover.jobs, takeover.seconds)  # fmt: skip
+    coord.update_takeover(path, takeover)
+    return takeover, report
+
+
+def _other_serving(coord: Coordination, target: Endpoint) -> list[Endpoint]:
+    """Serving gearmands besides `target`: where jobs `target` refused twice go."""
+    try:
+        members = coord.members().values()
+    except GearctlError as exc:
+        log.warning("no other gearmand to send refused jobs to: %s", exc)
+        return []
+    serving = {Endpoint.parse(m.gearman) for m in members if m.state == NodeState.SERVING}
+    return sorted(serving - {target}, key=str)
+
+
+def _waiting(report: RestoreReport) -> str:
+    """What a finished drain left in the store, for the take-over record's outcome."""
+    parts = []
+    if report.deferred:
+        parts.append(f"{report.deferred} jobs wait for their function name")
+    if report.refused:
+        reasons = sorted(set(report.refused.values()))
+        parts.append(f"{len(report.refused)} jobs refused by every gearmand ({'; '.join(reasons)})")
+    return "; ".join(parts)

@@ -1,0 +1,571 @@
+"""Every read and write of gearctl's znodes, on one ZooKeeper session (design §3).
+
+Which process writes which znode is the core safety argument of the system; it is all here
+(and tabled in docs/architecture.md). Callers get typed records (cluster.coord.records) and
+`CoordinationError` (a GearctlError) instead of kazoo's exceptions; kazoo's callbacks run on
+its own thread, so every callback given here must only record or signal, never block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
+from urllib.parse import quote, unquote
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+)
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.security import ACL, Permissions
+
+from cluster.coord.paths import ROOT, ClusterPaths
+from cluster.coord.records import (
+    MemberEntry,
+    MemberRecord,
+    Owner,
+    PauseRecord,
+    Purpose,
+    StoreRecord,
+    TakeoverRecord,
+)
+from cluster.errors import GearctlError
+from cluster.zkclient import ZkCredentials, make_client
+
+log = logging.getLogger("gearctl.coord")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CoordinationError(GearctlError):
+    """ZooKeeper failed a request (connection lost, session expired, ...)."""
+
+
+class CoordinationRefused(CoordinationError):
+    """ZooKeeper refused a change: ACLs are on and this session lacks the credentials."""
+
+
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """kazoo's exceptions as CoordinationError, so no caller needs to know kazoo."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except NoAuthError as exc:
+            raise CoordinationRefused(f"ZooKeeper {_hosts(args)} refused the change") from exc
+        except KazooException as exc:
+            raise CoordinationError(
+                f"ZooKeeper {_hosts(args)}: {type(exc).__name__} {exc}"
+            ) from exc
+
+    return call
+
+
+def _hosts(args: tuple[object, ...]) -> str:
+    """The ensemble of the Coordination (or StoreLease) whose method failed."""
+    return str(getattr(args[0], "hosts", "?")) if args else "?"
+
+
+class SessionState(enum.StrEnum):
+    """The ZooKeeper connection's state, as kazoo reports it."""
+
+    CONNECTED = "CONNECTED"
+    SUSPENDED = "SUSPENDED"
+    LOST = "LOST"
+
+
+class Coordination:
+    """One ZooKeeper session and the znodes of one cluster."""
+
+    def __init__(self, zk: KazooClient, cluster: str, hosts: str) -> None:
+        self.zk = zk
+        self.paths = ClusterPaths(cluster)
+        self.hosts = hosts
+        self._read_timeout_ms: float | None = None
+        self._record_negotiated_timeout()
+
+    @classmethod
+    def new(
+        cls,
+        hosts: str,
+        cluster: str,
+        session_timeout: float = 10.0,
+        credentials: ZkCredentials | None = None,
+    ) -> Coordination:
+        """Not connected yet: `start` (or `start_in_background`) it, `close` it."""
+        return cls(make_client(hosts, session_timeout, credentials), cluster, hosts)
+
+    # -- the session ----------------------------------------------------------------------
+
+    def start(self, timeout: float) -> None:
+        """Connect; CoordinationError if ZooKeeper does not answer (`start` may be retried)."""
+        try:
+            self.zk.start(timeout=timeout)
+        except Exception as exc:
+            raise CoordinationError(
+                f"ZooKeeper {self.hosts} does not answer within {timeout}s: {exc}"
+            ) from exc
+
+    def start_in_background(self, wait: float) -> None:
+        """Connect without failing: wait up to `wait` s, then let kazoo keep trying."""
+        self.zk.start_async().wait(wait)
+
+    def close(self) -> None:
+        """End the session (its ephemeral znodes go with it) and the client."""
+        self.zk.stop()
+        self.zk.close()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.zk.connected)
+
+    def _record_negotiated_timeout(self) -> None:
+        """kazoo 2.11 keeps the session timeout the server granted to itself: its connection's
+        `_connect` returns 2/3 of it as the read timeout (ms) at each (re)connection."""
+        connection = self.zk._connection
+        connect = connection._connect
+
+        def recording(*args: object) -> tuple[float, float]:
+            read_timeout, connect_timeout = connect(*args)
+            self._read_timeout_ms = read_timeout
+            return read_timeout, connect_timeout
+
+        connection._connect = recording
+
+    @property
+    def negotiated_timeout(self) -> float | None:
+        """The session timeout ZooKeeper granted, in seconds (None before the first session)."""
+        return None if self._read_timeout_ms is None else self._read_timeout_ms * 1.5 / 1000
+
+    @property
+    def session_id(self) -> int:
+        """This session's id (0 while there is none; no znode is owned by session 0)."""
+        client_id = self.zk.client_id
+        return int(client_id[0]) if client_id else 0
+
+    def add_listener(self, callback: Callable[[SessionState], None]) -> None:
+        """`callback(state)` on every change of the connection's state (on kazoo's thread)."""
+        self.zk.add_listener(lambda state: callback(SessionState(state)))
+
+    def heartbeat(self, answered: Callable[[bool], None]) -> None:
+        """Send one request to the server; `answered(ok)` is called (kazoo's thread) on reply."""
+        self.zk.exists_async("/").rawlink(lambda result: answered(bool(result.successful())))
+
+    # -- members/<node> (each agent its own, ephemeral) -----------------------------------
+
+    @_translated
+    def register(self, record: MemberRecord) -> bool:
+        """Create our member record; False while an earlier session's record still exists."""
+        try:
+            self.zk.create(self.paths.member(record.node), record.encode(), ephemeral=True,
+                           makepath=True)  # fmt: skip
+            return True
+        except NodeExistsError:
+            return False
+
+    @_translated
+    def update_member(self, record: MemberRecord) -> None:
+        self.zk.set(self.paths.member(record.node), record.encode())
+
+    def members(self) -> dict[str, MemberRecord]:
+        """Every member record now in ZooKeeper, by node name (unreadable ones are left out)."""
+        return {name: entry.record for name, entry in self.member_entries().items()}
+
+    @_translated
+    def member_entries(self) -> dict[str, MemberEntry]:
+        """Every member record now in ZooKeeper with its session, by node name."""
+        members: dict[str, MemberEntry] = {}
+        for name in self._children(self.paths.members):
+            entry = self.member_entry(name)
+            if entry is not None:
+                members[name] = entry
+        return members
+
+    @_translated
+    def member_entry(self, node: str) -> MemberEntry | None:
+        """`node`'s member record and session; None if it has none (or one we cannot read)."""
+        try:
+            data, stat = self.zk.get(self.paths.member(node))
+            return MemberEntry(MemberRecord.decode(data), stat.ephemeralOwner, stat.ctime / 1000)
+        except (NoNodeError, ValueError, TypeError):
+            return None  # the member left while we looked, or wrote a record we cannot read
+
+    @_translated
+    def on_members_changed(self, callback: Callable[[], None]) -> None:
+        """`callback()` (kazoo's thread) whenever a member joins or leaves."""
+        self.zk.ensure_path(self.paths.members)
+
+        def changed(_children: list[str]) -> bool:
+            callback()
+            return True
+
+        ChildrenWatch(self.zk, self.paths.members, changed)
+
+    def follow_members(self, on_change: Callable[[], None]) -> MemberFollower:
+        """A live copy of every member record, kept by watches; `on_change` when it changes."""
+        return MemberFollower(self, on_change)
+
+    # -- /gearctl (read-only: which clusters exist; operator commands check names) --------
+
+    @_translated
+    def clusters(self) -> list[str]:
+        """Names of every cluster in this ZooKeeper, whatever cluster this session is on."""
+        return sorted(self._children(ROOT))
+
+    # -- stores/<node> (its agent), epoch (its agent, compare-and-set) ---------------------
+
+    @_translated
+    def describe_store(self, store: str, record: StoreRecord) -> None:
+        self.zk.ensure_path(self.paths.store(store))
+        self.zk.set(self.paths.store(store), record.encode())
+
+    @_translated
+    def stores(self) -> list[str]:
+        """Every store (node) the cluster has had: each agent describes its own at start."""
+        return sorted(self._children(self.paths.stores))
+
+    @_translated
+    def store_record(self, store: str) -> StoreRecord | None:
+        """None when the store is not in the cluster; ValueError/KeyError if never described."""
+        try:
+            return StoreRecord.decode(self.zk.get(self.paths.store(store))[0])
+        except NoNodeError:
+            return None
+
+    @_translated
+    def next_epoch(self, store: str) -> int:
+        """Increment the store's incarnation counter (compare-and-set) and return it."""
+        path = self.paths.store_epoch(store)
+        while True:
+            try:
+                data, stat = self.zk.get(path)
+            except NoNodeError:
+                try:
+                    self.zk.create(path, b"1", makepath=True)
+                    return 1
+                except NodeExistsError:
+                    continue
+            epoch = int(data or b"0") + 1
+            try:
+                self.zk.set(path, str(epoch).encode(), version=stat.version)
+                return epoch
+            except BadVersionError:
+                time.sleep(0.01)
+
+    @_translated
+    def epoch(self, store: str) -> tuple[int, float] | None:
+        """(epoch, when it was last set, epoch seconds), or None before the first start."""
+        try:
+            data, stat = self.zk.get(self.paths.store_epoch(store))
+            return int(data or b"0"), stat.mtime / 1000
+        except (NoNodeError, ValueError):
+            return None
+
+    @_translated
+    def orphans(self, exclude: str) -> list[str]:
+        """Stores (but `exclude`) whose node has no member record and which nobody owns."""
+        members = set(self._children(self.paths.members))
+        return [
+            store
+            for store in sorted(self._children(self.paths.stores))
+            if store != exclude
+            and store not in members
+            and self.zk.exists(self.paths.store_owner(store)) is None
+        ]
+
+    # -- stores/<node>/owner (the store's agent, or its drainer; ephemeral) ---------------
+
+    @_translated
+    def owner(self, store: str) -> Owner | None:
+        try:
+            data, stat = self.zk.get(self.paths.store_owner(store))
+        except NoNodeError:
+            return None
+        try:
+            return Owner.decode(data, stat.ephemeralOwner)
+        except ValueError:
+            return Owner("?", "?", stat.ephemeralOwner)
+
+    def lease(self, store: str, node: str, purpose: Purpose) -> StoreLease:
+        return StoreLease(self, store, node, purpose)
+
+    # -- functions/<name> (any agent; never removed) -------------------------------------
+
+    @_translated
+    def function_names(self) -> set[str]:
+        return {unquote(child) for child in self._children(self.paths.functions)}
+
+    @_translated
+    def add_function(self, name: str) -> None:
+        with contextlib.suppress(NodeExistsError):
+            self.zk.create(f"{self.paths.functions}/{quote(name, safe='')}", makepath=True)
+
+    # -- takeovers/t-<seq> (a drainer: survivor or `store drain`) -------------------------
+
+    @_translated
+    def record_takeover(self, takeover: TakeoverRecord) -> str:
+        """Write a new take-over record; returns its path, for `update_takeover`."""
+        path = f"{self.paths.takeovers}/t-"
+        return str(self.zk.create(path, takeover.encode(), sequence=True, makepath=True))
+
+    @_translated
+    def update_takeover(self, path: str, takeover: TakeoverRecord) -> None:
+        self.zk.set(path, takeover.encode())
+
+    @_translated
+    def takeover_history(self) -> list[TakeoverRecord]:
+        """Every take-over, oldest first (running ones have outcome RUNNING)."""
+        history = []
+        for name in sorted(self._children(self.paths.takeovers)):
+            try:
+                data = self.zk.get(f"{self.paths.takeovers}/{name}")[0]
+                history.append(TakeoverRecord.decode(data))
+            except (NoNodeError, ValueError, TypeError):
+                continue
+        return history
+
+    # -- takeover-paused (the operator) ---------------------------------------------------
+
+    @_translated
+    def takeover_paused(self) -> bool:
+        """Is automatic take-over paused (`gearctl takeover pause`)? Manual drains still run."""
+        return self.zk.exists(self.paths.takeover_paused) is not None
+
+    @_translated
+    def pause_takeover(self, record: PauseRecord) -> bool:
+        """Pause automatic take-over; False if it was paused already."""
+        try:
+            self.zk.create(self.paths.takeover_paused, record.encode(), makepath=True)
+            return True
+        except NodeExistsError:
+            return False
+
+    @_translated
+    def resume_takeover(self) -> bool:
+        """Resume automatic take-over; False if it was not paused."""
+        try:
+            self.zk.delete(self.paths.takeover_paused)
+            return True
+        except NoNodeError:
+            return False
+
+    def _children(self, path: str) -> list[str]:
+        try:
+            return list(self.zk.get_children(path))
+        except NoNodeError:
+            return []
+
+    # -- ACLs of the whole tree -----------------------------------------------------------
+
+    @_translated
+    def open_znodes(self) -> list[str]:
+        """The cluster's znodes that anyone may change, delete or add children to
+        (`world:anyone` with more than READ), parents first: what a tree created before the
+        credentials were set keeps. [] when the tree does not exist yet."""
+        return [path for path, acl in self._acls() if _open_to_anyone(acl)]
+
+    @_translated
+    def close_znodes(self) -> list[str]:
+        """Give every open znode this session's ACL (its credentials everything, the world
+        READ); returns the paths changed. CoordinationRefused without credentials, or where a
+        znode's ACL does not let this identity change it."""
+        acl = self.zk.default_acl
+        if not acl:
+            raise CoordinationRefused("closing the ACLs needs the cluster's credentials")
+        closed = []
+        for path, current in self._acls():
+            if _open_to_anyone(current):
+                with contextlib.suppress(NoNodeError):  # an ephemeral znode gone meanwhile
+                    self.zk.set_acls(path, acl)
+                    closed.append(path)
+        return closed
+
+    def _acls(self) -> Iterator[tuple[str, list[ACL]]]:
+        """(path, ACL) of the cluster's root and every znode below it, parents first."""
+        pending = [self.paths.root]
+        while pending:
+            path = pending.pop()
+            try:
+                acl, _ = self.zk.get_acls(path)
+            except NoNodeError:
+                continue
+            yield path, acl
+            children = sorted(self._children(path), reverse=True)
+            pending.extend(f"{path}/{child}" for child in children)
+
+
+def _open_to_anyone(acl: list[ACL]) -> bool:
+    return any(entry.id.scheme == "world" and entry.perms & ~Permissions.READ for entry in acl)
+
+
+class StoreLease:
+    """Ownership of one store by this session: the store's ephemeral owner znode."""
+
+    def __init__(self, coord: Coordination, store: str, node: str, purpose: Purpose) -> None:
+        self.coord = coord
+        self.zk = coord.zk
+        self.hosts = coord.hosts
+        self.store = store
+        self.path = coord.paths.store_owner(store)
+        self.node = node
+        self.purpose = purpose
+
+    def current_owner(self) -> Owner | None:
+        return self.coord.owner(self.store)
+
+    def held(self) -> bool:
+        owner = self.current_owner()
+        return owner is not None and owner.session == self.coord.session_id
+
+    @_translated
+    def try_acquire(self) -> Owner | None:
+        """Take the lease if it is free or already ours; otherwise return who holds it."""
+        me = Owner(self.node, self.purpose, self.coord.session_id)
+        try:
+            self.zk.create(self.path, me.encode(), ephemeral=True, makepath=True)
+            return None
+        except NodeExistsError:
+            owner = self.current_owner()
+            if owner is None or owner.session == me.session:
+                return None if owner else self.try_acquire()
+            return owner
+
+    @_translated
+    def acquire(self, stop: threading.Event, on_wait: Callable[[Owner], None]) -> bool:
+        """Block until the lease is ours (True) or `stop` is set (False)."""
+        while not stop.is_set():
+            holder = self.try_acquire()
+            if holder is None:
+                return True
+            on_wait(holder)
+            released = threading.Event()
+            if self.zk.exists(self.path, watch=_setter(released)) is None:
+                continue
+            released.wait(1.0)
+        return False
+
+    @_translated
+    def release(self) -> None:
+        """Delete the lease if this session holds it."""
+        try:
+            _, stat = self.zk.get(self.path)
+            if stat.ephemeralOwner == self.coord.session_id:
+                self.zk.delete(self.path, version=stat.version)
+        except NoNodeError:
+            pass
+
+
+def _setter(event: threading.Event) -> Callable[[object], None]:
+    """A kazoo watch callback that only sets `event` (watches must not block)."""
+    return lambda _watched: event.set()
+
+
+class MemberFollower:
+    """Every member record, followed with watches: a DataWatch on the members folder (it may
+    not exist yet), then a ChildrenWatch on it and a DataWatch per member. The callbacks only
+    copy records under a lock and call `on_change`, which must not block either."""
+
+    def __init__(self, coord: Coordination, on_change: Callable[[], None]) -> None:
+        self.coord = coord
+        self.on_change = on_change
+        self.closed = False
+        self._lock = threading.Lock()
+        self._members: dict[str, MemberRecord] = {}
+        self._watched: set[str] = set()
+        self._children_watch: ChildrenWatch | None = None
+        DataWatch(coord.zk, coord.paths.members, self._on_members_folder)
+
+    def members(self) -> dict[str, MemberRecord]:
+        with self._lock:
+            return dict(self._members)
+
+    def close(self) -> None:
+        self.closed = True  # every watch ends at its next event
+
+    def _on_members_folder(self, _data: bytes | None, stat: object) -> bool | None:
+        if self.closed:
+            return False
+        if stat is not None and self._children_watch is None:
+            self._children_watch = ChildrenWatch(
+                self.coord.zk, self.coord.paths.members, self._on_children
+            )
+            return False  # the folder is never deleted while the cluster exists
+        return None
+
+    def _on_children(self, children: list[str]) -> bool | None:
+        if self.closed:
+            return False
+        with self._lock:
+            for gone in set(self._members) - set(children):
+                self._members.pop(gone, None)
+            new = set(children) - self._watched
+            self._watched |= new
+        for node in sorted(new):
+            DataWatch(self.coord.zk, self.coord.paths.member(node), self._member_watcher(node))
+        self.on_change()
+        return None
+
+    def _member_watcher(self, node: str) -> Callable[[bytes | None, object], bool | None]:
+        def on_data(data: bytes | None, _stat: object) -> bool | None:
+            if self.closed:
+                return False
+            with self._lock:
+                if data is None:
+                    self._members.pop(node, None)
+                    self._watched.discard(node)
+                else:
+                    try:
+                        self._members[node] = MemberRecord.decode(data)
+                    except (ValueError, TypeError) as exc:
+                        log.warning("member %s: unreadable record: %s", node, exc)
+                        self._members.pop(node, None)
+            self.on_change()
+            return False if data is None else None  # a deleted member: stop watching it
+
+        return on_data
+
+
+def connect(
+    hosts: str,
+    cluster: str,
+    timeout: float = 5.0,
+    credentials: ZkCredentials | None = None,
+    session_timeout: float | None = None,
+) -> Coordination:
+    """A started session (closed again and CoordinationError if ZooKeeper does not answer
+    within `timeout`); its session timeout is `timeout` unless given."""
+    coord = Coordination.new(hosts, cluster, session_timeout or timeout, credentials)
+    try:
+        coord.start(timeout)
+    except CoordinationError:
+        coord.close()
+        raise
+    return coord
+
+
+@contextlib.contextmanager
+def session(
+    hosts: str,
+    cluster: str,
+    timeout: float = 5.0,
+    credentials: ZkCredentials | None = None,
+    session_timeout: float | None = None,
+) -> Iterator[Coordination]:
+    """A started session for the block; closed (its ephemeral znodes removed) on exit."""
+    coord = connect(hosts, cluster, timeout, credentials, session_timeout)
+    try:
+        yield coord
+    finally:
+        coord.close()

@@ -1,0 +1,240 @@
+"""The records gearctl keeps in ZooKeeper, typed; their JSON is a contract (status --json, peers).
+
+Every record decodes what an older or newer agent wrote: unknown keys are ignored, missing
+optional ones get their default. Nothing here talks to ZooKeeper (see cluster.coord.coordination).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Self
+
+from cluster import __version__
+from cluster.process import boot_id, pid_namespace
+
+
+class NodeState(enum.StrEnum):
+    """A node's state, as its member record and `gearctl cluster status` show it."""
+
+    STARTING = "starting"
+    WAITING = "waiting"  # for the store: a peer owns it (draining it)
+    RESTORING = "restoring"
+    SERVING = "serving"
+    RESTARTING = "restarting"
+    FENCED = "fenced"
+    FAILED = "failed"
+    STORE_LOST = "store-lost"  # gearmand runs on, its store does not answer
+    DOWN = "down"  # only in the local status: the agent process is not running
+
+
+AGENT_STATES = tuple(state for state in NodeState if state is not NodeState.DOWN)
+"""The states an agent writes into its member record."""
+
+LIVE_STATES = frozenset({NodeState.SERVING, NodeState.RESTORING})
+"""Member states whose gearmand accepts jobs (a restoring gearmand already serves new ones)."""
+
+
+def _known_fields(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    return {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """`members/<node>`: the live agent's record (ephemeral: it ends with the agent's session)."""
+
+    node: str
+    gearman: str
+    store: str
+    agent_pid: int
+    gearmand_pid: int | None
+    state: str  # a NodeState value (kept a str: a newer agent may write one we do not know)
+    restarts: int = 0
+    deferred_jobs: int = 0  # stored jobs waiting until their function name is known
+    refused_jobs: int = 0  # stored jobs every gearmand refused twice (a full store): they wait
+    version: str = __version__
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """Parse a record; unknown keys (from a newer agent) are ignored."""
+        return cls(**_known_fields(cls, json.loads(data.decode())))
+
+    def with_changes(self, **changes: object) -> Self:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def live(self) -> bool:
+        """Does its gearmand accept jobs?"""
+        return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True)
+class MemberEntry:
+    """A member record with the ZooKeeper session that holds it (its znode's ephemeralOwner)."""
+
+    record: MemberRecord
+    session: int
+    registered: float  # when the session created the record (znode ctime), epoch seconds
+
+
+def session_text(session: int) -> str:
+    """A ZooKeeper session id as ZooKeeper's own logs print it (0x...)."""
+    return f"{session:#x}"
+
+
+@dataclass(frozen=True)
+class StoreRecord:
+    """`stores/<node>`: what peers need to take the store over; written by its owner at each
+    start of gearmand.
+
+    `boot_id` (the kernel's) and `pid_namespace` (inode) say where `gearmand_pid` means
+    something: only a peer with both equal may look the PID up. `host` is for people only:
+    hostnames repeat across containers and cloned machines."""
+
+    address: str
+    gearman: str
+    host: str
+    gearmand_pid: int | None
+    boot_id: str | None = None
+    pid_namespace: int | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> StoreRecord:
+        """ValueError or KeyError when the store was never described (empty or foreign data)."""
+        raw = json.loads(data.decode())
+        return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"),
+                   raw.get("boot_id"), raw.get("pid_namespace"))  # fmt: skip
+
+    @classmethod
+    def here(cls, address: str, gearman: str, gearmand_pid: int) -> StoreRecord:
+        """The record of a gearmand this process started."""
+        return cls(address, gearman, socket.gethostname(), gearmand_pid, boot_id(),
+                   pid_namespace())  # fmt: skip
+
+    def same_pid_table(self) -> bool:
+        """Is `gearmand_pid` a PID of this kernel and PID namespace?"""
+        mine = (boot_id(), pid_namespace())
+        return None not in mine and (self.boot_id, self.pid_namespace) == mine
+
+
+class Purpose(enum.StrEnum):
+    """Why a session owns a store."""
+
+    SERVE = "serve"  # the store's own agent serves it
+    DRAIN = "drain"  # a survivor or `gearctl store drain` drains it
+
+
+@dataclass(frozen=True)
+class Owner:
+    """`stores/<node>/owner`: who serves or drains the store. The znode is ephemeral and its
+    `ephemeralOwner` (the session) decides whose it is, never the data in it."""
+
+    node: str
+    purpose: str  # a Purpose value, or "?" when the data is unreadable
+    session: int
+
+    def encode(self) -> bytes:
+        record = {
+            "node": self.node,
+            "purpose": self.purpose,
+            "session": session_text(self.session),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+        }
+        return json.dumps(record).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, session: int) -> Owner:
+        raw = json.loads(data.decode() or "{}")
+        return cls(node=str(raw.get("node", "?")), purpose=str(raw.get("purpose", "?")),
+                   session=session)  # fmt: skip
+
+
+class Outcome(enum.StrEnum):
+    """How a take-over (or manual drain) ended, or that it still runs."""
+
+    RUNNING = "running"
+    DONE = "done"
+    INTERRUPTED = "interrupted"
+    REFUSED = "refused"  # not taken over: its old gearmand still answered (fencing failed)
+
+
+@dataclass
+class TakeoverRecord:
+    """`takeovers/t-<seq>`: one take-over of a dead node's store, or a manual drain.
+
+    On the wire `outcome` is one string: `running`, `done`, `done; <reason>` (jobs left for
+    later), `interrupted: <reason>` or `refused: <reason>`.
+    """
+
+    store: str
+    by: str
+    started: float
+    finished: float | None = None
+    jobs: int = 0
+    seconds: float = 0.0
+    outcome: Outcome = Outcome.RUNNING
+    reason: str = ""
+    manual: bool = False  # `gearctl store drain`, not a survivor's automatic take-over
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is Outcome.DONE
+
+    @property
+    def outcome_text(self) -> str:
+        if not self.reason:
+            return self.outcome.value
+        separator = ";" if self.outcome is Outcome.DONE else ":"
+        return f"{self.outcome.value}{separator} {self.reason}"
+
+    def finish(self, outcome: Outcome, jobs: int, reason: str = "") -> None:
+        self.outcome, self.jobs, self.reason = outcome, jobs, reason
+        self.finished = time.time()
+        self.seconds = self.finished - self.started
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "by": self.by,
+            "started": self.started,
+            "finished": self.finished,
+            "jobs": self.jobs,
+            "seconds": self.seconds,
+            "outcome": self.outcome_text,
+            "manual": self.manual,
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.as_json()).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> TakeoverRecord:
+        raw = json.loads(data.decode())
+        text = str(raw.pop("outcome", Outcome.RUNNING.value))
+        head, _, reason = text.partition(";" if text.startswith(Outcome.DONE) else ":")
+        record = cls(**_known_fields(cls, raw))
+        record.outcome, record.reason = Outcome(head.strip()), reason.strip()
+        return record
+
+
+@dataclass(frozen=True)
+class PauseRecord:
+    """`takeover-paused`: automatic take-over is paused (`gearctl takeover pause`)."""
+
+    since: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+
+    def encode(self) -> bytes:
+        return json.dumps({"since": self.since, "host": self.host}).encode()
