@@ -6,7 +6,7 @@ A shared Client checks a connection out of its per-server pool for each call and
 (a lock, a list pop and append); with T threads it ends up with up to T connections per server,
 like T Clients.
 
-    .venv/bin/python bench/client_threads.py [--jobs 6000] [--rounds 3]
+    .venv/bin/python bench/client_threads.py [--jobs 6000] [--rounds 5] [--quick]
 
 Starts and stops its own gearmand, by PID. Writes bench/results/client_threads.json.
 """
@@ -32,8 +32,9 @@ THREADS = (1, 4, 16)
 PAYLOAD = b"x" * 64
 
 
-def run(endpoint: Endpoint, threads: int, jobs: int, shared: bool) -> float:
-    """Jobs/s of `threads` threads submitting `jobs` background jobs in all."""
+def run(endpoint: Endpoint, threads: int, jobs: int, shared: bool) -> tuple[float, float]:
+    """(jobs/s, CPU µs per job of this process) of `threads` threads submitting `jobs`
+    background jobs in all."""
     each = jobs // threads
     clients = [Client(servers=[endpoint])] * threads if shared else [
         Client(servers=[endpoint]) for _ in range(threads)
@@ -51,21 +52,25 @@ def run(endpoint: Endpoint, threads: int, jobs: int, shared: bool) -> float:
     for worker in workers:
         worker.start()
     start.wait()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for worker in workers:
         worker.join()
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     for client in set(clients):
         client.close()
-    return each * threads / elapsed
+    return each * threads / elapsed, cpu / (each * threads) * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=6000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.rounds = 480, 1
     rates: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         proc, endpoint = start_gearmand(Path(tmp))
         try:
@@ -73,21 +78,29 @@ def main() -> None:
                 for threads in THREADS:
                     ways = [False, True] if round_ % 2 == 0 else [True, False]
                     for shared in ways:
-                        rate = run(endpoint, threads, args.jobs, shared)
+                        rate, micros = run(endpoint, threads, args.jobs, shared)
                         way = "shared" if shared else "per-thread"
                         rates.setdefault(str(threads), {}).setdefault(way, []).append(rate)
-                        print(f"{threads:>2} threads, {way:>10} Client: {rate:>8,.0f} jobs/s")
+                        cpu.setdefault(str(threads), {}).setdefault(way, []).append(micros)
+                        print(f"{threads:>2} threads, {way:>10} Client: {rate:>8,.0f} jobs/s, "
+                              f"{micros:.1f} CPU µs/job")  # fmt: skip
         finally:
             stop_pid(proc.pid)
             proc.wait()
     summary = {t: {way: median(v) for way, v in by.items()} for t, by in rates.items()}
+    cpu_summary = {t: {way: median(v) for way, v in by.items()} for t, by in cpu.items()}
     rows = [
         [t, f"{by['per-thread']:,.0f}", f"{by['shared']:,.0f}",
-         f"{by['shared'] / by['per-thread']:.2f}"]
+         f"{by['shared'] / by['per-thread']:.2f}",
+         f"{cpu_summary[t]['per-thread']:.1f}", f"{cpu_summary[t]['shared']:.1f}"]
         for t, by in summary.items()
     ]  # fmt: skip
-    print(table(["threads", "Client per thread", "one shared Client", "shared/per-thread"], rows))
-    save("client_threads", {"rates": rates, "median": summary, "args": vars(args)})
+    headers = ["threads", "per thread jobs/s", "shared jobs/s", "ratio", "CPU µs/job per thread",
+               "CPU µs/job shared"]  # fmt: skip
+    print(table(headers, rows))
+    save("client_threads", {"rates": rates, "cpu_us_per_job": cpu, "median": summary,
+                            "median_cpu_us_per_job": cpu_summary, "args": vars(args),
+                            "quick": args.quick})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ loop thread; read from git) on no-op jobs, for what the pool threads cost.
 Each measurement: queue the jobs (no worker connected), start the worker in its own process,
 time from "go" until gearmand reports the function's queue empty (polled every 5 ms).
 
-    .venv/bin/python bench/worker_throughput.py [--noop-jobs N] [--sleep-seconds S] [--rounds R]
+    .venv/bin/python bench/worker_throughput.py [--noop-jobs N] [--sleep-seconds S] [--quick]
 
 Needs the bench extra (`pip install -e ".[bench]"`: gear). Starts and stops its own gearmand, by
 PID. Writes bench/results/worker_throughput.json.
@@ -179,7 +179,10 @@ def main() -> None:
         "--sleep-seconds", type=float, default=1.5, help="ideal duration of a 20 ms-job run"
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args()
+    if args.quick:
+        args.noop_jobs, args.sleep_seconds, args.rounds = 500, 0.2, 1
     with tempfile.TemporaryDirectory() as tmp:
         proc, endpoint = start_gearmand(Path(tmp))
         try:
@@ -216,7 +219,10 @@ def main() -> None:
     ]  # fmt: skip
     headers = ["jobs, concurrency", "Worker", "gear", "gear+NODELAY", "Worker/gear+ND", "before"]
     print(table(headers, rows))
-    save("worker_throughput", {"rates": rates, "median": summary, "args": vars(args)})
+    save(
+        "worker_throughput",
+        {"rates": rates, "median": summary, "args": vars(args), "quick": args.quick},
+    )
 
 
 if __name__ == "__main__":
