@@ -186,6 +186,8 @@ class _Run:
     deadline: float | None
     state: str = "running"  # running -> settling (failed: retry policy) -> held -> done
     error: str = ""
+    thread: int | None = None
+    """The pool thread running its handler, once one does."""
 
 
 class Worker:
@@ -381,7 +383,8 @@ class Worker:
             log.error(
                 "job %r of %r: handler timed out; failing it", run.job.unique, run.job.function
             )
-            self._pool.replace_one()  # the hung thread leaves the pool once it returns
+            if run.thread is not None:
+                self._pool.replace(run.thread)  # it leaves the pool once its handler returns
             self._pool.submit(self._settle, run, "handler timed out")
         for run in due:
             self._pool.submit(self._resubmit, run)
@@ -545,6 +548,10 @@ class Worker:
 
     def _execute(self, run: _Run) -> None:
         assert run.registration is not None
+        with self._lock:
+            if run.state != "running":
+                return  # timed out while it waited for a thread
+            run.thread = threading.get_ident()
         try:
             answer = [
                 request(
@@ -567,7 +574,7 @@ class Worker:
             )
             self._settle(run, f"{type(exc).__name__}: {exc}")
         else:
-            self._finish(run, answer)
+            self._finish(run, answer, only_running=True)  # not if it timed out meanwhile
 
     def _settle(self, run: _Run, error: str) -> None:
         """A failed job: WORK_EXCEPTION + WORK_FAIL for a foreground one; a background one
@@ -598,30 +605,40 @@ class Worker:
             self._finish(run, fail)
             return
         delay = retry.delay(job.attempt)
-        with self._lock:
-            if delay > 0 and not self._stopping:
-                run.state = "held"
-                self._runs.discard(run)
-                heapq.heappush(self._held, (time.monotonic() + delay, next(self._sequence), run))
-                log.info(
-                    "job %r of %r failed (%s): run %d in %.1fs",
-                    job.unique,
-                    job.function,
-                    error,
-                    job.attempt + 1,
-                    delay,
-                )
-        if run.state == "held":
-            self._wake()
+        if delay > 0 and self._hold(run, delay):
+            log.info("job %r of %r failed (%s): next run in %.1fs", job.unique, job.function,
+                     error, delay)  # fmt: skip
         else:
             self._resubmit(run)
 
+    def _hold(self, run: _Run, delay: float) -> bool:
+        """Keep a failed job (unanswered: gearmand still has it) for `delay` seconds, then hand
+        it on; False (not held) once the worker is stopping."""
+        with self._lock:
+            if self._stopping:
+                return False
+            run.state = "held"
+            self._runs.discard(run)
+            heapq.heappush(self._held, (time.monotonic() + delay, next(self._sequence), run))
+        self._wake()
+        return True
+
+    def _forget(self, run: _Run) -> None:
+        """Let go of a job without answering it (gearmand has it, or gets it back)."""
+        with self._lock:
+            run.state = "done"
+            self._runs.discard(run)
+
     def _resubmit(self, run: _Run) -> None:
         """Submit the next run of a failed background job (or dead-letter it), then WORK_FAIL
-        this one. If no server takes it, this run stays unanswered: gearmand queues it again
-        when this worker disconnects, so it is not lost."""
+        this one. If no server takes it, this run stays unanswered and is tried again later
+        (after stop(): gearmand queues it again when the worker disconnects): never lost."""
         job, retry = run.job, run.registration.retry  # type: ignore[union-attr]
         assert retry is not None
+        if run.server.sock is not run.sock:  # gearmand queued it again when the connection broke
+            log.info("job %r: its connection broke while it waited; gearmand has it", job.unique)
+            self._forget(run)
+            return
         base, attempt = split_attempt(job.unique)
         client = self._retry_client()
         try:
@@ -648,20 +665,15 @@ class Worker:
                     attempt,
                 )
         except Exception:
-            log.exception(
-                "job %r of %r: cannot hand it on; gearmand will queue it again",
-                job.unique,
-                job.function,
-            )
-            with self._lock:
-                run.state = "done"
-                self._runs.discard(run)
+            log.exception("job %r of %r: cannot hand it on yet", job.unique, job.function)
+            if not self._hold(run, max(retry.backoff, 1.0)):
+                self._forget(run)  # stopping: left to gearmand, which queues it again
             return
         self._finish(run, [request(PacketType.WORK_FAIL, job.handle)])
 
-    def _finish(self, run: _Run, packets: list[Packet]) -> None:
+    def _finish(self, run: _Run, packets: list[Packet], *, only_running: bool = False) -> None:
         with self._lock:
-            if run.state == "done":
+            if run.state == "done" or (only_running and run.state != "running"):
                 return
             run.state = "done"
             self._runs.discard(run)
@@ -726,8 +738,8 @@ class Worker:
 
 
 class _Pool:
-    """Threads running submitted calls. `replace_one` adds a thread for one that hangs in a
-    handler; the next thread to come back from a call then leaves, so the pool shrinks back."""
+    """Threads running submitted calls. `replace(thread)` adds a thread for one that hangs in a
+    handler; that one leaves the pool when its call returns, so the pool shrinks back."""
 
     def __init__(self, size: int) -> None:
         self._tasks: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...]] | None] = (
@@ -735,16 +747,16 @@ class _Pool:
         )
         self._lock = threading.Lock()
         self._threads = 0
-        self._surplus = 0
+        self._retiring: set[int] = set()
         for _ in range(size):
             self._add()
 
     def submit(self, call: Callable[..., object], *args: Any) -> None:
         self._tasks.put((call, args))
 
-    def replace_one(self) -> None:
+    def replace(self, thread: int) -> None:
         with self._lock:
-            self._surplus += 1
+            self._retiring.add(thread)
         self._add()
 
     def close(self) -> None:
@@ -767,8 +779,8 @@ class _Pool:
             except Exception:
                 log.exception("worker pool call %r failed", call)
             with self._lock:
-                if self._surplus:
-                    self._surplus -= 1
+                if threading.get_ident() in self._retiring:
+                    self._retiring.discard(threading.get_ident())
                     self._threads -= 1
                     return
         with self._lock:
