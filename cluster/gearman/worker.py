@@ -10,8 +10,8 @@ One loop thread owns the sockets (a `selectors` loop over a socket per server pl
 socketpair); handlers run on `concurrency` pool threads and hand their answers back to it
 (with concurrency 1 and no timeout to watch, on the loop thread itself: no hand-off):
 - on connect: CAN_DO for every function; the server counts as awake (it may have jobs);
-- a GRAB_JOB_UNIQ is sent to an awake server only while a slot is free (jobs running plus
-  grabs unanswered < concurrency), so a Worker never holds a job it has no thread for;
+- one GRAB_JOB_UNIQ per free slot (jobs running plus grabs unanswered <= concurrency) is
+  sent to the awake servers, pipelined, so a Worker never holds a job it has no thread for;
 - NO_JOB: PRE_SLEEP, and that server sleeps until it sends NOOP (no polling);
 - JOB_ASSIGN_UNIQ: the job goes to a pool thread; WORK_COMPLETE when its handler returns;
   `job.send_status/send_data/send_warning` send progress while it runs;
@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from cluster.gearman.client import Client
 
 log = logging.getLogger(__name__)
+
+_GRAB = encode(request(PacketType.GRAB_JOB_UNIQ))
+_PRE_SLEEP = encode(request(PacketType.PRE_SLEEP))
 
 IDLE_WAKEUP = 5.0
 """Longest select() wait: only a safety net, every event that matters wakes the loop."""
@@ -169,7 +172,8 @@ class _Server:
     buffer: bytearray = field(default_factory=bytearray)
     out: list[bytes] = field(default_factory=list)
     awake: bool = False
-    grab_pending: bool = False
+    grabs: int = 0
+    """GRAB_JOB_UNIQs sent and not answered yet."""
     retry_at: float = 0.0
     backoff: float = 0.0
 
@@ -401,17 +405,16 @@ class Worker:
         servers = [s for s in self._servers.values() if s.sock is not None]
         with self._lock:
             free = self.concurrency - len(self._runs)
-        free -= sum(s.grab_pending for s in servers)
-        if free <= 0 or not servers:
+        free -= sum(s.grabs for s in servers)
+        awake = [s for s in servers if s.awake]
+        if free <= 0 or not awake:
             return
-        self._turn = (self._turn + 1) % len(servers)
-        for server in servers[self._turn :] + servers[: self._turn]:
-            if free <= 0:
-                return
-            if server.awake and not server.grab_pending:
-                server.grab_pending = True
-                server.out.append(encode(request(PacketType.GRAB_JOB_UNIQ)))
-                free -= 1
+        # One grab per free slot, pipelined, spread over the awake servers in turn.
+        self._turn = (self._turn + 1) % len(awake)
+        for n in range(free):
+            server = awake[(self._turn + n) % len(awake)]
+            server.grabs += 1
+            server.out.append(_GRAB)
 
     def _drain(self) -> None:
         """After stop(): let the jobs in hand finish within `grace`, fail back the rest."""
@@ -461,7 +464,7 @@ class Worker:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(self.io_timeout)  # bounds sendall; recv runs only once readable
-        server.sock, server.awake, server.grab_pending = sock, True, False
+        server.sock, server.awake, server.grabs = sock, True, 0
         server.buffer.clear()
         self._selector.register(sock, selectors.EVENT_READ, server)
         with self._lock:
@@ -500,8 +503,10 @@ class Worker:
 
     def _on_packet(self, server: _Server, type_: PacketType, args: tuple[bytes, ...]) -> None:
         if type_ is PacketType.NO_JOB:
-            server.grab_pending = server.awake = False
-            server.out.append(encode(request(PacketType.PRE_SLEEP)))
+            server.grabs = max(0, server.grabs - 1)
+            server.awake = False
+            if not server.grabs:  # gearmand sends NOOP at once if jobs came meanwhile
+                server.out.append(_PRE_SLEEP)
         elif type_ is PacketType.NOOP:
             server.awake = True
         elif type_ is PacketType.JOB_ASSIGN_UNIQ:
@@ -521,7 +526,7 @@ class Worker:
     def _start(
         self, server: _Server, handle: bytes, function: str, unique: str, payload: bytes
     ) -> None:
-        server.grab_pending = False
+        server.grabs = max(0, server.grabs - 1)
         assert server.sock is not None and self._pool is not None
         with self._lock:
             registration = self._handlers.get(function)
@@ -723,7 +728,7 @@ class Worker:
             self._selector.unregister(server.sock)
         server.sock.close()
         server.sock = None
-        server.awake = server.grab_pending = False
+        server.awake, server.grabs = False, 0
         server.buffer.clear()
         server.out.clear()
 
