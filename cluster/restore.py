@@ -21,8 +21,11 @@ key has been seen. If someone else deleted keys after the count, passes stop fin
 them out of `left_in_store`, so a retry expects what the store really listed (a recount), not the
 old count forever. Keys are then moved in `cas` order, which is the order they were stored in, so
 each priority keeps its FIFO order. A key is deleted only after gearmand acknowledged its job
-(JOB_CREATED), so a crash at any point leaves the key for the next restore; a job present under two
-prefixes is coalesced by gearmand's unique while queued.
+(JOB_CREATED), so a crash at any point leaves the key for the next restore. A job present under two
+prefixes (a crash between the answer and the delete) is submitted once, and its later keys are
+deleted once the first copy was acknowledged (`coalesced`): workers that run jobs as they are
+queued cannot run it twice. Empty uniques never coalesce (gearmand keeps one such job per
+function and prefix: each key is a job of its own).
 
 gearmand answers every submit of a pipeline, in order, and goes on after refusing one (ERROR
 QUEUE_ERROR: a store full for large items takes small ones still). Each answer is mapped to its
