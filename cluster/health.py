@@ -1,8 +1,11 @@
-"""Is gearmand healthy? Process state first (cheap), then the admin `status` with a read timeout.
+"""Is gearmand healthy? Process state first (cheap), then the admin `version` with a read timeout.
 
 A SIGSTOPped gearmand still accepts TCP connections and never answers, so only the read timeout
-or psutil's `stopped` state reveal it. The `status` answer also lists every function with jobs,
-which the agent publishes so that job keys can be split right after a crash.
+or psutil's `stopped` state reveal it. Health rests on `version`, a one-line answer, never on the
+size of `status`: a client that registers many function names makes `status` as large as it
+likes. The function names (which the agent publishes so that job keys can be split right after a
+crash) are then read from at most `STATUS_NAMES_BYTES` of `status`; a cut list or a `status` that
+fails leaves the health alone and says so (`functions_complete`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Health(enum.Enum):
 class Check:
     health: Health
     functions: tuple[str, ...] = ()
+    functions_complete: bool = True  # False: `status` was cut at its size bound or failed
 
 
 def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
@@ -40,11 +44,16 @@ def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
         return Check(Health.GONE)
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
         return Check(Health.STOPPED)
+    admin = AdminClient(endpoint, timeout=timeout)
     try:
-        functions = AdminClient(endpoint, timeout=timeout).status()
+        admin.version()
     except GearctlError:
         return Check(Health.UNRESPONSIVE)
-    return Check(Health.SERVING, tuple(f.name for f in functions))
+    try:
+        functions, complete = admin.status_head()
+    except GearctlError:
+        return Check(Health.SERVING, (), functions_complete=False)
+    return Check(Health.SERVING, tuple(f.name for f in functions), complete)
 
 
 @dataclass

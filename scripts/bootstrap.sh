@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2)
+# haproxy: the /health check test (deploy/haproxy.cfg); prometheus: its promtool checks the
+# alert rules (deploy/gearctl-alerts.yml). No smaller Debian 12 package ships promtool.
+packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2
+          haproxy prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -20,6 +23,15 @@ if ((${#missing[@]})); then
   apt-get update -qq
   # Installing a package here starts no daemon we rely on; gearctl starts its own processes.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests run haproxy and promtool themselves: where systemd started the packages' own
+  # services (a prometheus server on :9090, haproxy), stop and disable the ones installed now.
+  if [ -d /run/systemd/system ]; then
+    for service in haproxy prometheus; do
+      if [[ " ${missing[*]} " == *" $service "* ]]; then
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 python=${PYTHON:-python3}

@@ -19,6 +19,10 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, GearmanConnectionError, ProtocolError
 
 MAX_REPLY_SIZE = 16 * 1024 * 1024
+STATUS_NAMES_BYTES = 1024 * 1024
+"""How much of a `status` reply `status_head` reads: a client that registers many names makes
+`status` as large as it likes (100k random names pass MAX_REPLY_SIZE), and the health check that
+reads the names must not grow with it."""
 R = TypeVar("R")
 
 
@@ -123,6 +127,20 @@ class AdminClient:
     def status(self) -> list[FunctionStatus]:
         return self._multi_line("status", parse_status)
 
+    def status_head(self, max_bytes: int = STATUS_NAMES_BYTES) -> tuple[list[FunctionStatus], bool]:
+        """`status`, reading at most about `max_bytes` of it: (functions, complete). A longer
+        reply is cut at its last whole line (complete is False)."""
+
+        def head(data: bytes) -> tuple[list[FunctionStatus], bool] | None:
+            body = split_reply("status", data)
+            if body is not None:
+                return parse_status(body), True
+            if len(data) < max_bytes:
+                return None
+            return parse_status(data.decode("utf-8", "replace").rpartition("\n")[0]), False
+
+        return self._exchange("status", head)
+
     def workers(self) -> list[WorkerInfo]:
         return self._multi_line("workers", parse_workers)
 
@@ -205,9 +223,12 @@ class AdminClient:
 
 
 def is_serving(endpoint: Endpoint, timeout: float = 1.0) -> bool:
-    """True when gearmand at `endpoint` answers `status` within `timeout` (readiness check)."""
+    """True when gearmand at `endpoint` answers `version` within `timeout` (readiness check).
+
+    gearmand accepts connections before its replay ends and answers no command until then; a
+    one-line command keeps the check independent of how many functions `status` would list."""
     try:
-        AdminClient(endpoint, timeout=timeout).status()
+        AdminClient(endpoint, timeout=timeout).version()
     except GearctlError:
         return False
     return True

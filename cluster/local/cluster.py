@@ -315,20 +315,6 @@ def _agent_failure(cluster: LocalCluster, node: str, reason: str) -> str:
     )
 
 
-def locate(directory: Path | None, zookeeper: str | None, cluster: str) -> tuple[str, str]:
-    """(ZooKeeper hosts, cluster name) for an operator command: given with `--zookeeper`, else
-    those of the local cluster in `directory` (default .gearctl)."""
-    if directory is not None and zookeeper is not None:
-        raise GearctlError("give --dir or --zookeeper, not both")
-    if zookeeper is not None:
-        return zookeeper, cluster
-    directory = directory or DEFAULT_DIR
-    local = LocalCluster.load(directory)
-    if local is None:
-        raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
-    return local.zookeeper, local.cluster
-
-
 def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress) -> None:
     def record(key: str, pid: int) -> None:
         cluster.processes[key] = ProcessRef.of(pid)
