@@ -31,7 +31,7 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.fencing import SessionGuard
 from cluster.functions import FunctionRegistry, known_in_cluster
-from cluster.gearman.admin import is_serving
+from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import HangWatch, Health, check_gearmand
 from cluster.metrics import AgentMetrics
@@ -102,6 +102,8 @@ class Agent:
         self._connect_zookeeper()
         self.guard.start()
         try:
+            if self._tree_open():
+                return 1
             self._register()
             sdnotify.notify("READY=1")  # the supervisor's watchdog runs from now on
             self.takeovers.start()
@@ -289,8 +291,9 @@ class Agent:
         """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
         failures = 0
         retry_deferred_at = 0.0
+        admin = AdminClient(self.config.gearman, timeout=self.config.check_timeout, keep_open=True)
         while not self.stopping.is_set() and not self.fenced.is_set():
-            check = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+            check = check_gearmand(proc.pid, admin)
             if check.health is Health.GONE:
                 break
             failures = 0 if check.health is Health.SERVING else failures + 1
@@ -308,6 +311,7 @@ class Agent:
                 every = DEFERRED_RETRY_EVERY if self.record.deferred_jobs else REFUSED_RETRY_EVERY
                 retry_deferred_at = time.monotonic() + every
             self.stopping.wait(self.config.check_interval)
+        admin.close()
         if self.stopping.is_set() or self.fenced.is_set():
             return
         self._stop_gearmand(kill=True)
@@ -442,6 +446,22 @@ class Agent:
                           self.config.zookeeper_hosts, exc, delay)  # fmt: skip
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _tree_open(self) -> bool:
+        """With credentials, refuse a tree whose znodes anyone may change (created before the
+        credentials were set): anyone could then take a store's ownership or plant records."""
+        if self.config.zookeeper_auth is None or self.stopping.is_set():
+            return False
+        open_znodes = self.coord.open_znodes()
+        if open_znodes:
+            log.critical(
+                "refusing to run: %d znode(s) of cluster %s are writable by anyone (created "
+                "before ZooKeeper credentials were set), e.g. %s; close them with `gearctl acl "
+                "fix --zookeeper %s --cluster %s --auth-file FILE` (the agents' credentials)",
+                len(open_znodes), self.config.cluster, open_znodes[0],
+                self.config.zookeeper_hosts, self.config.cluster,
+            )  # fmt: skip
+        return bool(open_znodes)
 
     def _register(self) -> None:
         """Create our ephemeral member record, waiting out one left by an earlier session."""

@@ -19,6 +19,7 @@ from cluster.errors import GearctlError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from cluster.agent import Agent
     from cluster.coord import Coordination
     from cluster.drill.scenarios import DrillResult
     from cluster.target import Target
@@ -446,6 +447,47 @@ def takeover_resume(
             typer.echo(f"automatic take-over of cluster {name!r} was not paused")
 
 
+acl_app = typer.Typer(help="ZooKeeper ACLs of a cluster's znodes.", no_args_is_help=True)
+app.add_typer(acl_app, name="acl")
+
+
+@acl_app.command("check")
+def acl_check(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List the cluster's znodes anyone may change; exit 1 if there is one (agents with
+    credentials refuse to run on such a tree)."""
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        open_znodes = session.open_znodes()
+    for path in open_znodes:
+        typer.echo(f"writable by anyone: {path}")
+    typer.echo(f"{len(open_znodes)} znode(s) writable by anyone")
+    raise typer.Exit(1 if open_znodes else 0)
+
+
+@acl_app.command("fix")
+def acl_fix(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Give every znode anyone may change the credentials' ACL (theirs to change, everyone's
+    to read), as the agents create them. Needs the agents' credentials (`--auth-file`)."""
+    if _target(directory, zookeeper, cluster, auth_file, config).auth_file is None:
+        raise fail(GearctlError("acl fix needs the agents' credentials: --auth-file FILE"))
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        closed = session.close_znodes()
+    for path in closed:
+        typer.echo(f"closed: {path}")
+    typer.echo(f"{len(closed)} znode(s) closed: only the credentials change the tree now")
+
+
 @takeover_app.command("list")
 def takeover_list(
     directory: ClusterDirOption = None,
@@ -500,17 +542,12 @@ def agent_run(
 ) -> None:
     """Run the node agent in the foreground until SIGTERM."""
     from cluster import logsetup
-    from cluster.agent import Agent
-    from cluster.config import load_config
 
     if log_format is not None and log_format not in logsetup.LOG_FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(logsetup.LOG_FORMATS)}",
                                  param_hint="--log-format")  # fmt: skip
     try:
-        agent_config = load_config(config)
-        logsetup.configure(log_format or agent_config.log_format, agent_config.node)
-        logging.getLogger("kazoo").setLevel(logging.INFO)
-        agent = Agent(agent_config)
+        agent = _agent(config, log_format)
     except GearctlError as exc:
         raise fail(exc) from None
     raise typer.Exit(agent.run())
@@ -528,3 +565,53 @@ def agent_check_config(
         typer.echo(effective_toml(load_config(config), config), nl=False)
     except GearctlError as exc:
         raise fail(exc) from None
+
+
+def _agent(config: Path, log_format: str | None) -> Agent:
+    """The agent of `gearctl agent run`, its logging set up (`log_format` already checked)."""
+    from cluster import logsetup
+    from cluster.agent import Agent
+    from cluster.config import load_config
+
+    agent_config = load_config(config)
+    logsetup.configure(log_format or agent_config.log_format, agent_config.node)
+    logging.getLogger("kazoo").setLevel(logging.INFO)
+    return Agent(agent_config)
+
+
+def gearctl() -> None:
+    """The `gearctl` command (the entry point). A plain `gearctl agent run --config X
+    [--log-format F]` starts the agent without typer's parsing, whose adapters import pydantic:
+    7 MB of the agent's resident memory for the life of the process (issue 18). Anything else
+    (help, a bad option) goes through typer."""
+    try:
+        agent = _plain_agent_run(sys.argv[1:])
+    except GearctlError as exc:
+        sys.exit(fail(exc).exit_code)
+    if agent is None:
+        app(prog_name="gearctl")
+    else:
+        sys.exit(agent.run())
+
+
+def _plain_agent_run(argv: list[str]) -> Agent | None:
+    from cluster.logsetup import LOG_FORMATS
+
+    if argv[:2] != ["agent", "run"]:
+        return None
+    options: dict[str, str] = {}
+    rest = argv[2:]
+    while rest:
+        name, equals, value = rest[0].partition("=")
+        if name not in ("--config", "--log-format") or name in options:
+            return None
+        if not equals:
+            if len(rest) < 2:
+                return None
+            value, rest = rest[1], rest[1:]
+        options[name] = value
+        rest = rest[1:]
+    log_format = options.get("--log-format")
+    if "--config" not in options or log_format not in (None, *LOG_FORMATS):
+        return None
+    return _agent(Path(options["--config"]), log_format)

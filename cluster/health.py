@@ -35,7 +35,9 @@ class Check:
     functions_complete: bool = True  # False: `status` was cut at its size bound or failed
 
 
-def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
+def check_gearmand(pid: int, admin: AdminClient) -> Check:
+    """`admin` may keep its connection open between checks (`keep_open=True`): a check is then
+    its round trips (`version`, `status`), no connect and close."""
     try:
         status = psutil.Process(pid).status()
     except psutil.Error:
@@ -44,7 +46,6 @@ def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
         return Check(Health.GONE)
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
         return Check(Health.STOPPED)
-    admin = AdminClient(endpoint, timeout=timeout)
     try:
         admin.version()
     except GearctlError:
@@ -74,6 +75,7 @@ class HangWatch:
         now = time.monotonic()
         if now >= self._next_at:
             self._next_at = now + self.interval
-            self.last = check_gearmand(self.pid, self.endpoint, self.timeout).health
+            admin = AdminClient(self.endpoint, timeout=self.timeout)
+            self.last = check_gearmand(self.pid, admin).health
             self.failures = 0 if self.last is Health.SERVING else self.failures + 1
         return self.failures < self.limit

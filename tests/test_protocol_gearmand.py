@@ -418,3 +418,33 @@ def test_admin_garbage_reply_is_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="status line"):
         AdminClient(endpoint, timeout=5).status()
     thread.join(5)
+
+
+def test_admin_keep_open_answers_every_call_on_one_connection() -> None:
+    """The health check's kept-open connection: two calls, one accepted connection; once the
+    server closes it, the next call fails and the one after connects anew."""
+
+    def answer_twice(conn: socket.socket) -> None:
+        for _ in range(2):
+            assert conn.recv(100) == b"version\n"
+            conn.sendall(b"OK 1.1.20\n")
+
+    endpoint, thread = start_fake_server(answer_twice)  # accepts one connection only
+    admin = AdminClient(endpoint, timeout=5, keep_open=True)
+    assert [admin.version(), admin.version()] == ["1.1.20", "1.1.20"]
+    thread.join(5)
+    with pytest.raises(GearmanConnectionError, match="closed the connection"):
+        admin.version()
+    with pytest.raises(GearmanConnectionError, match="cannot connect"):
+        admin.version()  # a fresh connect: the fake server's listener is gone
+    admin.close()
+
+
+def test_admin_keep_open_against_gearmand(gearmand: Gearmand) -> None:
+    admin = AdminClient(gearmand.endpoint, keep_open=True)
+    try:
+        assert admin.getpid() == gearmand.pid
+        assert isinstance(admin.status(), list)
+        assert admin.getpid() == gearmand.pid
+    finally:
+        admin.close()

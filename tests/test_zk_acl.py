@@ -36,6 +36,22 @@ def walk(zk: KazooClient, path: str) -> Iterator[str]:
         yield from walk(zk, f"{path}/{child}")
 
 
+def wait_serving(
+    proc: subprocess.Popen[bytes], zk: KazooClient, member: str, log: Path, timeout: float = 60
+) -> None:
+    """Until the agent's member record says `serving`; fails with its log if it dies first."""
+    deadline = time.monotonic() + timeout
+    state = None
+    while state != "serving":
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+        try:
+            state = json.loads(zk.get(member)[0])["state"]
+        except NoNodeError:
+            state = None
+
+
 @pytest.fixture
 def secured_agent(
     tmp_path: Path, memcached: Endpoint, zookeeper: Endpoint
@@ -63,16 +79,7 @@ def secured_agent(
     paths = ClusterPaths(cluster)
     anonymous = started(KazooClient(hosts=str(zookeeper)))
     try:
-        deadline = time.monotonic() + 60
-        state = None
-        while state != "serving":
-            assert proc.poll() is None, (tmp_path / "agent.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "agent.out").read_text()[-3000:]
-            time.sleep(0.1)
-            try:
-                state = json.loads(anonymous.get(paths.member(node))[0])["state"]
-            except NoNodeError:
-                state = None
+        wait_serving(proc, anonymous, paths.member(node), tmp_path / "agent.out")
         yield paths, node, credentials
     finally:
         anonymous.stop()

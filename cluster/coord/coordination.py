@@ -27,6 +27,7 @@ from kazoo.exceptions import (
     NoNodeError,
 )
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.security import ACL, Permissions
 
 from cluster.coord.paths import ROOT, ClusterPaths
 from cluster.coord.records import (
@@ -365,6 +366,48 @@ class Coordination:
             return list(self.zk.get_children(path))
         except NoNodeError:
             return []
+
+    # -- ACLs of the whole tree -----------------------------------------------------------
+
+    @_translated
+    def open_znodes(self) -> list[str]:
+        """The cluster's znodes that anyone may change, delete or add children to
+        (`world:anyone` with more than READ), parents first: what a tree created before the
+        credentials were set keeps. [] when the tree does not exist yet."""
+        return [path for path, acl in self._acls() if _open_to_anyone(acl)]
+
+    @_translated
+    def close_znodes(self) -> list[str]:
+        """Give every open znode this session's ACL (its credentials everything, the world
+        READ); returns the paths changed. CoordinationRefused without credentials, or where a
+        znode's ACL does not let this identity change it."""
+        acl = self.zk.default_acl
+        if not acl:
+            raise CoordinationRefused("closing the ACLs needs the cluster's credentials")
+        closed = []
+        for path, current in self._acls():
+            if _open_to_anyone(current):
+                with contextlib.suppress(NoNodeError):  # an ephemeral znode gone meanwhile
+                    self.zk.set_acls(path, acl)
+                    closed.append(path)
+        return closed
+
+    def _acls(self) -> Iterator[tuple[str, list[ACL]]]:
+        """(path, ACL) of the cluster's root and every znode below it, parents first."""
+        pending = [self.paths.root]
+        while pending:
+            path = pending.pop()
+            try:
+                acl, _ = self.zk.get_acls(path)
+            except NoNodeError:
+                continue
+            yield path, acl
+            children = sorted(self._children(path), reverse=True)
+            pending.extend(f"{path}/{child}" for child in children)
+
+
+def _open_to_anyone(acl: list[ACL]) -> bool:
+    return any(entry.id.scheme == "world" and entry.perms & ~Permissions.READ for entry in acl)
 
 
 class StoreLease:

@@ -2,23 +2,29 @@
 # make rollout-test: lint the playbooks (ansible-lint), roll gearctl out with Ansible
 # (ansible/site.yml) over ssh to three "hosts" (network namespaces with their own addresses on a
 # bridge, an sshd in each), check that a real gearman job runs through every node, that the
-# cluster's znodes carry digest ACLs (random credentials, passed through ansible-vault), that a
-# second run and a --check run change nothing, run a failover drill (2,000 numbered jobs, the
-# whole node1 killed with SIGKILL, every job counted: none lost, none duplicated) and a rolling
-# restart; then tear everything down, even on failure.
+# cluster's znodes carry digest ACLs (random credentials, passed through ansible-vault), that the
+# firewall lets only the cluster's hosts reach the stores, ZooKeeper and gearmand (and only the
+# monitoring host the metrics; a fourth host outside the cluster is refused), that a second run
+# and a --check run change nothing, run a failover drill (2,000 numbered jobs, the whole node1
+# killed with SIGKILL, every job counted: none lost, none duplicated), change a setting that
+# restarts every agent and one that restarts every ZooKeeper member while a workload runs (no
+# job lost or doubled, some node serving at every sample) and a rolling restart; then tear
+# everything down, even on failure.
 #
 # Needs root. Hosts: gcr-h1..3 = 10.77.0.11..13/24 on bridge gcr-br0 (10.77.0.1, root namespace,
-# where ansible runs). Traffic stays on that bridge. The namespaces share this machine's
+# where ansible runs; the clients' and monitoring host); gcr-h4 = 10.77.0.14, not in the cluster. Traffic stays on that bridge. The namespaces share this machine's
 # filesystem, so each host's files live under $WORK/hosts/hN (gearctl_host_root) and services run
 # under deploy/gearctl-runner (no systemd here).
 # Env: KEEP=1 keeps $WORK (logs) after the run; ROLLING=0 skips the rolling-restart step;
-# LINT=0 skips ansible-lint; DRILL_JOBS (2000) sizes the failover drill.
+# LINT=0 skips ansible-lint; IDEMPOTENT=0 skips the second and the --check run; DRILL_JOBS (2000)
+# sizes the failover drill.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PREFIX=gcr
 BRIDGE=$PREFIX-br0
 SUBNET=10.77.0
 HOSTS=(1 2 3)
+OUTSIDER=4   # gcr-h4: a host on the same network that is not part of the cluster
 LOCK=/run/gearctl-rollout.lock
 T0=$(date +%s.%N)
 
@@ -32,7 +38,7 @@ flock -n 9 || die "another rollout test holds $LOCK"
 
 # --- prerequisites ------------------------------------------------------------------------------
 packages=(openssh-server openssh-client iproute2 bc gearman-job-server gearman-tools memcached
-          zookeeper default-jre-headless python3-venv python3-apt tar)
+          zookeeper default-jre-headless python3-venv python3-apt tar nftables logrotate)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -86,6 +92,7 @@ teardown() {
   set +e
   say "teardown"
   [ -z "${LINT_PID:-}" ] || kill "$LINT_PID" 2>/dev/null
+  [ -z "${WORKLOAD_PID:-}" ] || kill "$WORKLOAD_PID" 2>/dev/null
   if [ -n "$WORK" ]; then
     for i in "${HOSTS[@]}"; do
       ssh -o ControlPath="$WORK/cp-%h" -O exit "$SUBNET.1$i" >/dev/null 2>&1
@@ -157,7 +164,7 @@ say "creating hosts"
 ip link add "$BRIDGE" type bridge
 ip addr add "$SUBNET.1/24" dev "$BRIDGE"
 ip link set "$BRIDGE" up
-for i in "${HOSTS[@]}"; do
+for i in "${HOSTS[@]}" "$OUTSIDER"; do
   ns=$PREFIX-h$i
   ip netns add "$ns"
   ip link add "$ns-br" type veth peer name "$ns-eth"
@@ -176,7 +183,7 @@ mkdir -p /run/sshd
 for i in "${HOSTS[@]}"; do
   ns=$PREFIX-h$i
   # The standard directories a Debian host has (the roles create only their own below them).
-  for d in etc opt run usr/local/sbin var/lib var/log; do
+  for d in etc etc/logrotate.d opt run usr/local/sbin var/lib var/log; do
     mkdir -p "$WORK/hosts/h$i/$d"
   done
   chmod -R 0755 "$WORK/hosts/h$i"
@@ -224,6 +231,10 @@ all:
     zookeeper_heap_mb: 128
     memcached_memory_mb: 64
     gearctl_expected_queue_depth: 10000
+    gearctl_hang_checks: 3
+    firewall_client_networks: [$SUBNET.1]
+    firewall_monitoring_hosts: [$SUBNET.1]
+    firewall_zookeeper_clients: [$SUBNET.1]
   children:
     zookeeper:
       hosts:
@@ -297,6 +308,7 @@ done
 say "metrics: every agent serves gearctl_gearmand_up 1.0 on its intranet address"
 
 # --- 3. second run changes nothing --------------------------------------------------------------
+if [ "${IDEMPOTENT:-1}" = 1 ]; then
 t=$(date +%s.%N)
 playbook site.yml "$WORK/site-2.log" || { tail -n 60 "$WORK/site-2.log" >&2; die "second site.yml failed"; }
 timed "site.yml second run" "$t"; SECOND=$LAST
@@ -318,6 +330,7 @@ if [ "$changed" != 0 ]; then
 fi
 timed "site.yml --check" "$t"
 say "site.yml --check: changed=0 (${LAST}s)"
+fi
 
 # --- 5. hardening: ACLs on the cluster's znodes, secret files 0600, services' users ------------
 for i in "${HOSTS[@]}"; do
@@ -355,7 +368,36 @@ zk.create("/gearctl/rollout/acl-probe", b"")
 zk.delete("/gearctl/rollout/acl-probe")
 zk.stop()
 PY
-say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials"
+"$REPO/.venv/bin/gearctl" acl check --zookeeper "$ZOOKEEPER" --cluster rollout >"$WORK/acl-check.out" \
+  || { cat "$WORK/acl-check.out" >&2; die "gearctl acl check: znodes writable by anyone"; }
+say "hardening: secrets 0600, services as gearman/memcache/zookeeper, znodes writable only with the credentials (acl check: $(tail -n 1 "$WORK/acl-check.out"))"
+
+# --- 5b. firewall: who reaches what (nftables table inet gearctl on every host) ----------------
+talk() {  # talk NS ADDR PORT REQUEST: send REQUEST from namespace NS (root namespace: -), print
+          # the reply (what came within 2 s; gearmand keeps the connection open); always status 0
+  local run=(ip netns exec "$1")
+  if [ "$1" = - ]; then run=(); fi
+  { "${run[@]}" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3 || exit 9; printf '$4' >&3; timeout 2 cat <&3" 2>/dev/null || true; } | tr -d '\r'
+}
+outsider=$PREFIX-h$OUTSIDER
+for check in "$SUBNET.12 11211 flush_all\r\nquit\r\n store" "$SUBNET.11 2181 srvr ZooKeeper" \
+             "$SUBNET.11 9400 GET /metrics HTTP/1.0\r\n\r\n metrics" "$SUBNET.11 4730 status\r\n gearmand"; do
+  read -r addr port request <<<"${check% *}"; what=${check##* }
+  reply=$(talk "$outsider" "$addr" "$port" "$request")
+  [ -z "$reply" ] || die "firewall: h$OUTSIDER (not in the cluster) reached the $what on $addr:$port: '${reply:0:60}'"
+  if ip netns exec "$outsider" timeout 3 bash -c "exec 3<>/dev/tcp/$addr/$port" 2>/dev/null; then
+    die "firewall: h$OUTSIDER could connect to the $what on $addr:$port"
+  fi
+done
+# The cluster's own hosts (and the controller as clients' and monitoring host) still get through.
+[ -n "$(talk "$PREFIX-h1" "$SUBNET.13" 11211 'stats\r\nquit\r\n' | grep curr_items)" ] || die "firewall: h1 cannot reach h3's store"
+talk "$PREFIX-h2" "$SUBNET.11" 2181 srvr | grep '^Mode:' >/dev/null || die "firewall: h2 cannot reach ZooKeeper on h1"
+talk "$PREFIX-h3" "$SUBNET.11" 4730 'status\r\n' | grep '^\.$' >/dev/null || die "firewall: h3 cannot reach gearmand on h1"
+talk - "$SUBNET.11" 9400 'GET /metrics HTTP/1.0\r\n\r\n' | grep '^gearctl_gearmand_up' >/dev/null || die "firewall: the monitoring host gets no metrics"
+[ -z "$(talk "$PREFIX-h2" "$SUBNET.11" 9400 'GET /metrics HTTP/1.0\r\n\r\n')" ] || die "firewall: h2 (not a monitoring host) got metrics"
+ip netns exec "$PREFIX-h1" logrotate -d "$WORK/hosts/h1/etc/logrotate.d/gearctl" >"$WORK/logrotate.out" 2>&1 \
+  || { cat "$WORK/logrotate.out" >&2; die "logrotate rejects the agent's rotation"; }
+say "firewall: h$OUTSIDER gets no store (flush_all), ZooKeeper, metrics or gearmand; the cluster's hosts and the monitoring host do"
 
 # --- 6. failover drill: node1 killed (agent + gearmand, SIGKILL) with 2,000 jobs queued -------
 t=$(date +%s.%N)
@@ -365,7 +407,57 @@ t=$(date +%s.%N)
 timed "failover drill" "$t"
 say "failover drill (${LAST}s): $(cat "$WORK/failover.out")"
 
-# --- 7. rolling restart -------------------------------------------------------------------------
+# --- 7. a settings change under load: agents and ZooKeeper members restart one at a time -------
+zk_mode() {  # zk_mode I: host I's ZooKeeper mode (leader, follower)
+  talk "$PREFIX-h$1" "$SUBNET.1$1" 2181 srvr | sed -n 's/^Mode: //p'
+}
+leader=
+for i in "${HOSTS[@]}"; do [ "$(zk_mode "$i")" = leader ] && leader=h$i; done
+[ -n "$leader" ] || die "no ZooKeeper leader before the change"
+t=$(date +%s.%N)
+"$REPO/.venv/bin/python" "$REPO/tests/rollout/workload.py" \
+  --servers "$SUBNET.11:4730,$SUBNET.12:4730,$SUBNET.13:4730" >"$WORK/workload.out" 2>"$WORK/workload.err" &
+WORKLOAD_PID=$!
+sleep 2
+# A new heap restarts every ZooKeeper member; a new agent setting restarts every agent.
+sed -i 's/zookeeper_heap_mb: 128/zookeeper_heap_mb: 144/; s/gearctl_hang_checks: 3/gearctl_hang_checks: 4/' "$WORK/inventory.yml"
+playbook site.yml "$WORK/site-change.log" || { tail -n 60 "$WORK/site-change.log" >&2; die "site.yml with changed settings failed"; }
+sleep 2
+kill -TERM "$WORKLOAD_PID"
+wait "$WORKLOAD_PID" && workload_rc=0 || workload_rc=$?
+WORKLOAD_PID=
+timed "change under load" "$t"
+cat "$WORK/workload.out" >&2
+[ "$workload_rc" = 0 ] || { cat "$WORK/workload.err" >&2; die "workload during the rollout: a job lost or doubled, or no node serving"; }
+# The order of the restarts, from the play log: "<task> <host>" per restart.
+restarts=$(awk '/TASK \[/ {task = $0} /^[0-9:.]+ changed: \[/ {
+    if (task ~ /Restart ZooKeeper \(gearctl-runner\)/) print "zookeeper", $3
+    if (task ~ /Restart the agent \(gearctl-runner\)/) print "agent", $3
+    if (task ~ /Pause automatic take-overs/) print "pause", $3
+    if (task ~ /Resume automatic take-overs/) print "resume", $3 }' "$WORK/site-change.log" | tr -d '[]')
+echo "$restarts" >"$WORK/restarts.txt"
+zk_order=$(awk '$1 == "zookeeper" {print $2}' "$WORK/restarts.txt" | paste -sd' ')
+agent_order=$(awk '$1 == "agent" {print $2}' "$WORK/restarts.txt" | paste -sd' ')
+[ "$(wc -w <<<"$zk_order")" = 3 ] || die "ZooKeeper members restarted: '$zk_order', not all 3"
+[ "${zk_order##* }" = "$leader" ] || die "ZooKeeper restarts '$zk_order' did not end with the leader $leader"
+[ "$(wc -w <<<"$agent_order")" = 3 ] || die "agents restarted: '$agent_order', not all 3"
+takeovers() {  # "paused" or "automatic" (the pause znode is absent)
+  "$REPO/.venv/bin/python" -c '
+import sys
+from cluster.zkclient import make_client
+from cluster.coord import ClusterPaths
+zk = make_client(sys.argv[1], 4.0)
+zk.start(timeout=10)
+print("paused" if zk.exists(ClusterPaths("rollout").takeover_paused) else "automatic")
+zk.stop()' "$ZOOKEEPER"
+}
+paused=$(awk '$1 == "pause"' "$WORK/restarts.txt" | wc -l)
+resumed=$(awk '$1 == "resume"' "$WORK/restarts.txt" | wc -l)
+[ "$paused" = 6 ] && [ "$resumed" = 6 ] || die "take-overs paused $paused and resumed $resumed times, not 6 (one per restart)"
+[ "$(takeovers)" = automatic ] || die "take-overs are still paused after site.yml"
+say "change under load (${LAST}s): ZooKeeper restarted $zk_order (leader $leader last), agents $agent_order; $(head -n 2 "$WORK/workload.out" | paste -sd' ')"
+
+# --- 8. rolling restart -------------------------------------------------------------------------
 if [ "${ROLLING:-1}" = 1 ]; then
   t=$(date +%s.%N)
   playbook rolling-restart.yml "$WORK/rolling.log" || { tail -n 60 "$WORK/rolling.log" >&2; die "rolling-restart.yml failed"; }
@@ -378,7 +470,8 @@ if [ "${ROLLING:-1}" = 1 ]; then
     out=$(cat "$WORK/again-$i.out" 2>/dev/null || true)
     [ "$out" = "again $i" ] || die "node$i after restart: '$out'"
   done
-  say "jobs run through every node after the rolling restart"
+  [ "$(takeovers)" = automatic ] || die "take-overs are still paused after rolling-restart.yml"
+  say "jobs run through every node after the rolling restart (take-overs resumed)"
 fi
 say "timings: $(IFS=,; echo "${TIMINGS[*]}" | sed 's/,/, /g')"
 timed total "$T0"
