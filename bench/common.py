@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ if str(REPO) not in sys.path:
 from cluster.endpoint import Endpoint  # noqa: E402
 from cluster.errors import GearctlError  # noqa: E402
 from cluster.gearman.admin import AdminClient, is_serving  # noqa: E402
-from cluster.gearman.protocol import GearmanConnection  # noqa: E402
+from cluster.gearman.protocol import GearmanConnection, Priority  # noqa: E402
 from cluster.gearmand_server import (  # noqa: E402
     DEFAULT_EXPECTED_QUEUE_DEPTH,
     GearmandLaunch,
@@ -76,6 +77,30 @@ def submit(endpoint: Endpoint, batch: Sequence[Job]) -> float:
     if len(handles) != len(batch):
         raise GearctlError(f"{len(handles)} of {len(batch)} submits acknowledged")
     return seconds
+
+
+def fill_store(store: Endpoint, count: int, payload_bytes: int = PAYLOAD_BYTES) -> None:
+    """`count` jobs of `jobs()`'s mix as a killed gearmand (prefix g1_) leaves them in its store:
+    keys g1_<function>-job-<n>, flags = priority; pipelined `ms` (far faster than via gearmand)."""
+    flags = [Priority(p).flags for p in PRIORITIES]
+    with socket.create_connection((store.host, store.port), timeout=60) as sock:
+        for start in range(0, count, 5000):
+            parts = []
+            for n in range(start, min(count, start + 5000)):
+                function = FUNCTIONS[n % len(FUNCTIONS)]
+                payload = f"{n:08d}".encode().ljust(payload_bytes, b".")
+                flag = flags[(n // len(FUNCTIONS)) % len(flags)]
+                parts.append(b"ms g1_%s-job-%d %d F%d q\r\n%s\r\n"
+                             % (function.encode(), n, len(payload), flag, payload))  # fmt: skip
+            sock.sendall(b"".join(parts) + b"mn\r\n")
+            reply = b""
+            while not reply.endswith(b"MN\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("memcached closed the connection while filling")
+                reply += chunk
+            if reply != b"MN\r\n":
+                raise RuntimeError(f"memcached refused a write: {reply[:200]!r}")
 
 
 def queued(endpoint: Endpoint, timeout: float = 2.0) -> dict[str, int]:

@@ -1,3 +1,3 @@
-from cluster.cli import app
+from cluster.cli import gearctl
 
-app(prog_name="gearctl")
+gearctl()

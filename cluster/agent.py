@@ -27,10 +27,11 @@ from cluster import sdnotify
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
 from cluster.coord import Coordination, MemberRecord, NodeState, Owner, Purpose, StoreRecord
+from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, LaunchError
 from cluster.fencing import SessionGuard
 from cluster.functions import FunctionRegistry, known_in_cluster
-from cluster.gearman.admin import is_serving
+from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import HangWatch, Health, check_gearmand
 from cluster.metrics import AgentMetrics
@@ -43,6 +44,8 @@ from cluster.takeover import TakeoverWatcher
 log = logging.getLogger("gearctl.agent")
 
 GEARMAND_READY_TIMEOUT = 10.0
+NAMES_WARN_EVERY = 60.0  # seconds between warnings that function names were left unpublished
+REFUSED_RETRY_EVERY = 30.0  # seconds between retries of jobs every gearmand refused (full store)
 DEFERRED_RETRY_EVERY = 1.0  # seconds between tries of jobs whose function name was unknown
 
 
@@ -61,6 +64,7 @@ class Agent:
         self.coord = Coordination.new(
             config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
         )
+        self.metrics.watch_coordination(self.coord)
         self.guard = SessionGuard(
             self.coord, config.session_timeout, config.safety_margin, self._fence,
             self._on_reconnected,
@@ -68,6 +72,7 @@ class Agent:
         )  # fmt: skip
         self.lease = self.coord.lease(config.node, config.node, Purpose.SERVE)
         self.functions = FunctionRegistry(self.coord)
+        self._names_warned_at = float("-inf")
         self.takeovers = TakeoverWatcher(
             self.coord, config.node, config.gearman, self._may_drain, self.stopping,
             metrics=self.metrics,
@@ -205,7 +210,8 @@ class Agent:
 
     def _restore(self, proc: subprocess.Popen[bytes], expected: int, prefix: str) -> bool:
         """Restore until every old job is back (but deferred ones); False if we must stop."""
-        self._update(state=NodeState.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0)
+        self._update(state=NodeState.RESTORING, gearmand_pid=proc.pid, deferred_jobs=0,
+                     refused_jobs=0)  # fmt: skip
         # gearmand is health-checked while it restores too: a hang must not leave the node
         # advertised live while every try times out.
         watch = HangWatch(proc.pid, self.config.gearman, self.config.check_timeout,
@@ -223,6 +229,7 @@ class Agent:
                     should_continue=lambda: (
                         not (self.stopping.is_set() or self.fenced.is_set()) and watch.ok()
                     ),
+                    overflow=self._peers_serving,
                 )
             except RestoreIncomplete as exc:
                 log.error("%s", exc)
@@ -237,42 +244,56 @@ class Agent:
                 self.metrics.moved(exc.report.moved)
                 self.stopping.wait(0.5)
                 continue
-            log.info("restored %d jobs in %.2fs (%d skipped, %d deferred)", report.moved,
-                     report.seconds, len(report.skipped), report.deferred)  # fmt: skip
+            log.info("restored %d jobs in %.2fs (%d skipped, %d deferred, %d refused, %d to "
+                     "other nodes)", report.moved, report.seconds, len(report.skipped),
+                     report.deferred, len(report.refused), report.overflowed)  # fmt: skip
             self.metrics.restored(report)
-            self._update(deferred_jobs=report.deferred)
+            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
             break
         self._update(state=NodeState.SERVING)
         return True
+
+    def _peers_serving(self) -> list[Endpoint]:
+        """Other members' gearmands that serve: where jobs our own store cannot hold go."""
+        try:
+            members = self.coord.members()
+        except GearctlError as exc:
+            log.warning("no peers to send refused jobs to: %s", exc)
+            return []
+        return [Endpoint.parse(m.gearman) for name, m in members.items()
+                if name != self.config.node and m.state == NodeState.SERVING]  # fmt: skip
 
     def _known_functions(self) -> set[str]:
         return known_in_cluster(self.functions, self.config.gearman, self.config.check_timeout)
 
     def _restore_deferred(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
-        """Try the deferred jobs again: function names may have become known since."""
+        """Try the deferred and refused jobs again: function names may have become known
+        since, and the store or a peer may have room now."""
         try:
             report = restore(
                 self.store,
                 self.config.gearman,
-                expected=self.record.deferred_jobs,
+                expected=self.record.deferred_jobs + self.record.refused_jobs,
                 keep_prefix=prefix,
                 known_functions=self._known_functions(),
+                overflow=self._peers_serving,
             )
         except RestoreIncomplete as exc:
-            log.warning("deferred jobs: %s", exc)
+            log.warning("deferred or refused jobs: %s", exc)
             return
         if report.moved:
-            log.info("restored %d deferred jobs; %d still wait for their function name",
-                     report.moved, report.deferred)  # fmt: skip
+            log.info("restored %d waiting jobs; %d still wait for their function name, %d are "
+                     "refused", report.moved, report.deferred, len(report.refused))  # fmt: skip
             self.metrics.moved(report.moved)
-            self._update(deferred_jobs=report.deferred)
+            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
 
     def _watch(self, proc: subprocess.Popen[bytes], prefix: str) -> None:
         """Health-check gearmand until it dies, hangs, or we are fenced or stopped."""
         failures = 0
         retry_deferred_at = 0.0
+        admin = AdminClient(self.config.gearman, timeout=self.config.check_timeout, keep_open=True)
         while not self.stopping.is_set() and not self.fenced.is_set():
-            check = check_gearmand(proc.pid, self.config.gearman, self.config.check_timeout)
+            check = check_gearmand(proc.pid, admin)
             if check.health is Health.GONE:
                 break
             failures = 0 if check.health is Health.SERVING else failures + 1
@@ -284,10 +305,13 @@ class Agent:
             if not self._store_ok():  # gearmand keeps its queue in memory: never restart it
                 self.stopping.wait(self.config.check_interval)
                 continue
-            if self.record.deferred_jobs and time.monotonic() >= retry_deferred_at:
+            waiting = self.record.deferred_jobs + self.record.refused_jobs
+            if waiting and time.monotonic() >= retry_deferred_at:
                 self._restore_deferred(proc, prefix)
-                retry_deferred_at = time.monotonic() + DEFERRED_RETRY_EVERY
+                every = DEFERRED_RETRY_EVERY if self.record.deferred_jobs else REFUSED_RETRY_EVERY
+                retry_deferred_at = time.monotonic() + every
             self.stopping.wait(self.config.check_interval)
+        admin.close()
         if self.stopping.is_set() or self.fenced.is_set():
             return
         self._stop_gearmand(kill=True)
@@ -343,9 +367,17 @@ class Agent:
     def _publish_functions(self, names: tuple[str, ...]) -> None:
         """Record new function names in ZooKeeper (only names not published yet cost a write)."""
         try:
-            self.functions.publish(names)
+            left_out = self.functions.publish(names)
         except GearctlError as exc:
             log.warning("could not publish function names: %s", exc)
+            return
+        if left_out:
+            self.metrics.names_left_out(left_out)
+            now = time.monotonic()
+            if now >= self._names_warned_at + NAMES_WARN_EVERY:
+                self._names_warned_at = now
+                log.warning("function names not published to ZooKeeper (bound hit): %s; a "
+                            "client registers many or long names?", dict(left_out))  # fmt: skip
 
     def _stop_gearmand(self, kill: bool = False) -> None:
         with self.gearmand_lock:

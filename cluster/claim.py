@@ -25,7 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.coord import Coordination, Outcome, Purpose, StoreRecord, TakeoverRecord, session_text
+from cluster.coord import (
+    Coordination,
+    NodeState,
+    Outcome,
+    Purpose,
+    StoreRecord,
+    TakeoverRecord,
+    session_text,
+)
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.fencing import old_server_is_dead
@@ -145,9 +153,9 @@ def _drain(
             known_functions=known,
             progress=progress,
             should_continue=keep_going,
+            overflow=lambda: _other_serving(coord, target),
         )
-        waiting = f"{report.deferred} jobs wait for their function name" if report.deferred else ""
-        takeover.finish(Outcome.DONE, report.moved, waiting)
+        takeover.finish(Outcome.DONE, report.moved, _waiting(report))
     except GearctlError as exc:
         log.error("draining store %s stopped: %s", store, exc)
         report = getattr(exc, "report", None)
@@ -156,3 +164,25 @@ def _drain(
                 takeover.jobs, takeover.seconds)  # fmt: skip
     coord.update_takeover(path, takeover)
     return takeover, report
+
+
+def _other_serving(coord: Coordination, target: Endpoint) -> list[Endpoint]:
+    """Serving gearmands besides `target`: where jobs `target` refused twice go."""
+    try:
+        members = coord.members().values()
+    except GearctlError as exc:
+        log.warning("no other gearmand to send refused jobs to: %s", exc)
+        return []
+    serving = {Endpoint.parse(m.gearman) for m in members if m.state == NodeState.SERVING}
+    return sorted(serving - {target}, key=str)
+
+
+def _waiting(report: RestoreReport) -> str:
+    """What a finished drain left in the store, for the take-over record's outcome."""
+    parts = []
+    if report.deferred:
+        parts.append(f"{report.deferred} jobs wait for their function name")
+    if report.refused:
+        reasons = sorted(set(report.refused.values()))
+        parts.append(f"{len(report.refused)} jobs refused by every gearmand ({'; '.join(reasons)})")
+    return "; ".join(parts)

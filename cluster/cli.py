@@ -17,14 +17,27 @@ import typer
 from cluster.errors import GearctlError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from cluster.agent import Agent
+    from cluster.coord import Coordination
     from cluster.drill.scenarios import DrillResult
-    from cluster.local.cluster import LocalCluster
+    from cluster.target import Target
 
 # kazoo warns on every reconnect attempt; the CLI reports ZooKeeper trouble itself.
 logging.getLogger("kazoo").setLevel(logging.ERROR)
 
-app = typer.Typer(help="High availability for Gearman job servers.", no_args_is_help=True)
-cluster_app = typer.Typer(help="A local cluster on this machine's loopback.", no_args_is_help=True)
+EXIT_HELP = (
+    "Exit codes: 0 done (status: every node serving), 1 error, 2 usage, 3 cluster degraded "
+    "(status: a node not serving, a gearmand or store not answering, or ZooKeeper unreachable)."
+)
+app = typer.Typer(
+    help=f"High availability for Gearman job servers.\n\n{EXIT_HELP}", no_args_is_help=True
+)
+cluster_app = typer.Typer(
+    help="A cluster: a local one on this machine's loopback (up, down), or any (status, servers).",
+    no_args_is_help=True,
+)
 agent_app = typer.Typer(help="The per-node agent (what systemd runs).", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(agent_app, name="agent")
@@ -33,6 +46,28 @@ DirOption = Annotated[
     Path, typer.Option("--dir", help="Where the local cluster keeps its state and logs.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+EXIT_DEGRADED = 3
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from cluster import __version__
+
+        typer.echo(f"gearctl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True,
+                     help="Print gearctl's version and exit."),
+    ] = False,
+) -> None:  # fmt: skip
+    """High availability for Gearman job servers."""
 
 
 def progress(message: str) -> None:
@@ -82,9 +117,73 @@ def cluster_up(
     typer.echo(f"status: gearctl cluster status --dir {directory}")
 
 
+ClusterDirOption = Annotated[
+    Path | None,
+    typer.Option("--dir", help="A local cluster's directory (the default when no ZooKeeper is "
+                 "given: .gearctl)."),
+]  # fmt: skip
+ZookeeperOption = Annotated[
+    str | None,
+    typer.Option("--zookeeper", help="ZooKeeper hosts host:port,... [env GEARCTL_ZOOKEEPER]"),
+]
+ClusterNameOption = Annotated[
+    str | None,
+    typer.Option("--cluster", help="Cluster name in ZooKeeper (default: the only one there) "
+                 "[env GEARCTL_CLUSTER]"),
+]  # fmt: skip
+AuthFileOption = Annotated[
+    Path | None,
+    typer.Option("--auth-file", help="ZooKeeper digest credentials `user:password` (mode 0600) "
+                 "[env GEARCTL_AUTH_FILE]"),
+]  # fmt: skip
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="A TOML with [zookeeper] hosts (default: "
+                 "/etc/gearctl/agent.toml, else ~/.config/gearctl/gearctl.toml)."),
+]  # fmt: skip
+
+
+def _target(
+    directory: Path | None,
+    zookeeper: str | None,
+    cluster: str | None,
+    auth_file: Path | None,
+    config: Path | None,
+) -> Target:
+    """The cluster the command works on (cluster/target.py says how it is chosen)."""
+    from cluster.target import Flags, resolve
+
+    try:
+        return resolve(Flags(directory, zookeeper, cluster, auth_file, config))
+    except GearctlError as exc:
+        raise fail(exc) from None
+
+
+@contextlib.contextmanager
+def _session(
+    directory: Path | None,
+    zookeeper: str | None,
+    cluster: str | None,
+    auth_file: Path | None,
+    config: Path | None,
+) -> Iterator[Coordination]:
+    """A ZooKeeper session to the target's existing cluster; errors end the command (exit 1)."""
+    from cluster import target as targets
+
+    try:
+        with targets.session(_target(directory, zookeeper, cluster, auth_file, config)) as found:
+            yield found
+    except GearctlError as exc:
+        raise fail(exc) from None
+
+
 @cluster_app.command("status")
 def cluster_status(
-    directory: DirOption = Path(".gearctl"),
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
     watch: Annotated[
         bool, typer.Option("--watch", help="Refresh until Ctrl-C (with --json: a line each).")
@@ -93,16 +192,22 @@ def cluster_status(
         float, typer.Option(min=0.1, help="Seconds between refreshes with --watch.")
     ] = 2.0,
 ) -> None:
-    """Per node: state, addresses, queued jobs, store items and owner, restarts, session."""
+    """Per node: state, addresses, queued jobs, store items and owner, restarts, session.
+
+    Exit 0 when every node serves, 3 when the cluster is degraded, 1 on error."""
+    from cluster.clusterstatus import collect, degraded
     from cluster.statusview import CLEAR_SCREEN, as_json_line, render
 
+    target = _target(directory, zookeeper, cluster, auth_file, config)
     if not watch:
-        status = _local_status(directory)
+        try:
+            status = collect(target)
+        except GearctlError as exc:
+            raise fail(exc) from None
         typer.echo(json.dumps(status, indent=2) if as_json else render(status))
-        return
+        raise typer.Exit(EXIT_DEGRADED if degraded(status) else 0)
     from cluster.statusview import watch as watch_status
 
-    cluster = _local_cluster(directory)
     terminal = sys.stdout.isatty() and not as_json
 
     def show(status: dict[str, Any]) -> None:
@@ -114,48 +219,25 @@ def cluster_status(
         typer.echo(CLEAR_SCREEN + text if terminal else text + "\n")
 
     with contextlib.suppress(KeyboardInterrupt):
-        watch_status(cluster, interval, show)
-
-
-def _local_cluster(directory: Path) -> LocalCluster:
-    from cluster.local.cluster import LocalCluster
-
-    cluster = LocalCluster.load(directory)
-    if cluster is None:
-        raise fail(GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`"))
-    return cluster
-
-
-def _local_status(directory: Path) -> dict[str, Any]:
-    """The local cluster's status (cluster.local.status.collect); exits with a clear error."""
-    from cluster.local.cluster import LocalCluster
-    from cluster.local.status import collect
-
-    try:
-        cluster = LocalCluster.load(directory)
-        if cluster is None:
-            raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
-        return collect(cluster)
-    except GearctlError as exc:
-        raise fail(exc) from None
+        try:
+            watch_status(target, interval, show)
+        except GearctlError as exc:
+            raise fail(exc) from None
 
 
 @cluster_app.command("servers")
 def cluster_servers(
-    directory: Annotated[
-        Path | None, typer.Option("--dir", help="A local cluster's directory (default .gearctl).")
-    ] = None,
-    zookeeper: Annotated[
-        str | None, typer.Option("--zookeeper", help="ZooKeeper hosts: host:port,...")
-    ] = None,
-    cluster: Annotated[str, typer.Option("--cluster", help="Cluster name in ZooKeeper.")] = "local",
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Print the live gearmand servers as host:port,... (gearman -h/-p, PHP addServers)."""
-    from cluster.local.cluster import locate
-    from cluster.servers_cmd import live_servers
+    from cluster.servers_cmd import servers_of
 
     try:
-        servers = live_servers(*locate(directory, zookeeper, cluster))
+        servers = servers_of(_target(directory, zookeeper, cluster, auth_file, config))
     except GearctlError as exc:
         raise fail(exc) from None
     if not servers:
@@ -222,7 +304,8 @@ def _print_ledger(result: DrillResult) -> None:
                f"{ledger.acknowledged}, executed {ledger.executed}, lost {ledger.lost}, "
                f"duplicated {ledger.duplicated} (bound {result.duplicate_bound}), re-run "
                f"{ledger.reruns} (in flight at a fault {ledger.in_flight_at_faults}), unexpected "
-               f"{ledger.unexpected}, recovered in {result.recovery_seconds:.2f}s")  # fmt: skip
+               f"{ledger.unexpected}, refused {ledger.refused}, recovered in "
+               f"{result.recovery_seconds:.2f}s")  # fmt: skip
     fg = result.foreground
     if fg is not None:
         typer.echo(f"     foreground: attempted {fg.attempted}, acknowledged {fg.acknowledged}, "
@@ -238,26 +321,30 @@ app.add_typer(takeover_app, name="takeover")
 
 @store_app.command("inspect")
 def store_inspect(
-    store: Annotated[str, typer.Argument(help="A node of the local cluster, or host:port.")],
-    directory: DirOption = Path(".gearctl"),
+    store: Annotated[str, typer.Argument(help="A node of the cluster, or host:port.")],
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Jobs in a store by incarnation prefix, function and priority, with the oldest job's age.
 
     `live` groups are restored or new jobs of the gearmand serving the store now; `waiting`
-    groups wait for a restore or a drain. Read-only."""
-    from cluster.endpoint import Endpoint
-    from cluster.inspect_store import inspect_store
-    from cluster.local.cluster import LocalCluster
-    from cluster.local.status import cluster_function_names, live_prefix
+    groups wait for a restore or a drain. Read-only. A host:port store is read even when no
+    cluster can be reached (its groups are then `unknown`)."""
+    from cluster.storeview import inspect_in_cluster
+    from cluster.target import Flags, resolve
 
     try:
-        cluster = LocalCluster.load(directory)
-        nodes = {n.name: n.store for n in cluster.nodes} if cluster else {}
-        endpoint = Endpoint.parse(nodes.get(store, store))
-        known = cluster_function_names(cluster) if cluster else set()
-        prefix = live_prefix(cluster, store) if cluster and store in nodes else None
-        summary = inspect_store(endpoint, known, prefix)
+        try:
+            target = resolve(Flags(directory, zookeeper, cluster, auth_file, config))
+        except GearctlError:
+            if ":" not in store:
+                raise
+            target = None  # a store's address needs no cluster
+        summary = inspect_in_cluster(target, store)
     except GearctlError as exc:
         raise fail(exc) from None
     if as_json:
@@ -274,21 +361,6 @@ def store_inspect(
         typer.echo(f"  {summary['not_jobs']} keys are no gearmand jobs")
 
 
-ClusterDirOption = Annotated[
-    Path | None, typer.Option("--dir", help="A local cluster's directory (default .gearctl).")
-]
-ZookeeperOption = Annotated[
-    str | None, typer.Option("--zookeeper", help="ZooKeeper hosts host:port,... (not --dir).")
-]
-ClusterNameOption = Annotated[
-    str, typer.Option("--cluster", help="Cluster name in ZooKeeper (with --zookeeper).")
-]
-AuthFileOption = Annotated[
-    Path | None,
-    typer.Option("--auth-file", help="ZooKeeper digest credentials `user:password` (mode 0600)."),
-]
-
-
 @store_app.command("drain")
 def store_drain(
     store: Annotated[str, typer.Argument(help="The dead node whose store is drained.")],
@@ -297,20 +369,21 @@ def store_drain(
     ],
     directory: ClusterDirOption = None,
     zookeeper: ZookeeperOption = None,
-    cluster: ClusterNameOption = "local",
+    cluster: ClusterNameOption = None,
     auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Drain a dead node's store into a live node, under the take-over's lease and fence."""
-    from cluster import zksession
+    from cluster import target as targets
     from cluster.drain import drain_by_hand, rate_line
-    from cluster.local.cluster import locate
     from cluster.restore import RestoreReport
 
     # The outcome is reported below; the take-over module's own log lines would repeat it.
     logging.getLogger("gearctl.takeover").setLevel(logging.CRITICAL)
     interrupted = threading.Event()
     terminal = sys.stderr.isatty() and not as_json
+    where = _target(directory, zookeeper, cluster, auth_file, config)
 
     def show(report: RestoreReport) -> None:
         line = rate_line(report.moved, report.expected, report.seconds)
@@ -318,8 +391,7 @@ def store_drain(
 
     previous = signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
     try:
-        hosts, name = locate(directory, zookeeper, cluster)
-        with zksession.session(hosts, name, auth_file) as session:
+        with targets.session(where) as session:
             result = drain_by_hand(session, store, into, show if terminal else None, interrupted)
     except GearctlError as exc:
         if as_json:
@@ -342,43 +414,37 @@ def store_drain(
 def takeover_pause(
     directory: ClusterDirOption = None,
     zookeeper: ZookeeperOption = None,
-    cluster: ClusterNameOption = "local",
+    cluster: ClusterNameOption = None,
     auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Pause automatic take-over of dead nodes' stores (maintenance); `store drain` still works."""
-    from cluster import zksession
     from cluster.coord import PauseRecord
-    from cluster.local.cluster import locate
 
-    try:
-        with zksession.session(*locate(directory, zookeeper, cluster), auth_file) as session:
-            if session.pause_takeover(PauseRecord()):
-                typer.echo("automatic take-over paused; `gearctl takeover resume` to resume")
-            else:
-                typer.echo("automatic take-over was already paused")
-    except GearctlError as exc:
-        raise fail(exc) from None
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        name = session.paths.cluster
+        if session.pause_takeover(PauseRecord()):
+            typer.echo(f"automatic take-over of cluster {name!r} paused; "
+                       "`gearctl takeover resume` to resume")  # fmt: skip
+        else:
+            typer.echo(f"automatic take-over of cluster {name!r} was already paused")
 
 
 @takeover_app.command("resume")
 def takeover_resume(
     directory: ClusterDirOption = None,
     zookeeper: ZookeeperOption = None,
-    cluster: ClusterNameOption = "local",
+    cluster: ClusterNameOption = None,
     auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Let survivors take dead nodes' stores over again (within a second)."""
-    from cluster import zksession
-    from cluster.local.cluster import locate
-
-    try:
-        with zksession.session(*locate(directory, zookeeper, cluster), auth_file) as session:
-            if session.resume_takeover():
-                typer.echo("automatic take-over resumed")
-            else:
-                typer.echo("automatic take-over was not paused")
-    except GearctlError as exc:
-        raise fail(exc) from None
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        name = session.paths.cluster
+        if session.resume_takeover():
+            typer.echo(f"automatic take-over of cluster {name!r} resumed")
+        else:
+            typer.echo(f"automatic take-over of cluster {name!r} was not paused")
 
 
 acl_app = typer.Typer(help="ZooKeeper ACLs of a cluster's znodes.", no_args_is_help=True)
@@ -389,18 +455,14 @@ app.add_typer(acl_app, name="acl")
 def acl_check(
     directory: ClusterDirOption = None,
     zookeeper: ZookeeperOption = None,
-    cluster: ClusterNameOption = "local",
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """List the cluster's znodes anyone may change; exit 1 if there is one (agents with
     credentials refuse to run on such a tree)."""
-    from cluster import zksession
-    from cluster.local.cluster import locate
-
-    try:
-        with zksession.session(*locate(directory, zookeeper, cluster)) as session:
-            open_znodes = session.open_znodes()
-    except GearctlError as exc:
-        raise fail(exc) from None
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        open_znodes = session.open_znodes()
     for path in open_znodes:
         typer.echo(f"writable by anyone: {path}")
     typer.echo(f"{len(open_znodes)} znode(s) writable by anyone")
@@ -409,35 +471,37 @@ def acl_check(
 
 @acl_app.command("fix")
 def acl_fix(
-    auth_file: Annotated[
-        Path,
-        typer.Option("--auth-file", help="The agents' credentials `user:password` (mode 0600)."),
-    ],
     directory: ClusterDirOption = None,
     zookeeper: ZookeeperOption = None,
-    cluster: ClusterNameOption = "local",
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Give every znode anyone may change the credentials' ACL (theirs to change, everyone's
-    to read), as the agents create them."""
-    from cluster import zksession
-    from cluster.local.cluster import locate
-
-    try:
-        with zksession.session(*locate(directory, zookeeper, cluster), auth_file) as session:
-            closed = session.close_znodes()
-    except GearctlError as exc:
-        raise fail(exc) from None
+    to read), as the agents create them. Needs the agents' credentials (`--auth-file`)."""
+    if _target(directory, zookeeper, cluster, auth_file, config).auth_file is None:
+        raise fail(GearctlError("acl fix needs the agents' credentials: --auth-file FILE"))
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        closed = session.close_znodes()
     for path in closed:
         typer.echo(f"closed: {path}")
     typer.echo(f"{len(closed)} znode(s) closed: only the credentials change the tree now")
 
 
 @takeover_app.command("list")
-def takeover_list(directory: DirOption = Path(".gearctl"), as_json: JsonOption = False) -> None:
+def takeover_list(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Every take-over of a dead node's store, oldest first."""
     from cluster.statusview import takeover_line
 
-    history = _local_status(directory)["takeovers"]
+    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+        history = [takeover.as_json() for takeover in session.takeover_history()]
     if as_json:
         typer.echo(json.dumps(history, indent=2))
         return
@@ -445,6 +509,27 @@ def takeover_list(directory: DirOption = Path(".gearctl"), as_json: JsonOption =
         typer.echo(takeover_line(takeover))
     if not history:
         typer.echo("no take-over yet")
+
+
+@app.command("workers")
+def workers(
+    directory: ClusterDirOption = None,
+    zookeeper: ZookeeperOption = None,
+    cluster: ClusterNameOption = None,
+    auth_file: AuthFileOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per function, over every live server: jobs queued and running, workers, oldest job's age.
+
+    The age is that of the oldest job stored for the function in the live nodes' stores."""
+    from cluster.workersview import function_table, render_functions
+
+    try:
+        rows = function_table(_target(directory, zookeeper, cluster, auth_file, config))
+    except GearctlError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(rows, indent=2) if as_json else render_functions(rows))
 
 
 @agent_app.command("run")
@@ -457,17 +542,76 @@ def agent_run(
 ) -> None:
     """Run the node agent in the foreground until SIGTERM."""
     from cluster import logsetup
-    from cluster.agent import Agent
-    from cluster.config import load_config
 
     if log_format is not None and log_format not in logsetup.LOG_FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(logsetup.LOG_FORMATS)}",
                                  param_hint="--log-format")  # fmt: skip
     try:
-        agent_config = load_config(config)
-        logsetup.configure(log_format or agent_config.log_format, agent_config.node)
-        logging.getLogger("kazoo").setLevel(logging.INFO)
-        agent = Agent(agent_config)
+        agent = _agent(config, log_format)
     except GearctlError as exc:
         raise fail(exc) from None
     raise typer.Exit(agent.run())
+
+
+@agent_app.command("check-config")
+def agent_check_config(
+    config: Annotated[Path, typer.Argument(help="The agent's TOML file.")],
+) -> None:
+    """Validate an agent's TOML and print the effective config (every default filled in)."""
+    from cluster.config import load_config
+    from cluster.configview import effective_toml
+
+    try:
+        typer.echo(effective_toml(load_config(config), config), nl=False)
+    except GearctlError as exc:
+        raise fail(exc) from None
+
+
+def _agent(config: Path, log_format: str | None) -> Agent:
+    """The agent of `gearctl agent run`, its logging set up (`log_format` already checked)."""
+    from cluster import logsetup
+    from cluster.agent import Agent
+    from cluster.config import load_config
+
+    agent_config = load_config(config)
+    logsetup.configure(log_format or agent_config.log_format, agent_config.node)
+    logging.getLogger("kazoo").setLevel(logging.INFO)
+    return Agent(agent_config)
+
+
+def gearctl() -> None:
+    """The `gearctl` command (the entry point). A plain `gearctl agent run --config X
+    [--log-format F]` starts the agent without typer's parsing, whose adapters import pydantic:
+    7 MB of the agent's resident memory for the life of the process (issue 18). Anything else
+    (help, a bad option) goes through typer."""
+    try:
+        agent = _plain_agent_run(sys.argv[1:])
+    except GearctlError as exc:
+        sys.exit(fail(exc).exit_code)
+    if agent is None:
+        app(prog_name="gearctl")
+    else:
+        sys.exit(agent.run())
+
+
+def _plain_agent_run(argv: list[str]) -> Agent | None:
+    from cluster.logsetup import LOG_FORMATS
+
+    if argv[:2] != ["agent", "run"]:
+        return None
+    options: dict[str, str] = {}
+    rest = argv[2:]
+    while rest:
+        name, equals, value = rest[0].partition("=")
+        if name not in ("--config", "--log-format") or name in options:
+            return None
+        if not equals:
+            if len(rest) < 2:
+                return None
+            value, rest = rest[1], rest[1:]
+        options[name] = value
+        rest = rest[1:]
+    log_format = options.get("--log-format")
+    if "--config" not in options or log_format not in (None, *LOG_FORMATS):
+        return None
+    return _agent(Path(options["--config"]), log_format)

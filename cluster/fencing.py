@@ -35,7 +35,9 @@ class SessionGuard:
     The server expires a session one timeout after the last request it received from us. The
     guard sends its own heartbeat (an `exists` every HEARTBEAT seconds) and remembers when the
     last *answered* one was sent: the server heard from us no earlier than that. It fences once
-    `session_timeout - safety_margin` has passed since then, and at once on LOST. (kazoo's own
+    `negotiated timeout - safety_margin` has passed since then, at once on LOST, and at once
+    when the session id changed (a LOST the poll missed). It sends the supervisor's WATCHDOG=1
+    only while that proof holds (cluster.sdnotify.WatchdogPing). (kazoo's own
     SUSPENDED state is no clock for this: kazoo times it from its last send, and every request
     postpones it, so it can arrive after the session has already expired.)
 
@@ -44,7 +46,7 @@ class SessionGuard:
     """
 
     HEARTBEAT = 0.2
-    POLL = HEARTBEAT / 4  # the loop runs 4 times a heartbeat: a fence is at most this late
+    POLL = HEARTBEAT / 4  # the loop's longest sleep while a heartbeat is overdue or unanswered
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class SessionGuard:
         self.last_sent = 0.0
         self.in_flight = False
         self.stopping = threading.Event()
+        self.woken = threading.Event()  # a state change or stop: decide now
         self.thread = threading.Thread(target=self._run, name="session-guard", daemon=True)
 
     def start(self) -> None:
@@ -95,18 +98,20 @@ class SessionGuard:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.woken.set()
 
     def listener(self, state: SessionState) -> None:
         if state == SessionState.LOST:
             self.session_lost = True
         self.state = state
+        self.woken.set()
 
     def _beat(self) -> None:
         sent = time.monotonic()
         if self.in_flight or self.state != SessionState.CONNECTED:
             return
         if sent - self.last_sent < self.HEARTBEAT:
-            return  # the loop runs 4 times a heartbeat (fence precision), beats only once
+            return  # woken early (a state change): the heartbeat is not due yet
         self.last_sent = sent
         self.in_flight = True
 
@@ -120,8 +125,29 @@ class SessionGuard:
         except Exception:  # the connection is closing: the next beat tries again
             self.in_flight = False
 
+    def _sleep(self) -> bool:
+        """Sleep until the loop has work; True once stopping. It wakes when the next heartbeat
+        is due, at the fence deadline (answers only ever move it later, so waking there loses
+        no precision), at the last moment the watchdog may still be pinged, and at once on a
+        state change (`listener`): 5 wake-ups a second while all is well, not 20."""
+        now = time.monotonic()
+        beat = self.last_sent + self.HEARTBEAT
+        due = [beat if beat > now else now + self.POLL]  # overdue: in flight or disconnected
+        if self.fenced_at is None:
+            due.append(self.last_answered + self.fence_after)
+            if self.watchdog is not None and self.watchdog.seconds is not None:
+                due.append(self._watchdog_deadline() - self.watchdog.seconds)
+        self.woken.wait(max(0.0, min(due) - now))
+        self.woken.clear()
+        return self.stopping.is_set()
+
+    def _watchdog_deadline(self) -> float:
+        """Between our own fence and the earliest expiry, two polls before it: the watchdog
+        fires only if the fence did not happen, and still before expiry."""
+        return self.last_answered + self.fence_after + self.safety_margin - 2 * self.POLL
+
     def _run(self) -> None:
-        while not self.stopping.wait(self.POLL):
+        while not self._sleep():
             self._beat()
             self._check_replaced()
             silent = time.monotonic() - self.last_answered
@@ -138,11 +164,7 @@ class SessionGuard:
                 if self.fenced_at is not None:
                     self.watchdog.fenced()
                 else:
-                    # Between our own fence and the earliest expiry, two polls before it: the
-                    # watchdog fires only if the fence did not happen, and still before expiry.
-                    self.watchdog.alive(
-                        self.last_answered + self.fence_after + self.safety_margin - 2 * self.POLL
-                    )
+                    self.watchdog.alive(self._watchdog_deadline())
 
     def _check_replaced(self) -> None:
         """kazoo may open a new session a few ms after LOST, before this loop sees LOST: a

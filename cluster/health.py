@@ -1,8 +1,11 @@
-"""Is gearmand healthy? Process state first (cheap), then the admin `status` with a read timeout.
+"""Is gearmand healthy? Process state first (cheap), then the admin `version` with a read timeout.
 
 A SIGSTOPped gearmand still accepts TCP connections and never answers, so only the read timeout
-or psutil's `stopped` state reveal it. The `status` answer also lists every function with jobs,
-which the agent publishes so that job keys can be split right after a crash.
+or psutil's `stopped` state reveal it. Health rests on `version`, a one-line answer, never on the
+size of `status`: a client that registers many function names makes `status` as large as it
+likes. The function names (which the agent publishes so that job keys can be split right after a
+crash) are then read from at most `STATUS_NAMES_BYTES` of `status`; a cut list or a `status` that
+fails leaves the health alone and says so (`functions_complete`).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ class Health(enum.Enum):
 class Check:
     health: Health
     functions: tuple[str, ...] = ()
+    functions_complete: bool = True  # False: `status` was cut at its size bound or failed
 
 
-def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
+def check_gearmand(pid: int, admin: AdminClient) -> Check:
+    """`admin` may keep its connection open between checks (`keep_open=True`): a check is then
+    its round trips (`version`, `status`), no connect and close."""
     try:
         status = psutil.Process(pid).status()
     except psutil.Error:
@@ -41,10 +47,14 @@ def check_gearmand(pid: int, endpoint: Endpoint, timeout: float) -> Check:
     if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
         return Check(Health.STOPPED)
     try:
-        functions = AdminClient(endpoint, timeout=timeout).status()
+        admin.version()
     except GearctlError:
         return Check(Health.UNRESPONSIVE)
-    return Check(Health.SERVING, tuple(f.name for f in functions))
+    try:
+        functions, complete = admin.status_head()
+    except GearctlError:
+        return Check(Health.SERVING, (), functions_complete=False)
+    return Check(Health.SERVING, tuple(f.name for f in functions), complete)
 
 
 @dataclass
@@ -65,6 +75,7 @@ class HangWatch:
         now = time.monotonic()
         if now >= self._next_at:
             self._next_at = now + self.interval
-            self.last = check_gearmand(self.pid, self.endpoint, self.timeout).health
+            admin = AdminClient(self.endpoint, timeout=self.timeout)
+            self.last = check_gearmand(self.pid, admin).health
             self.failures = 0 if self.last is Health.SERVING else self.failures + 1
         return self.failures < self.limit

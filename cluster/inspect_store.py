@@ -15,7 +15,7 @@ from typing import Any
 
 from cluster.endpoint import Endpoint
 from cluster.gearman.protocol import Priority
-from cluster.jobkey import JobKeyError, SplitMethod, parse_job_key
+from cluster.jobkey import AmbiguousKeyError, JobKeyError, parse_job_key, split_prefix
 from cluster.store import Store
 
 
@@ -35,18 +35,18 @@ def inspect_store(
     for item in items:
         try:
             key = parse_job_key(item.key, known_functions)
+            prefix, function = key.prefix, key.function
+        except AmbiguousKeyError:
+            prefix, function = split_prefix(item.key)[0], "(name not known yet)"  # deferred too
         except JobKeyError:
             not_jobs.append(item.key)
             continue
-        function = key.function
-        if key.method == SplitMethod.FIRST_DASH and "-" in key.function + key.unique:
-            function = "(name not known yet)"  # the restore defers these too
         flags = values.get(item.key, (b"", 1))[1]
         try:
             priority = Priority.from_flags(flags).value
         except ValueError:
             priority = f"flags {flags}"
-        group = (key.prefix, function, priority)
+        group = (prefix, function, priority)
         jobs[group] += 1
         if item.last_access is not None:
             oldest[group] = min(oldest.get(group, item.last_access), item.last_access)

@@ -6,13 +6,19 @@ A server is live while its member record in ZooKeeper says `serving` or `restori
 
 from __future__ import annotations
 
-from cluster import zksession
+from cluster import target as targets
 from cluster.endpoint import Endpoint
+from cluster.target import Target
+
+
+def servers_of(target: Target, timeout: float = 5.0) -> list[str]:
+    """Live servers (`host:port`) of the target cluster, ordered by node name."""
+    with targets.session(target, timeout=timeout) as session:
+        members = session.members()
+    return [str(Endpoint.parse(members[name].gearman)) for name in sorted(members)
+            if members[name].live]  # fmt: skip
 
 
 def live_servers(zookeeper: str, cluster: str = "local", timeout: float = 5.0) -> list[str]:
     """Live servers (`host:port`) of `cluster` in ZooKeeper `zookeeper`, ordered by node name."""
-    with zksession.session(zookeeper, cluster, timeout=timeout) as coord:
-        members = coord.members()
-    return [str(Endpoint.parse(members[name].gearman)) for name in sorted(members)
-            if members[name].live]  # fmt: skip
+    return servers_of(Target(zookeeper, cluster, source="--zookeeper"), timeout)

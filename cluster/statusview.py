@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cluster.clusterstatus import collect, degraded
 from cluster.coord import Coordination
-from cluster.local.status import collect
+from cluster.target import open_session
 
 if TYPE_CHECKING:
-    from cluster.local.cluster import LocalCluster
+    from cluster.target import Target
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 FIRST_CONNECT_WAIT = 2.0  # seconds --watch waits for ZooKeeper before its first table
@@ -30,20 +31,26 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     ]
     if status.get("takeover_paused"):
         lines.append("automatic take-over is PAUSED (gearctl takeover resume)")
+
     owners = {store["store"]: store["owner"] for store in status["stores"]}
     rows = [HEADER] + [
-        (n["name"], n["state"], n["gearman"], n["store"], _text(n["queued_jobs"]),
+        (n["name"], n["state"], _text(n["gearman"]), _text(n["store"]), _text(n["queued_jobs"]),
          _text(n["store_items"]), _owner(n["name"], owners.get(n["name"])), str(n["restarts"]),
          _age(n.get("gearmand_started"), now), _session(n))
         for n in status["nodes"]
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    lines += [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines += aligned(rows)
     lines += [takeover_line(takeover, now) for takeover in status["takeovers"]]
+    reasons = degraded(status)
+    lines.append(f"DEGRADED: {'; '.join(reasons)}" if reasons else "every node serving")
     return "\n".join(lines)
+
+
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]  # fmt: skip
 
 
 def takeover_line(takeover: dict[str, Any], now: float | None = None) -> str:
@@ -56,7 +63,7 @@ def takeover_line(takeover: dict[str, Any], now: float | None = None) -> str:
 
 
 def watch(
-    cluster: LocalCluster,
+    target: Target,
     interval: float,
     show: Callable[[dict[str, Any]], None],
     sleep: Callable[[float], None] = time.sleep,
@@ -64,13 +71,17 @@ def watch(
     """Collect the status every `interval` seconds and `show` it, until KeyboardInterrupt.
 
     One ZooKeeper client serves every refresh; kazoo reconnects it (with a new session if the
-    old one expired) while ZooKeeper is away, and the table says UNREACHABLE meanwhile.
+    old one expired) while ZooKeeper is away, and the table says UNREACHABLE meanwhile (a
+    cluster that is not local must answer the first time: GearctlError otherwise).
     """
-    session = Coordination.new(cluster.zookeeper, cluster.cluster, session_timeout=4.0)
-    try:
+    if target.local is not None:  # shown also while its ZooKeeper is down
+        session = Coordination.new(target.zookeeper, target.local.cluster, session_timeout=4.0)
         session.start_in_background(FIRST_CONNECT_WAIT)
+    else:
+        session = open_session(target, FIRST_CONNECT_WAIT)
+    try:
         while True:
-            show(collect(cluster, session))
+            show(collect(target, session))
             sleep(interval)
     finally:
         session.close()

@@ -3,8 +3,10 @@
 Single-key get/set/delete and `version` go through pymemcache (flags carry the job's priority).
 The rest goes over a raw text-protocol socket, because pymemcache has no call for it or loses
 something: `lru_crawler metadump all` (keys with their `cas`, memcached's store order), `stats`
-(exact strings), and pipelined meta commands for bulk reads and deletes. Meta commands carry keys
-base64-encoded, so any key memcached holds (a tab, non-UTF-8 bytes) can be read and deleted.
+(exact strings), and pipelined meta commands for bulk reads and deletes. Meta commands carry a key
+as it is, or base64-encoded when it holds whitespace or control bytes (a tab), so any key memcached
+holds can be read and deleted (memcached checks its 250-byte limit on the key as sent: base64
+alone would lose every key above 187 bytes).
 
 Keys are `str`; bytes that are not UTF-8 are kept as surrogate escapes (`surrogateescape`), so a
 key read from metadump goes back to memcached byte for byte. Every socket has a connect and a read
@@ -41,6 +43,7 @@ _METADUMP_LINE = re.compile(
     rb"key=(\S+) (?:exp=\S+ )?(?:la=(\d+) )?(?:\S+ )*?cas=(\d+) (?:\S+ )*?size=(\d+)"
 )
 _ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
+_PLAIN_KEY = re.compile(rb"[\x21-\x7e\x80-\xff]{1,250}")
 
 
 class StoreClosed(StoreError):
@@ -143,7 +146,7 @@ class Store:
         were, so `store inspect` can still tell how long ago gearmand stored a job."""
         found: dict[str, tuple[bytes, int]] = {}
         with self._connection("multi-get") as conn:
-            for batch, request in _batches(keys, b"mg %b b v f u O%d q\r\n"):
+            for batch, request in _batches(keys, b"mg %b v f u O%d q\r\n"):
                 conn.sendall(request)
                 for line in _replies(conn.reader, self.endpoint):
                     if not line.startswith(b"VA "):
@@ -162,7 +165,7 @@ class Store:
         """
         deleted = 0
         with self._connection("delete batch") as conn:
-            for batch, request in _batches(keys, b"md %b b q O%d\r\n"):
+            for batch, request in _batches(keys, b"md %b q O%d\r\n"):
                 conn.sendall(request)
                 deleted += len(batch)
                 for line in _replies(conn.reader, self.endpoint):
@@ -212,19 +215,13 @@ class Store:
             else:
                 raise StoreError(f"memcached store {self.endpoint}: lru_crawler stayed busy")
             items: list[StoredItem] = []
-            append, match, readline = items.append, _METADUMP_LINE.match, conn.reader.readline
-            while line != b"END":  # a restore waits for this loop: parse_metadump_line inlined
-                found = match(line)
-                if found is not None:
-                    key, last_access, cas, size = found.groups()
-                    if b"%" in key:
-                        key = unquote_to_bytes(key)
-                    seen = int(last_access or 0) or None
-                    append(StoredItem(decode_key(key), int(cas), int(size), seen))
-                elif line.startswith(_ERRORS):
+            append, readline = items.append, conn.reader.readline
+            while line != b"END":
+                if line.startswith(_ERRORS):
                     raise StoreError(f"memcached store {self.endpoint}: metadump: {line!r}")
-                else:
-                    log.warning("skipping unreadable metadump line %r", line[:200])
+                item = parse_metadump_line(line)
+                if item is not None:
+                    append(item)
                 raw = readline()
                 if not raw.endswith(b"\n"):
                     raise StoreClosed(
@@ -330,7 +327,7 @@ def _batches(keys: Iterable[str], template: bytes) -> Iterator[tuple[list[str], 
     lines: list[bytes] = []
     size = 0
     for key in keys:
-        line = template % (base64.b64encode(encode_key(key)), len(batch))
+        line = template % (_meta_key(key), len(batch))
         batch.append(key)
         lines.append(line)
         size += len(line)
@@ -339,6 +336,16 @@ def _batches(keys: Iterable[str], template: bytes) -> Iterator[tuple[list[str], 
             batch, lines, size = [], [], 0
     if batch:
         yield batch, b"".join(lines) + b"mn\r\n"
+
+
+def _meta_key(key: str) -> bytes:
+    """A key as a meta command takes it: as it is when the text protocol can carry it (no
+    whitespace or control bytes), else base64-encoded with the `b` flag. memcached checks the
+    250-byte limit on the key as sent, so base64 would refuse every key above 187 bytes."""
+    raw = encode_key(key)
+    if _PLAIN_KEY.fullmatch(raw):
+        return raw
+    return base64.b64encode(raw) + b" b"
 
 
 def _replies(reader: BinaryIO, endpoint: Endpoint) -> Iterator[bytes]:

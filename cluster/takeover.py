@@ -118,8 +118,9 @@ class TakeoverWatcher:
         takeover, report = drained.takeover, drained.report
         if self.metrics:
             self.metrics.takeover_finished(takeover.outcome, takeover.jobs)
-        if report is not None and report.deferred and takeover.done:
-            self.idle[store] = (report.deferred, len(known))
+        left = 0 if report is None else report.left_in_store  # deferred, refused, not gearmand's
+        if left and takeover.done:  # drain again once items or known names change
+            self.idle[store] = (left, len(known))
 
     def _report_fencing_failed(self, store: str, how: str) -> None:
         """Loudly: a metric, and a take-over record `status` shows (outcome `refused: ...`)."""

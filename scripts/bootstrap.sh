@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# haproxy: the /health check test (deploy/haproxy.cfg); prometheus: its promtool checks the
+# alert rules (deploy/gearctl-alerts.yml). No smaller Debian 12 package ships promtool.
 # systemd: only its systemd-analyze (tests/test_units.py checks the units in deploy/).
 packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2
-          systemd)
+          haproxy prometheus systemd)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,6 +24,15 @@ if ((${#missing[@]})); then
   apt-get update -qq
   # Installing a package here starts no daemon we rely on; gearctl starts its own processes.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests run haproxy and promtool themselves: where systemd started the packages' own
+  # services (a prometheus server on :9090, haproxy), stop and disable the ones installed now.
+  if [ -d /run/systemd/system ]; then
+    for service in haproxy prometheus; do
+      if [[ " ${missing[*]} " == *" $service "* ]]; then
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 python=${PYTHON:-python3}

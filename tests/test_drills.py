@@ -60,7 +60,7 @@ def check(result: DrillResult, scenario: str) -> None:
     assert result.passed
 
 
-@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"store-lost"}))
+@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"store-lost", "store-full"}))
 def test_drill_loses_and_doubles_nothing(scenario: str) -> None:
     result = run(scenario, DRILL_JOBS, print)
     check(result, scenario)
@@ -96,6 +96,15 @@ def test_store_lost_is_reported_and_never_restarts_gearmand() -> None:
     assert any(e.endswith("never restarted") for e in events)
     # the jobs queued on node1 before the loss, and those the Client placed meanwhile
     assert result.ledger.acknowledged == DRILL_JOBS + DRILL_JOBS // 10
+
+
+def test_store_full_counts_refused_submits_as_refused_and_runs_every_job_once() -> None:
+    result = run("store-full", DRILL_JOBS, print)
+    check(result, "store-full")
+    events = [event for _, event in result.timeline]
+    assert result.ledger.refused > 0  # refused, never acknowledged: `unexpected` if one ran
+    assert result.ledger.attempted == result.ledger.acknowledged + result.ledger.refused
+    assert any("not job keys gearmand wrote" in e for e in events)  # the fillers: reported
 
 
 def node1(directory: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from cluster.errors import StoreError
 from cluster.jobkey import (
     DEFAULT_PREFIX,
     MAX_KEY_BYTES,
+    AmbiguousKeyError,
     JobKey,
     JobKeyError,
     SplitMethod,
@@ -43,10 +44,56 @@ def test_generated_uuid_unique_splits_an_unknown_function() -> None:
     assert split == ("img-resize", GEARMAND_UUID, SplitMethod.UUID_UNIQUE)
 
 
-def test_unknown_function_falls_back_to_first_dash_and_says_so() -> None:
-    parsed = parse_job_key("g3_img-resize-u-1")
-    assert (parsed.function, parsed.unique) == ("img", "resize-u-1")
-    assert parsed.method == SplitMethod.FIRST_DASH == "first-dash"
+# The split rule's ambiguous cases (cluster.jobkey's docstring): rest, known names, expected split
+# (None: ambiguous, the job waits for a name).
+SPLIT_CASES = [
+    # A generated unique beats a known shorter name: `mail-bulk` is not published yet.
+    (f"mail-bulk-{GEARMAND_UUID}", {"mail"}, ("mail-bulk", GEARMAND_UUID, "uuid-unique")),
+    (f"mail-bulk-{GEARMAND_UUID}", {"mail-bulk"}, ("mail-bulk", GEARMAND_UUID, "uuid-unique")),
+    (f"mail-{GEARMAND_UUID}", set(), ("mail", GEARMAND_UUID, "uuid-unique")),
+    # No generated shape: the longest known name.
+    ("mail-bulk-u-1", {"mail"}, ("mail", "bulk-u-1", "known-function")),
+    ("mail-bulk-u-1", {"mail", "mail-bulk"}, ("mail-bulk", "u-1", "known-function")),
+    # One '-' only: no choice to make, also for an empty unique (`fn-`).
+    ("mail-u1", set(), ("mail", "u1", "only-dash")),
+    ("mail-", set(), ("mail", "", "only-dash")),
+    ("mail-bulk-", {"mail-bulk"}, ("mail-bulk", "", "known-function")),
+    # Several splits and nothing decides: defer, never guess.
+    ("mail-bulk-u1", set(), None),
+    ("mail-bulk-", set(), None),
+    ("mail-bulk-", {"other"}, None),
+    (f"mail-bulk-{GEARMAND_UUID[:-1]}", set(), None),  # one digit short of a UUID
+]
+
+
+@pytest.mark.parametrize(("rest", "known", "expected"), SPLIT_CASES)
+def test_split_rule_over_the_ambiguous_cases(
+    rest: str, known: set[str], expected: tuple[str, str, str] | None
+) -> None:
+    if expected is None:
+        with pytest.raises(AmbiguousKeyError):
+            split_function_unique(rest, known)
+    else:
+        assert split_function_unique(rest, known) == expected
+
+
+def test_ambiguous_key_is_a_job_key_error_naming_the_key() -> None:
+    with pytest.raises(AmbiguousKeyError, match="g3_img-resize-u-1"):
+        parse_job_key("g3_img-resize-u-1")
+
+
+def test_empty_unique_key_parses_as_the_job_gearmand_kept() -> None:
+    parsed = parse_job_key("g4_fn-")
+    assert (parsed.function, parsed.unique, parsed.method) == ("fn", "", SplitMethod.ONLY_DASH)
+    assert job_key("g4_", "fn", "") == "g4_fn-"
+
+
+@pytest.mark.parametrize("bad", ["\0", " ", "\r", "\n"])
+def test_planted_key_with_what_gearmand_never_writes_is_not_a_job_key(bad: str) -> None:
+    with pytest.raises(JobKeyError, match="gearmand never writes one"):
+        parse_job_key(f"g1_f-{GEARMAND_UUID}{bad}")
+    with pytest.raises(JobKeyError, match="gearmand never writes one"):
+        parse_job_key(f"g1_f{bad}x-u", {f"f{bad}x"})
 
 
 @pytest.mark.parametrize(
@@ -73,7 +120,7 @@ def test_incarnation_prefix_round_trips() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["", "x", "g_f-u", "gx_f-u", "g01_f-u", "G1_f-u", "g1_", "g1_f", "g1_f-", "g1_-", "gear_-u"],
+    ["", "x", "g_f-u", "gx_f-u", "g01_f-u", "G1_f-u", "g1_", "g1_f", "g1_-", "gear_-u"],
 )
 def test_keys_that_are_not_job_keys_raise_job_key_error(key: str) -> None:
     with pytest.raises(JobKeyError):
@@ -86,7 +133,7 @@ def test_job_key_error_is_a_store_error() -> None:
 
 @pytest.mark.parametrize(
     ("function", "unique"),
-    [("f", ""), ("", "u"), ("a b", "u"), ("f", "tab\tu"), ("f" * MAX_KEY_BYTES, "u")],
+    [("", "u"), ("", ""), ("a b", "u"), ("f", "tab\tu"), ("f" * MAX_KEY_BYTES, "u")],
 )
 def test_job_key_refuses_keys_memcached_cannot_hold(function: str, unique: str) -> None:
     with pytest.raises(JobKeyError):
@@ -144,7 +191,7 @@ def test_arbitrary_text_raises_only_job_key_error(key: str, known: list[str]) ->
         return
     assert parsed.key == key
     assert parsed.prefix + parsed.function + "-" + parsed.unique == key
-    assert parsed.function and parsed.unique
+    assert parsed.function
 
 
 @given(st.text(st.sampled_from("g01_ear-x"), max_size=30))

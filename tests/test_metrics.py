@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster import __version__
 from cluster.config import load_config
 from cluster.coord import MemberRecord, Outcome
 from cluster.drill.workload import Job, numbered_jobs, submit
@@ -96,6 +97,21 @@ def test_hooks_count_what_the_agent_reports() -> None:
     assert value(found, "gearctl_store_errors_total", node="n1") == 2
 
 
+def test_takeover_duration_build_info_and_process_metrics() -> None:
+    metrics = AgentMetrics("n1", nowhere(), nowhere())
+    metrics.takeover_started()
+    assert (value(scrape(metrics), "gearctl_takeover_start_time_seconds", node="n1") or 0) > 0
+    metrics.takeover_finished(Outcome.DONE, 4)
+    found = scrape(metrics)
+    assert value(found, "gearctl_takeover_start_time_seconds", node="n1") == 0
+    assert value(found, "gearctl_takeover_duration_seconds_count", node="n1") == 1
+    build = [labels for name, labels in found if name == "gearctl_build_info"]
+    assert len(build) == 1 and ("version", __version__) in build[0]
+    assert (value(found, "process_open_fds") or 0) > 0
+    assert (value(found, "process_resident_memory_bytes") or 0) > 0
+    assert value(found, "process_cpu_seconds_total") is not None
+
+
 def test_scrape_reports_gearmand_and_store_down_when_nothing_answers() -> None:
     found = scrape(AgentMetrics("n1", nowhere(), nowhere(), timeout=0.5))
     assert value(found, "gearctl_gearmand_up", node="n1") == 0
@@ -121,6 +137,9 @@ def test_scrape_reads_queued_jobs_per_function_and_store_stats(gearmand: Running
         count = sum(job.function == function for job in jobs)
         assert value(found, "gearctl_queued_jobs", node="n1", function=function) == count
         assert value(found, "gearctl_function_workers", node="n1", function=function) == 0
+        assert value(found, "gearctl_running_jobs", node="n1", function=function) == 0
+        age = value(found, "gearctl_oldest_job_age_seconds", node="n1", function=function)
+        assert age is not None and 0 <= age < 600
     assert value(found, "gearctl_store_items", node="n1") == len(jobs)
     assert (value(found, "gearctl_store_bytes", node="n1") or 0) > 0
     assert (value(found, "gearctl_store_limit_bytes", node="n1") or 0) >= 256 * 1024 * 1024
@@ -218,7 +237,8 @@ def test_plan_without_metrics_writes_no_metrics_section(tmp_path: Path) -> None:
 
 def exposed_names(metrics: AgentMetrics) -> set[str]:
     """Every sample name the registry can expose (labelled series included)."""
-    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
+                "info": ["_info"]}  # fmt: skip
     return {
         family.name + suffix
         for family in metrics.registry.collect()
@@ -229,14 +249,18 @@ def exposed_names(metrics: AgentMetrics) -> set[str]:
 def test_dashboard_is_valid_json_using_only_exposed_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
-    used = {name for expr in exprs for name in re.findall(r"\bgearctl_[a-z_]+", expr)}
+    used = {name for expr in exprs for name in re.findall(r"\b(?:gearctl|process)_[a-z_]+", expr)}
     available = exposed_names(AgentMetrics("n1", nowhere(), nowhere(), timeout=0.2))
     assert used, "the dashboard queries no gearctl metric"
     assert used <= available, f"unknown metrics: {sorted(used - available)}"
     wanted = {"gearctl_gearmand_up", "gearctl_gearmand_restarts_total", "gearctl_queued_jobs",
               "gearctl_store_items", "gearctl_store_bytes", "gearctl_takeovers_total",
               "gearctl_fence_events_total", "gearctl_zookeeper_state",
-              "gearctl_restore_duration_seconds_bucket"}  # fmt: skip
+              "gearctl_restore_duration_seconds_bucket", "gearctl_function_workers",
+              "gearctl_running_jobs", "gearctl_oldest_job_age_seconds",
+              "gearctl_takeover_duration_seconds_bucket", "gearctl_takeover_start_time_seconds",
+              "gearctl_takeover_paused", "gearctl_gearmand_start_time_seconds",
+              "gearctl_zookeeper_session_timeout_seconds", "gearctl_build_info"}  # fmt: skip
     assert wanted <= used
 
 
@@ -274,6 +298,10 @@ def test_agent_metrics_follow_a_gearmand_kill(metered: AgentNode) -> None:
     assert value(before, "gearctl_agent_state", node=node, gearctl_agent_state="serving") == 1
     zk = {"node": node, "gearctl_zookeeper_state": "connected"}
     assert value(before, "gearctl_zookeeper_state", **zk) == 1
+    assert value(before, "gearctl_zookeeper_session_timeout_seconds", node=node) == 4.0
+    assert value(before, "gearctl_takeover_paused", node=node) == 0
+    started = value(before, "gearctl_gearmand_start_time_seconds", node=node)
+    assert started is not None and abs(started - time.time()) < 3600
     assert value(before, "gearctl_store_items", node=node) == len(jobs)
 
     metered.wait_functions_published()  # else the restore defers the jobs (cluster.restore)
@@ -283,10 +311,11 @@ def test_agent_metrics_follow_a_gearmand_kill(metered: AgentNode) -> None:
     assert value(after, "gearctl_gearmand_restarts_total", node=node) == 1
     assert value(after, "gearctl_restore_jobs_total", node=node, result="moved") == len(jobs)
     assert value(after, "gearctl_restore_duration_seconds_count", node=node) == 1
+    assert (value(after, "gearctl_gearmand_start_time_seconds", node=node) or 0) > started
 
     log_lines = (metered.run_dir / "agent.out").read_text().splitlines()
     entries = [json.loads(line) for line in log_lines if line.startswith("{")]
-    assert any(e["message"] == f"metrics on http://{metrics}/metrics" for e in entries)
+    assert any(e["message"].startswith(f"metrics on http://{metrics}/metrics") for e in entries)
     assert all(e["node"] == node for e in entries)
 
 

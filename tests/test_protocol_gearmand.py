@@ -307,25 +307,33 @@ def test_server_closing_mid_packet_raises() -> None:
     thread.join(5)
 
 
-def test_batch_error_reports_acknowledged_count() -> None:
-    """A server that refuses the 4th of 6 pipelined submits (as gearmand does on QUEUE_ERROR)."""
+def test_batch_refusals_map_to_their_jobs_and_the_connection_goes_on() -> None:
+    """A server that refuses the 1st and 4th of 6 pipelined submits and acknowledges the others
+    (as gearmand 1.1.20 does when its store is full for large items only): every answer is
+    mapped to its job, and the connection stays in step for the next request."""
 
-    def refuse_fourth(conn: socket.socket) -> None:
+    def refuse_two(conn: socket.socket) -> None:
         packets = read_requests(conn, 6)
         assert [p.type for p in packets[:3]] == [
             PacketType.SUBMIT_JOB_HIGH_BG,
             PacketType.SUBMIT_JOB_BG,
             PacketType.SUBMIT_JOB_LOW_BG,
         ]
-        answers = [Packet(Magic.RES, PacketType.JOB_CREATED, (b"H:x:%d" % n,)) for n in range(3)]
-        answers.append(Packet(Magic.RES, PacketType.ERROR, (b"QUEUE_ERROR", b"store full")))
-        conn.sendall(b"".join(map(encode, answers)))
+        refused = Packet(Magic.RES, PacketType.ERROR, (b"QUEUE_ERROR", b"store full"))
+        created = [Packet(Magic.RES, PacketType.JOB_CREATED, (b"H:x:%d" % n,)) for n in range(6)]
+        conn.sendall(b"".join(map(encode, [refused, *created[1:3], refused, *created[4:]])))
+        read_requests(conn, 1)
+        conn.sendall(encode(Packet(Magic.RES, PacketType.ECHO_RES, (b"still here",))))
 
-    endpoint, thread = start_fake_server(refuse_fourth)
+    endpoint, thread = start_fake_server(refuse_two)
     jobs = [("f", f"u{n}", b"p", ("high", "normal", "low")[n % 3]) for n in range(6)]
-    with GearmanConnection(endpoint) as conn, pytest.raises(BatchSubmitError) as info:
-        conn.submit_background_many(jobs, window=10)
-    assert (info.value.code, info.value.acknowledged) == ("QUEUE_ERROR", 3)
+    with GearmanConnection(endpoint) as conn:
+        with pytest.raises(BatchSubmitError) as info:
+            conn.submit_background_many(jobs, window=10)
+        assert conn.echo(b"still here") == b"still here"
+    error = info.value
+    assert (error.code, error.acknowledged, error.refused) == ("QUEUE_ERROR", 4, [0, 3])
+    assert info.value.handles == [None, b"H:x:1", b"H:x:2", None, b"H:x:4", b"H:x:5"]
     thread.join(5)
 
 
@@ -342,7 +350,7 @@ def test_batch_connection_loss_reports_exactly_the_acknowledged() -> None:
     with GearmanConnection(endpoint) as conn, pytest.raises(BatchConnectionError) as info:
         conn.submit_background_many(jobs, window=10)
     assert info.value.handles == [b"H:x:%d" % n for n in range(4)]
-    assert "closed the connection" in str(info.value) and "after 4 jobs" in str(info.value)
+    assert "closed the connection (4 jobs of the batch acknowledged" in str(info.value)
     thread.join(5)
 
 
@@ -410,3 +418,33 @@ def test_admin_garbage_reply_is_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="status line"):
         AdminClient(endpoint, timeout=5).status()
     thread.join(5)
+
+
+def test_admin_keep_open_answers_every_call_on_one_connection() -> None:
+    """The health check's kept-open connection: two calls, one accepted connection; once the
+    server closes it, the next call fails and the one after connects anew."""
+
+    def answer_twice(conn: socket.socket) -> None:
+        for _ in range(2):
+            assert conn.recv(100) == b"version\n"
+            conn.sendall(b"OK 1.1.20\n")
+
+    endpoint, thread = start_fake_server(answer_twice)  # accepts one connection only
+    admin = AdminClient(endpoint, timeout=5, keep_open=True)
+    assert [admin.version(), admin.version()] == ["1.1.20", "1.1.20"]
+    thread.join(5)
+    with pytest.raises(GearmanConnectionError, match="closed the connection"):
+        admin.version()
+    with pytest.raises(GearmanConnectionError, match="cannot connect"):
+        admin.version()  # a fresh connect: the fake server's listener is gone
+    admin.close()
+
+
+def test_admin_keep_open_against_gearmand(gearmand: Gearmand) -> None:
+    admin = AdminClient(gearmand.endpoint, keep_open=True)
+    try:
+        assert admin.getpid() == gearmand.pid
+        assert isinstance(admin.status(), list)
+        assert admin.getpid() == gearmand.pid
+    finally:
+        admin.close()

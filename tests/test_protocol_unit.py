@@ -324,16 +324,21 @@ def test_take_created_takes_exactly_the_whole_leading_answers(
     assert conn._offset == position
 
 
-def test_batch_errors_report_acknowledged() -> None:
-    error = BatchSubmitError("QUEUE_ERROR", "store full", [b"H:1", b"H:2"])
+def test_batch_errors_report_acknowledged_and_refused() -> None:
+    error = BatchSubmitError([(1, "QUEUE_ERROR", "store full")], [b"H:1", None, b"H:3"])
     assert isinstance(error, GearmanServerError)
-    assert (error.code, error.acknowledged, error.handles) == ("QUEUE_ERROR", 2, [b"H:1", b"H:2"])
-    assert "after 2 jobs" in str(error)
-    lost = BatchConnectionError("gearmand closed the connection", [b"H:1"])
+    assert (error.code, error.text, error.acknowledged, error.refused) == (
+        "QUEUE_ERROR",
+        "store full",
+        2,
+        [1],
+    )
+    assert "2 jobs of the batch acknowledged, 1 refused" in str(error)
+    lost = BatchConnectionError("gearmand closed the connection", [b"H:1", None])
     assert isinstance(lost, GearmanConnectionError)
-    assert (lost.acknowledged, lost.handles) == (1, [b"H:1"])
-    assert (
-        str(lost) == "gearmand closed the connection (after 1 jobs of the batch were acknowledged)"
+    assert (lost.acknowledged, lost.handles) == (1, [b"H:1", None])
+    assert str(lost) == (
+        "gearmand closed the connection (1 jobs of the batch acknowledged, 1 refused before that)"
     )
 
 

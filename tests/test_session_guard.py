@@ -118,3 +118,68 @@ def test_watchdog_pings_only_while_the_fence_is_a_period_away(
     assert sent == ["WATCHDOG=1"] * 2
     with pytest.raises(ConfigError, match="must be below"):
         sdnotify.WatchdogPing(1.5)
+
+
+def sleeps_of(guard: SessionGuard) -> list[float]:
+    """Record the guard loop's sleeps instead of sleeping."""
+    slept: list[float] = []
+    guard.woken.wait = lambda timeout=None: slept.append(timeout) or False  # type: ignore[method-assign,assignment,func-returns-value]
+    return slept
+
+
+def test_the_loop_wakes_once_a_heartbeat_while_answers_come(clock: list[float]) -> None:
+    zk, fences = FakeZooKeeper(), []
+    guard = guard_on(zk, fences)
+    slept = sleeps_of(guard)
+    for _ in range(5):
+        guard._beat()
+        assert not guard._sleep()
+        clock[0] += slept[-1]
+    assert slept == [pytest.approx(SessionGuard.HEARTBEAT)] * 5  # 5 wake-ups a second, not 20
+    assert zk.sent == 5 and fences == []
+
+
+def test_the_loop_wakes_at_the_fence_deadline_to_the_instant(clock: list[float]) -> None:
+    zk, fences = FakeZooKeeper(), []
+    guard = guard_on(zk, fences)
+    slept = sleeps_of(guard)
+    guard._beat()  # answered: the deadline is this send + fence_after (3.7 s)
+    zk.silent = True
+    clock[0] += 3.65
+    guard._beat()  # in flight, never answered
+    guard._sleep()
+    assert slept[-1] == pytest.approx(0.05)  # the deadline, before the next heartbeat is due
+    clock[0] += 0.3
+    guard._sleep()
+    assert slept[-1] == 0.0  # past the deadline: the loop fences right away
+    guard._fence("no answer")
+    guard._sleep()  # fenced, the heartbeat overdue (in flight): no busy loop, POLL
+    assert slept[-1] == pytest.approx(SessionGuard.POLL)
+    assert fences == ["no answer"]
+
+
+def test_a_state_change_or_stop_wakes_the_loop_at_once(clock: list[float]) -> None:
+    from cluster.coord import SessionState
+
+    guard = guard_on(FakeZooKeeper(), [])
+    guard.listener(SessionState.LOST)
+    assert guard.woken.is_set() and guard.session_lost
+    guard.woken.clear()
+    guard.stop()
+    assert guard._sleep()  # the woken event is set: returns at once, stopping
+
+
+def test_with_a_watchdog_the_loop_wakes_for_the_last_allowed_ping(
+    clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "1500000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    guard = guard_on(FakeZooKeeper(), [], watchdog=sdnotify.WatchdogPing(3.7))
+    slept = sleeps_of(guard)
+    guard._beat()
+    guard.coord.silent = True  # type: ignore[attr-defined]
+    clock[0] += 2.25
+    guard._beat()  # in flight, never answered; the next would be due at 1002.45
+    guard._sleep()
+    # deadline = answered send + 3.7 + 0.3 - 2 polls = 1000 + 3.9; the last ping 1.5 s before
+    assert clock[0] + slept[-1] == pytest.approx(1000.0 + 3.9 - 1.5)

@@ -14,6 +14,7 @@ def node(name: str, state: str, session: str | None, session_state: str | None) 
         "name": name, "state": state, "gearman": "127.0.0.1:4730", "store": "127.0.0.1:11211",
         "queued_jobs": 5 if state == "serving" else None, "store_items": 5, "restarts": 2,
         "gearmand_started": NOW - 300, "zk_session": session, "zk_session_state": session_state,
+        "gearmand_up": state == "serving", "store_up": True,
     }  # fmt: skip
 
 
@@ -48,6 +49,7 @@ def test_table_rows_owners_sessions_and_takeovers() -> None:
     assert node3[6] == "nobody"
     assert lines[6] == "take-over of store node2 by node3: running, started 3s ago"
     assert lines[7] == "manual drain of store node1 by node2: done, 7 jobs in 1.50s"
+    assert lines[8] == "DEGRADED: node2 is down"
 
 
 def test_unreachable_zookeeper_and_no_session() -> None:
@@ -57,4 +59,12 @@ def test_unreachable_zookeeper_and_no_session() -> None:
               "nodes": [node("node1", "down", None, None)]}  # fmt: skip
     lines = render(status, now=NOW).splitlines()
     assert "(UNREACHABLE; 127.0.0.1:2181 down)" in lines[0]
-    assert len(lines) == 3 and lines[2].endswith("5m ago        -")
+    assert len(lines) == 4 and lines[2].endswith("5m ago        -")
+    assert lines[3] == "DEGRADED: ZooKeeper unreachable; node1 is down"
+
+
+def test_every_node_serving_but_one_gearmand_silent() -> None:
+    status = {**STATUS, "nodes": [node("node1", "serving", "0x1", "live")]}
+    assert render(status, now=NOW).splitlines()[-1] == "every node serving"
+    status["nodes"][0]["gearmand_up"] = False
+    assert render(status, now=NOW).splitlines()[-1] == ("DEGRADED: node1: gearmand does not answer")

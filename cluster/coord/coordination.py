@@ -29,7 +29,7 @@ from kazoo.exceptions import (
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.security import ACL, Permissions
 
-from cluster.coord.paths import ClusterPaths
+from cluster.coord.paths import ROOT, ClusterPaths
 from cluster.coord.records import (
     MemberEntry,
     MemberRecord,
@@ -217,12 +217,24 @@ class Coordination:
         """A live copy of every member record, kept by watches; `on_change` when it changes."""
         return MemberFollower(self, on_change)
 
+    # -- /gearctl (read-only: which clusters exist; operator commands check names) --------
+
+    @_translated
+    def clusters(self) -> list[str]:
+        """Names of every cluster in this ZooKeeper, whatever cluster this session is on."""
+        return sorted(self._children(ROOT))
+
     # -- stores/<node> (its agent), epoch (its agent, compare-and-set) ---------------------
 
     @_translated
     def describe_store(self, store: str, record: StoreRecord) -> None:
         self.zk.ensure_path(self.paths.store(store))
         self.zk.set(self.paths.store(store), record.encode())
+
+    @_translated
+    def stores(self) -> list[str]:
+        """Every store (node) the cluster has had: each agent describes its own at start."""
+        return sorted(self._children(self.paths.stores))
 
     @_translated
     def store_record(self, store: str) -> StoreRecord | None:

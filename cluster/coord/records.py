@@ -55,6 +55,7 @@ class MemberRecord:
     state: str  # a NodeState value (kept a str: a newer agent may write one we do not know)
     restarts: int = 0
     deferred_jobs: int = 0  # stored jobs waiting until their function name is known
+    refused_jobs: int = 0  # stored jobs every gearmand refused twice (a full store): they wait
     version: str = __version__
 
     def encode(self) -> bytes:

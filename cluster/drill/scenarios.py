@@ -41,10 +41,10 @@ from cluster.drill.workload import (
     submit,
 )
 from cluster.endpoint import Endpoint
-from cluster.errors import GearctlError
+from cluster.errors import GearctlError, StoreError
 from cluster.gearman.admin import is_serving
 from cluster.gearman.client import BackgroundJob, Client, NoServerError
-from cluster.gearman.protocol import GearmanConnection
+from cluster.gearman.protocol import BatchSubmitError, GearmanConnection
 from cluster.gearmand_server import GearmandLaunch
 from cluster.local import cluster as localcluster
 from cluster.local import netns
@@ -61,6 +61,7 @@ from cluster.process import (
     wait_until,
 )
 from cluster.restore import BATCH
+from cluster.store import Store
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
@@ -87,6 +88,7 @@ class DrillContext:
     violations: list[str] = field(default_factory=list)  # broken invariants besides the ledger
     extra_jobs: list[Job] = field(default_factory=list)  # background jobs submitted by the fault
     extra_acknowledged: set[str] = field(default_factory=set)
+    extra_refused: set[str] = field(default_factory=set)  # submits the fault saw refused
 
     def event(self, text: str) -> None:
         self.timeline.append((round(time.monotonic() - self.started, 3), text))
@@ -236,6 +238,56 @@ def store_lost(ctx: DrillContext) -> None:
         ctx.event(f"node1's gearmand pid {gearmand_pid} never restarted")
 
 
+STORE_FULL_ITEM = 50_000  # bytes of each item that fills node1's store, and of each big job
+STORE_FULL_ROOM = 20  # fillers deleted again: room for about so many big jobs
+STORE_FULL_BIG = 60  # big jobs the workload pushes, each followed by small ones
+
+
+def store_full(ctx: DrillContext) -> None:
+    """node1's store fills up with 50 kB items that are not gearmand's (someone else's data,
+    which the restore must skip and report) until memcached (-M) refuses one, and
+    STORE_FULL_ROOM of them are deleted again. The workload then pushes it past full: a
+    pipeline of big jobs, each followed by small ones, straight to node1; gearmand refuses big
+    jobs and goes on, and each refused submit counts as refused, never acknowledged. node1's
+    gearmand is then killed: its agent restores into the full store, and the jobs it cannot
+    hold there go to the other nodes (every job once)."""
+    store = Store(Endpoint.parse(ctx.cluster().nodes[0].store))
+    fillers = 0
+    with contextlib.suppress(StoreError):  # memcached -M: out of memory, nothing evicted
+        while True:
+            store.set(f"drill-filler-{fillers}", b"f" * STORE_FULL_ITEM, 0)
+            fillers += 1
+    for n in range(STORE_FULL_ROOM):
+        store.delete(f"drill-filler-{fillers - 1 - n}")
+    store.close()
+    ctx.event(f"node1's store full after {fillers} items of {STORE_FULL_ITEM:,} bytes that are "
+              f"not gearmand's; {STORE_FULL_ROOM} deleted again")  # fmt: skip
+    sizes = ("big", "small", "small") * STORE_FULL_BIG
+    jobs = [Job(FUNCTIONS[n % 3], f"{ctx.scenario}-{size}-{n}",
+                (b"B" * STORE_FULL_ITEM) if size == "big" else b"small %d" % n, "normal")
+            for n, size in enumerate(sizes)]  # fmt: skip
+    ctx.extra_jobs.extend(jobs)
+    with GearmanConnection(Endpoint.parse(ctx.node("node1")["gearman"])) as conn:
+        try:
+            handles = conn.submit_background_many(
+                (job.function, job.unique, job.payload, job.priority) for job in jobs)  # fmt: skip
+        except BatchSubmitError as exc:
+            handles = exc.handles
+    ctx.extra_acknowledged.update(job.unique for job, h in zip(jobs, handles, strict=True) if h)
+    ctx.extra_refused.update(job.unique for job, h in zip(jobs, handles, strict=True) if not h)
+    ctx.event(f"pushed past full: node1 acknowledged {len(jobs) - len(ctx.extra_refused)} and "
+              f"refused {len(ctx.extra_refused)} of {len(jobs)} pipelined jobs")  # fmt: skip
+    if not ctx.extra_refused:
+        ctx.violation("node1's full store refused no job: the drill did not fill it")
+    restarts = ctx.node("node1")["restarts"]
+    kill_gearmand(ctx)
+    ctx.wait("node1 serving again", lambda s: s["nodes"][0]["state"] == "serving"
+             and s["nodes"][0]["restarts"] > restarts, RECOVERY_TIMEOUT)  # fmt: skip
+    for line in ctx.agent_log("node1").splitlines():
+        if "refused" in line or "not job keys" in line or "went to other" in line:
+            ctx.event(f"node1 agent: {line.split(' ', 3)[-1][:200]}")
+
+
 def _submit_straight_to_node1(ctx: DrillContext, gearman: Endpoint) -> None:
     """A plain client that knows only node1: gearmand 1.1.20 answers QUEUE_ERROR."""
     job = Job(FUNCTIONS[0], f"{ctx.scenario}-straight-0", b"straight to node1", "normal")
@@ -244,6 +296,7 @@ def _submit_straight_to_node1(ctx: DrillContext, gearman: Endpoint) -> None:
         with GearmanConnection(gearman) as conn:
             conn.submit_background(job.function, job.payload, unique=job.unique)
     except GearctlError as exc:
+        ctx.extra_refused.add(job.unique)
         ctx.event(f"a submit straight to node1 is refused ({exc})")
         return
     ctx.extra_acknowledged.add(job.unique)
@@ -256,12 +309,14 @@ def _submit_through_client(ctx: DrillContext, cluster: localcluster.LocalCluster
     ctx.extra_jobs.extend(jobs)
     specs = [BackgroundJob(j.function, j.payload, j.unique, j.priority) for j in jobs]
     with Client(zookeeper=cluster.zookeeper, cluster=cluster.cluster) as client:
+        handles: list[bytes | None]
         try:
-            acknowledged = len(client.submit_background_many(specs))
+            handles = list(client.submit_background_many(specs))
         except NoServerError as exc:
-            acknowledged = exc.acknowledged
+            handles = exc.handles
         servers = ", ".join(str(s) for s in client.servers())
-    ctx.extra_acknowledged.update(j.unique for j in jobs[:acknowledged])
+    acknowledged = sum(map(bool, handles))
+    ctx.extra_acknowledged.update(j.unique for j, h in zip(jobs, handles, strict=True) if h)
     ctx.event(f"{acknowledged} of {len(jobs)} jobs submitted meanwhile through the failover "
               f"Client acknowledged (live servers: {servers})")  # fmt: skip
 
@@ -601,6 +656,8 @@ SCENARIOS = {
                  "once", session_blip, isolated_nodes=NODES),
         Scenario("fencing-failed", "on three hosts: a gearmand detached from its agent answers "
                  "after the session expired", fencing_failed, isolated_nodes=NODES),
+        Scenario("store-full", "fill node1's store, push jobs past full, kill -9 its gearmand",
+                 store_full),
     )
 }  # fmt: skip
 
@@ -756,7 +813,7 @@ def _inject_and_count(
         ctx.event(f"foreground failure: {failure}")
     workers.wait_done(uniques)
     ledger = Ledger.count(jobs + len(ctx.extra_jobs), uniques, workers.drained,
-                          workers.in_flight)  # fmt: skip
+                          workers.in_flight, len(ctx.extra_refused))  # fmt: skip
     ctx.event(f"workers ran {ledger.executed} jobs; {ledger.in_flight_at_faults} were in flight "
               f"on a connection that broke, {ledger.reruns} of them ran again")  # fmt: skip
     return DrillResult(scenario.name, jobs, ledger, scenario.duplicate_bound, round(recovery, 3),

@@ -76,6 +76,7 @@ class Ledger:
     # its key was never deleted): at most one per worker connection that broke.
     reruns: int = 0
     in_flight_at_faults: int = 0
+    refused: int = 0  # submits a server refused (ERROR): never acknowledged, must never run
 
     @classmethod
     def count(
@@ -84,6 +85,7 @@ class Ledger:
         acknowledged: set[str],
         drained: Drained,
         in_flight: set[str] | frozenset[str] = frozenset(),
+        refused: int = 0,
     ) -> Ledger:
         reruns = sum(1 for u in in_flight if drained.counts[u] > 1)
         return cls(
@@ -95,6 +97,7 @@ class Ledger:
             unexpected=len(set(drained.counts) - acknowledged),
             reruns=reruns,
             in_flight_at_faults=len(in_flight),
+            refused=refused,
         )
 
     def __str__(self) -> str:

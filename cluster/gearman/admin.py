@@ -3,7 +3,9 @@
 A command is one line ending in "\\n". `status` and `workers` answer with lines ended by a line
 ".", the others with one line starting "OK"; any command may answer "ERR <code> <text>" (text
 URL-encoded, "+" for spaces). Each call opens its own connection, so an AdminClient holds no
-socket between calls and needs no closing.
+socket between calls and needs no closing; with `keep_open=True` (the agent's health check, 5 a
+second) it keeps one connection between calls, drops it on any error or timeout (a reply may be
+half read) and reconnects on the next call; `close()` it when done.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, GearmanConnectionError, ProtocolError
 
 MAX_REPLY_SIZE = 16 * 1024 * 1024
+STATUS_NAMES_BYTES = 1024 * 1024
+"""How much of a `status` reply `status_head` reads: a client that registers many names makes
+`status` as large as it likes (100k random names pass MAX_REPLY_SIZE), and the health check that
+reads the names must not grow with it."""
 R = TypeVar("R")
 
 
@@ -116,12 +122,39 @@ class AdminClient:
     """Admin commands against one gearmand; each call is bounded by `timeout` to connect plus
     `timeout` for the whole reply, so a stopped (SIGSTOPped) server raises instead of hanging."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, timeout: float = 2.0, keep_open: bool = False
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.keep_open = keep_open
+        self._sock: socket.socket | None = None
+
+    def close(self) -> None:
+        """Close the kept-open connection, if any (a later call opens a new one)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def status(self) -> list[FunctionStatus]:
         return self._multi_line("status", parse_status)
+
+    def status_head(self, max_bytes: int = STATUS_NAMES_BYTES) -> tuple[list[FunctionStatus], bool]:
+        """`status`, reading at most about `max_bytes` of it: (functions, complete). A longer
+        reply is cut at its last whole line (complete is False)."""
+
+        def head(data: bytes) -> tuple[list[FunctionStatus], bool] | None:
+            body = split_reply("status", data)
+            if body is not None:
+                return parse_status(body), True
+            if len(data) < max_bytes:
+                return None
+            return parse_status(data.decode("utf-8", "replace").rpartition("\n")[0]), False
+
+        functions, complete = self._exchange("status", head)
+        if not complete:
+            self.close()  # the rest of the reply is unread: a kept-open connection is spoiled
+        return functions, complete
 
     def workers(self) -> list[WorkerInfo]:
         return self._multi_line("workers", parse_workers)
@@ -165,49 +198,61 @@ class AdminClient:
 
     def _exchange(self, command: str, complete: Callable[[bytes], R | None]) -> R:
         """Send `command` and read until `complete(reply so far)` returns a value."""
-        try:
-            sock = socket.create_connection(
-                (self.endpoint.host, self.endpoint.port), timeout=self.timeout
-            )
-        except OSError as exc:
-            raise GearmanConnectionError(
-                f"cannot connect to gearmand admin at {self.endpoint}: {exc}"
-            ) from exc
+        sock = self._connect()
         deadline = time.monotonic() + self.timeout
         data = bytearray()
-        with sock:
+        done = False
+        try:
+            sock.sendall(command.encode() + b"\n")
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("timed out")
+                sock.settimeout(remaining)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise GearmanConnectionError(
+                        f"gearmand admin at {self.endpoint} closed the connection during "
+                        f"{command!r} after {len(data)} bytes"
+                    )
+                data += chunk
+                result = complete(bytes(data))
+                if result is not None:
+                    done = True
+                    return result
+                if len(data) > MAX_REPLY_SIZE:
+                    raise ProtocolError(
+                        f"admin reply to {command!r} exceeds {MAX_REPLY_SIZE} bytes"
+                    )
+        except OSError as exc:
+            raise GearmanConnectionError(
+                f"gearmand admin at {self.endpoint} did not answer {command!r} within "
+                f"{self.timeout}s: {exc}"
+            ) from exc
+        finally:
+            if not (done and self.keep_open):
+                self.close()
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
             try:
-                sock.sendall(command.encode() + b"\n")
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError("timed out")
-                    sock.settimeout(remaining)
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise GearmanConnectionError(
-                            f"gearmand admin at {self.endpoint} closed the connection during "
-                            f"{command!r} after {len(data)} bytes"
-                        )
-                    data += chunk
-                    result = complete(bytes(data))
-                    if result is not None:
-                        return result
-                    if len(data) > MAX_REPLY_SIZE:
-                        raise ProtocolError(
-                            f"admin reply to {command!r} exceeds {MAX_REPLY_SIZE} bytes"
-                        )
+                self._sock = socket.create_connection(
+                    (self.endpoint.host, self.endpoint.port), timeout=self.timeout
+                )
             except OSError as exc:
                 raise GearmanConnectionError(
-                    f"gearmand admin at {self.endpoint} did not answer {command!r} within "
-                    f"{self.timeout}s: {exc}"
+                    f"cannot connect to gearmand admin at {self.endpoint}: {exc}"
                 ) from exc
+        return self._sock
 
 
 def is_serving(endpoint: Endpoint, timeout: float = 1.0) -> bool:
-    """True when gearmand at `endpoint` answers `status` within `timeout` (readiness check)."""
+    """True when gearmand at `endpoint` answers `version` within `timeout` (readiness check).
+
+    gearmand accepts connections before its replay ends and answers no command until then; a
+    one-line command keeps the check independent of how many functions `status` would list."""
     try:
-        AdminClient(endpoint, timeout=timeout).status()
+        AdminClient(endpoint, timeout=timeout).version()
     except GearctlError:
         return False
     return True

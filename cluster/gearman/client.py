@@ -11,12 +11,15 @@ Failover rules:
   closed connection or a retryable server error (QUEUE_ERROR: the store is full) it is retried
   on the other live servers, then again after a short backoff, until `retry_timeout` has passed;
   then NoServerError is raised. Success is only ever reported for a JOB_CREATED.
-- A batch (`submit_background_many`) is one pipeline on one connection. If it breaks, it goes
-  on from the first job whose JOB_CREATED was not read, on the next server: acknowledged jobs
-  are not sent again, and `retry_timeout` counts from the last acknowledgement.
-- A retried job keeps its unique. When the caller gives none the client makes a UUID4 (as
-  libgearman does): gearmand keeps an empty unique empty, and its libmemcached queue stores each
-  job under `<prefix><function>-<unique>`, so jobs with empty uniques would overwrite each other.
+- A batch (`submit_background_many`) is one pipeline on one connection. gearmand answers each
+  submit, in order, and goes on after refusing one (QUEUE_ERROR: its store is full, maybe only
+  for large jobs): the refused jobs, and those whose answer a broken connection lost, go on to
+  the next server; acknowledged jobs are never sent again, and `retry_timeout` counts from the
+  last acknowledgement.
+- A retried job keeps its unique. When the caller gives none (None or "") the client makes a
+  UUID4 (as libgearman does), so it never sends an empty unique: gearmand keeps an empty unique
+  empty, and its libmemcached queue stores each job under `<prefix><function>-<unique>`, so jobs
+  with empty uniques overwrite each other (only the last one per function is durable).
 - Delivery is at least once across a failover: a submit whose JOB_CREATED was lost with the
   connection may have been persisted by the server that died, and runs again when that store
   is restored. A foreground job interrupted by its server's death is run again on another one.
@@ -77,17 +80,17 @@ T = TypeVar("T")
 class NoServerError(GearmanConnectionError):
     """No live server acknowledged the job within the retry time: it was NOT submitted.
 
-    For a batch, `handles` are those of the leading jobs that were acknowledged (the first
-    `acknowledged` ones); the rest were not.
+    For a batch, `handles` has one entry per job: its handle if a server acknowledged it, None
+    if none did (those jobs were not submitted).
     """
 
-    def __init__(self, message: str, handles: list[bytes] | None = None) -> None:
+    def __init__(self, message: str, handles: list[bytes | None] | None = None) -> None:
         super().__init__(message)
         self.handles = handles if handles is not None else []
 
     @property
     def acknowledged(self) -> int:
-        return len(self.handles)
+        return sum(handle is not None for handle in self.handles)
 
 
 LIVE_CHECK_EVERY = 1.0  # seconds: how often a silent foreground job's server is looked up
@@ -192,7 +195,7 @@ class Client:
         priority: str = "normal",
     ) -> bytes:
         """Queue a background job; return its handle once a server acknowledged it."""
-        job_unique = new_unique() if unique is None else unique
+        job_unique = unique or new_unique()
         data = as_payload(payload)
         Priority.parse(priority)
 
@@ -207,33 +210,44 @@ class Client:
 
         `jobs` holds BackgroundJob or (function, payload[, unique[, priority]]) tuples; all are
         checked before the first is sent (ValueError, TypeError). At most `window` submits are
-        unanswered at a time. When the server refuses a job (QUEUE_ERROR) or the connection
-        fails, the jobs from the first one not acknowledged on are sent on to another server:
-        an acknowledged job is never sent again, and a job counts as submitted only once a
-        server acknowledged it. Raises NoServerError when no server took the rest within
-        `retry_timeout` of the last acknowledgement (`handles`: those of the leading jobs that
-        were acknowledged).
+        unanswered at a time. gearmand answers every submit of a pipeline, in order, and goes on
+        after refusing one (QUEUE_ERROR: its store is full): each answer is mapped to its job,
+        and only the refused jobs, and those whose answer the connection lost, are sent on to
+        another server. A job is never sent again once acknowledged, and counts as submitted
+        only once a server acknowledged it. Raises NoServerError when no server took the rest
+        within `retry_timeout` of the last acknowledgement (`handles`: one per job, None for
+        those not acknowledged).
         """
         packets = encode_background(jobs, _fresh_uniques())
-        handles: list[bytes] = []
+        handles: list[bytes | None] = [None] * len(packets)
+        pending = list(range(len(packets)))  # jobs not acknowledged yet, in order
+        acknowledged: list[int] = []  # grows with every acknowledgement: failover progress
 
         def attempt(conn: GearmanConnection) -> None:
+            nonlocal pending
             conn.read_timeout = self.read_timeout
-            rest = packets if not handles else packets[len(handles) :]
+            answers: list[bytes | None] = []
+            rest = packets if len(pending) == len(packets) else [packets[i] for i in pending]
             try:
-                handles.extend(conn.submit_packets(rest, window=window))
+                answers = conn.submit_packets(rest, window=window)
             except (BatchSubmitError, BatchConnectionError) as exc:
-                handles.extend(exc.handles)
+                answers = exc.handles
                 raise
+            finally:
+                for index, handle in zip(pending, answers, strict=False):
+                    if handle is not None:
+                        handles[index] = handle
+                        acknowledged.append(index)
+                pending = [i for i in pending if handles[i] is None]
 
         try:
             self._with_failover(
-                attempt, f"batch of {len(packets)} jobs", self.retry_timeout, progress=handles
+                attempt, f"batch of {len(packets)} jobs", self.retry_timeout, progress=acknowledged
             )
         except NoServerError as exc:
             exc.handles = handles
             raise
-        return handles
+        return handles  # type: ignore[return-value]  # every job acknowledged: no None left
 
     def submit(
         self,
@@ -250,7 +264,7 @@ class Client:
         while the job runs, the job is submitted again to another server. JobTimeoutError when
         no result came within `timeout` seconds; NoServerError when no server took the job.
         """
-        job_unique = new_unique() if unique is None else unique
+        job_unique = unique or new_unique()
         data = as_payload(payload)
         type_ = foreground_submit_type(priority)
         deadline = time.monotonic() + timeout

@@ -207,10 +207,11 @@ class Priority(StrEnum):
 
     @classmethod
     def from_flags(cls, flags: int) -> Priority:
-        for priority, value in _FLAGS.items():
-            if value == flags:
-                return priority
-        raise ValueError(f"memcached flags {flags} are no gearmand priority (0, 1 or 2)")
+        """The priority gearmand stored as memcached `flags`; ValueError for other flags."""
+        priority = _BY_FLAGS.get(flags)
+        if priority is None:
+            raise ValueError(f"memcached flags {flags} are no gearmand priority (0, 1 or 2)")
+        return priority
 
     @classmethod
     def parse(cls, value: str | Priority) -> Priority:
@@ -221,6 +222,7 @@ class Priority(StrEnum):
 
 
 _FLAGS = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+_BY_FLAGS = {flags: priority for priority, flags in _FLAGS.items()}
 _BACKGROUND: dict[str, PacketType] = {
     Priority.HIGH: PacketType.SUBMIT_JOB_HIGH_BG,
     Priority.NORMAL: PacketType.SUBMIT_JOB_BG,
@@ -244,33 +246,58 @@ def foreground_submit_type(priority: str | Priority) -> PacketType:
     return type_ if type_ is not None else _FOREGROUND[Priority.parse(priority)]
 
 
-class BatchSubmitError(GearmanServerError):
-    """gearmand refused a job of a pipelined batch with ERROR. `handles` are those of the jobs
-    before it, in order (the first `acknowledged` jobs were accepted); the refused job and the
-    ones after it were not reported accepted."""
+Refusal = tuple[int, str, str]
+"""(index of the job in its batch, ERROR code, ERROR text)."""
 
-    def __init__(self, code: str, text: str, handles: list[bytes]) -> None:
+
+def _batch_summary(handles: Sequence[bytes | None]) -> str:
+    acknowledged = sum(handle is not None for handle in handles)
+    refused = len(handles) - acknowledged
+    return f"{acknowledged} jobs of the batch acknowledged, {refused} refused"
+
+
+class BatchSubmitError(GearmanServerError):
+    """gearmand refused some jobs of a pipelined batch with ERROR and acknowledged the others.
+
+    gearmand (1.1.20, measured) goes on after an ERROR: every submit gets exactly one answer, in
+    order. `handles` has one entry per job of the batch: its handle, or None where it was
+    refused; `refusals` are (index, code, text) of the refused ones. `code` and `text` are the
+    first refusal's. Every answer was read: the connection stays open and in step.
+    """
+
+    def __init__(self, refusals: list[Refusal], handles: list[bytes | None]) -> None:
+        _, code, text = refusals[0]
         super().__init__(code, text)
+        self.refusals = refusals
         self.handles = handles
-        self.args = (f"{self.args[0]} (after {len(handles)} jobs of the batch were acknowledged)",)
+        self.args = (f"{self.args[0]} ({_batch_summary(handles)})",)
 
     @property
     def acknowledged(self) -> int:
-        return len(self.handles)
+        return sum(handle is not None for handle in self.handles)
+
+    @property
+    def refused(self) -> list[int]:
+        """Indices of the refused jobs, in order."""
+        return [index for index, _, _ in self.refusals]
 
 
 class BatchConnectionError(GearmanConnectionError):
     """The connection failed during a pipelined batch (closed, reset, timed out or garbled; it
-    is closed now). `handles` are the JOB_CREATED answers read before that, in order: the first
-    `acknowledged` jobs were accepted; any later one may or may not have been stored."""
+    is closed now). `handles` are the answers read before that, in order, one per job: a handle
+    for an acknowledged job, None for one gearmand refused (`refusals`, as in BatchSubmitError).
+    Any job after them may or may not have been stored."""
 
-    def __init__(self, message: str, handles: list[bytes]) -> None:
-        super().__init__(f"{message} (after {len(handles)} jobs of the batch were acknowledged)")
+    def __init__(
+        self, message: str, handles: list[bytes | None], refusals: list[Refusal] | None = None
+    ) -> None:
+        super().__init__(f"{message} ({_batch_summary(handles)} before that)")
         self.handles = handles
+        self.refusals = refusals or []
 
     @property
     def acknowledged(self) -> int:
-        return len(self.handles)
+        return sum(handle is not None for handle in self.handles)
 
 
 class JobFailedError(GearctlError):
@@ -482,11 +509,12 @@ class GearmanConnection:
     ) -> list[bytes]:
         """Submit (function, unique, payload, priority) jobs pipelined; return handles in order.
 
-        At most `window` submits are unanswered at any time. If gearmand answers one with
-        ERROR, raise BatchSubmitError; if the connection fails, BatchConnectionError. Both carry
-        the handles of the leading jobs acknowledged before, and close the connection (answers
-        still in flight are discarded). A job that cannot be encoded (bad priority, NUL in its
-        function or unique) raises ValueError before anything is sent.
+        At most `window` submits are unanswered at any time. If gearmand refuses some jobs with
+        ERROR, every answer is still read and BatchSubmitError says which jobs were refused and
+        which acknowledged (the connection stays usable); if the connection fails,
+        BatchConnectionError carries the answers read before (the connection is closed). A job
+        that cannot be encoded (bad priority, NUL in its function or unique) raises ValueError
+        before anything is sent.
         """
         packets = encode_background([(f, p, u, pr) for f, u, p, pr in jobs], iter(()))
         return self.submit_packets(packets, window=window)
@@ -497,43 +525,49 @@ class GearmanConnection:
 
     def _pipeline(self, batches: Iterable[tuple[bytes, int]], window: int) -> list[bytes]:
         """Send (submits, count) batches, at most `window` submits unanswered; the handles."""
-        handles: list[bytes] = []
+        handles: list[bytes | None] = []
+        refusals: list[Refusal] = []
         sent = 0
         try:
             for data, count in batches:
                 excess = sent + count - len(handles) - window
                 if excess > 0:
-                    self._collect(excess, handles)
+                    self._collect(excess, handles, refusals)
                 self._send_bytes(data)
                 sent += count
-            self._collect(sent - len(handles), handles)
+            self._collect(sent - len(handles), handles, refusals)
         except (GearmanConnectionError, ProtocolError) as exc:
             self._take_created(sent - len(handles), handles)  # answers that arrived before
             self.close()
-            raise BatchConnectionError(str(exc), handles) from exc
+            raise BatchConnectionError(str(exc), handles, refusals) from exc
         except BaseException:
             self.close()  # unread answers must not be taken for answers to later requests
             raise
-        return handles
+        if refusals:
+            raise BatchSubmitError(refusals, handles)
+        return handles  # type: ignore[return-value]  # no refusal: no None among them
 
-    def _collect(self, count: int, handles: list[bytes]) -> None:
-        """Read `count` answers to submits into `handles`; ERROR raises BatchSubmitError."""
+    def _collect(self, count: int, handles: list[bytes | None], refusals: list[Refusal]) -> None:
+        """Read `count` answers to submits into `handles`, one per submit in order: a handle
+        for JOB_CREATED, None for ERROR (recorded in `refusals`)."""
         while True:
             count = self._take_created(count, handles)
             if not count:
                 return
             packet = self.receive()
-            if packet.type is not PacketType.JOB_CREATED:
+            if packet.type is PacketType.JOB_CREATED:
+                handles.append(packet.args[0])
+            elif packet.type is PacketType.ERROR:
+                refusals.append((len(handles), _str(packet.args[0]), _str(packet.args[1])))
+                handles.append(None)
+            else:
                 self.close()
-                if packet.type is PacketType.ERROR:
-                    raise BatchSubmitError(_str(packet.args[0]), _str(packet.args[1]), handles)
                 raise ProtocolError(
                     f"gearmand at {self.endpoint} sent {packet.type.name} in answer to a submit"
                 )
-            handles.append(packet.args[0])
             count -= 1
 
-    def _take_created(self, count: int, handles: list[bytes]) -> int:
+    def _take_created(self, count: int, handles: list[bytes | None]) -> int:
         """Move up to `count` JOB_CREATED packets from the head of the buffer into `handles`
         (the hot path of a batch); return how many are still due."""
         buffer, offset = self._buffer, self._offset
@@ -642,9 +676,11 @@ def encode_background(jobs: Iterable[object], uniques: Iterator[str]) -> list[by
     """One background submit packet per job, every job checked before any is sent.
 
     A job is (function, payload[, unique[, priority]]) or an object with those attributes
-    (cluster.gearman.client.BackgroundJob); a payload is bytes or str; a missing or None unique is
-    taken from `uniques`. ValueError for a bad priority or a NUL in a function or unique,
-    TypeError for anything else. One pass: the normalizing is the framing loop itself.
+    (cluster.gearman.client.BackgroundJob); a payload is bytes or str; a missing, None or empty
+    unique is taken from `uniques` (empty when it gives none: a raw connection sends what it is
+    given, so the restore can bring back a job stored with an empty unique). ValueError for a
+    bad priority or a NUL in a function or unique, TypeError for anything else. One pass: the
+    normalizing is the framing loop itself.
     """
     pack, req = HEADER.pack, Magic.REQ.value
     heads: dict[tuple[str, str], tuple[PacketType, bytes]] = {}
@@ -670,8 +706,8 @@ def encode_background(jobs: Iterable[object], uniques: Iterator[str]) -> list[by
             last_function, last_priority = function, priority
         if type(payload) is not bytes:
             payload = as_payload(payload)
-        if unique is None:
-            unique = next(uniques)
+        if not unique:
+            unique = next(uniques, "")
         elif "\0" in unique:
             raise ValueError(f"unique {unique!r} contains NUL")
         data = b"%s%s\0%s" % (name, unique.encode("utf-8", "surrogateescape"), payload)

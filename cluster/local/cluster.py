@@ -315,20 +315,6 @@ def _agent_failure(cluster: LocalCluster, node: str, reason: str) -> str:
     )
 
 
-def locate(directory: Path | None, zookeeper: str | None, cluster: str) -> tuple[str, str]:
-    """(ZooKeeper hosts, cluster name) for an operator command: given with `--zookeeper`, else
-    those of the local cluster in `directory` (default .gearctl)."""
-    if directory is not None and zookeeper is not None:
-        raise GearctlError("give --dir or --zookeeper, not both")
-    if zookeeper is not None:
-        return zookeeper, cluster
-    directory = directory or DEFAULT_DIR
-    local = LocalCluster.load(directory)
-    if local is None:
-        raise GearctlError(f"no cluster in {directory}; start one with `gearctl cluster up`")
-    return local.zookeeper, local.cluster
-
-
 def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress) -> None:
     def record(key: str, pid: int) -> None:
         cluster.processes[key] = ProcessRef.of(pid)
@@ -356,11 +342,16 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
                 pid_path=node_dir / "memcached.pid",
             )
             record(f"store:{node.name}", proc.pid)
-        if not cluster.running(f"agent:{node.name}"):
+        key = f"agent:{node.name}"
+        # An agent that just died leaves its supervisor for a moment: wait for it to follow.
+        wait_until(lambda key=key, name=node.name: (
+                       not cluster.running(key) or cluster.agent_pid(name) is not None),
+                   timeout=10, what=f"{node.name}'s supervisor to follow its agent")  # fmt: skip
+        if not cluster.running(key):
             progress(f"{node.name}: starting agent (gearmand on {node.gearman})")
             pid = start_agent(cluster, node)
             write_pidfile(node_dir / "agent.pid", pid)
-            record(f"agent:{node.name}", pid)
+            record(key, pid)
 
 
 def start_agent(cluster: LocalCluster, node: NodePlan) -> int:

@@ -6,8 +6,9 @@
 
 Every interface and namespace created here is named `gcd-*`; `HostNetwork` records what it
 created and deletes all of it when the `with` block ends, whatever happened inside. A file lock
-keeps two test networks from being built at once, so that anything named `gcd-*` found while
-holding it was left by a run that was killed, and is removed first.
+keeps two test networks from being built at once (the second waits up to LOCK_WAIT), so that
+anything named `gcd-*` found while holding it was left by a run that was killed, and is removed
+first.
 
 A host is more than a network namespace: whatever `host_argv` starts there also gets a UTS
 namespace of its own (its hostname is the namespace's name) and a PID namespace of its own (a
@@ -44,6 +45,7 @@ BRIDGE = "gcd-br0"
 SUBNET = "10.231.0"
 BRIDGE_ADDRESS = f"{SUBNET}.1"
 LOCK_PATH = Path("/run/gearctl-netns.lock")
+LOCK_WAIT = 900.0  # seconds to wait for another test network (one drill at a time per machine)
 
 
 class NetnsError(GearctlError):
@@ -158,13 +160,7 @@ class HostNetwork:
 
     def __enter__(self) -> HostNetwork:
         self.check_possible()
-        self._lock = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            self._lock = None
-            raise NetnsError(f"another test network is in use ({LOCK_PATH} is locked)") from None
+        self._lock = self._take_lock()
         try:
             self._remove_leftovers()
             self._build()
@@ -175,6 +171,26 @@ class HostNetwork:
 
     def __exit__(self, *_exc: object) -> None:
         self.teardown()
+
+    @staticmethod
+    def _take_lock() -> int:
+        """The test-network lock (its file descriptor), waiting up to LOCK_WAIT for it."""
+        fd = os.open(LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o600)
+        deadline = time.monotonic() + LOCK_WAIT
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise NetnsError(f"another test network is in use ({LOCK_PATH} is locked "
+                                     f"for more than {LOCK_WAIT:.0f}s)") from None  # fmt: skip
+                if not warned:
+                    log.warning("waiting for another test network (%s is locked)", LOCK_PATH)
+                    warned = True
+                time.sleep(0.5)
 
     @staticmethod
     def check_possible() -> None:

@@ -1,0 +1,38 @@
+"""The twin-store rule (pure logic): which twin a new gearmand gets, what its restore reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.twinstore import plan_start
+
+A = Endpoint("10.0.0.1", 11211)
+B = Endpoint("10.0.0.1", 11212)
+
+
+def test_gearmand_gets_the_empty_twin_and_the_restore_reads_the_full_one() -> None:
+    start = plan_start((A, B), (100_000, 0))
+    assert (start.serve, start.restore_from, start.expected, start.walk) == (B, (A,), 100_000, 0)
+    start = plan_start((A, B), (0, 7))
+    assert (start.serve, start.restore_from, start.expected, start.walk) == (A, (B,), 7, 0)
+
+
+def test_both_empty_keeps_the_first_twin() -> None:
+    start = plan_start((A, B), (0, 0))
+    assert (start.serve, start.restore_from, start.expected) == (A, (), 0)
+
+
+def test_after_a_crash_mid_restore_the_smaller_twin_serves_and_both_are_restored() -> None:
+    start = plan_start((A, B), (60_000, 40_000))
+    assert start.serve == B
+    assert start.restore_from == (A, B)  # the other twin first
+    assert (start.expected, start.walk) == (100_000, 40_000)
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(GearctlError, match="two memcached instances"):
+        plan_start((A, A), (0, 0))
+    with pytest.raises(GearctlError, match="negative"):
+        plan_start((A, B), (-1, 0))
