@@ -21,8 +21,11 @@ key has been seen. If someone else deleted keys after the count, passes stop fin
 them out of `left_in_store`, so a retry expects what the store really listed (a recount), not the
 old count forever. Keys are then moved in `cas` order, which is the order they were stored in, so
 each priority keeps its FIFO order. A key is deleted only after gearmand acknowledged its job
-(JOB_CREATED), so a crash at any point leaves the key for the next restore; a job present under two
-prefixes is coalesced by gearmand's unique while queued.
+(JOB_CREATED), so a crash at any point leaves the key for the next restore. A job present under two
+prefixes (a crash between the answer and the delete) is submitted once, and its later keys are
+deleted once the first copy was acknowledged (`coalesced`): workers that run jobs as they are
+queued cannot run it twice. Empty uniques never coalesce (gearmand keeps one such job per
+function and prefix: each key is a job of its own).
 
 gearmand answers every submit of a pipeline, in order, and goes on after refusing one (ERROR
 QUEUE_ERROR: a store full for large items takes small ones still). Each answer is mapped to its
@@ -99,6 +102,7 @@ class RestoreReport:
     deferred: int = 0  # ambiguous keys left in the store until their function name is known
     refused: dict[str, str] = field(default_factory=dict)  # key -> why gearmand refused it twice
     overflowed: int = 0  # of `moved`: jobs the target refused twice, acknowledged by another
+    coalesced: int = 0  # of `moved`: keys of a job already moved from another prefix (deleted)
     unseen: int = 0  # expected keys no metadump pass listed (deleted by someone else, or missed)
     seconds: float = 0.0
 
@@ -198,6 +202,7 @@ class _Chunk:
     vanished: int = 0
     skipped: list[str] = field(default_factory=list)
     deferred: int = 0
+    copies: list[tuple[str, str]] = field(default_factory=list)  # (key, key of the first copy)
 
 
 class _KeyReader:
@@ -269,6 +274,8 @@ class _Mover:
         # Store is not thread-safe: the helper thread gets its own (raw sockets per call).
         self.store = Store(source.endpoint, timeout=source.timeout)
         self.deletes: list[Future[int]] = []  # deletes not yet counted in report.moved, in order
+        self.first: dict[tuple[str, str], str] = {}  # (function, unique) -> first key (helper)
+        self.acknowledged: set[str] = set()  # keys whose job gearmand acknowledged (caller)
 
     def run(
         self,
@@ -299,8 +306,9 @@ class _Mover:
                     if index + 1 < len(chunks):
                         ready = pool.submit(self._read, chunks[index + 1])
                     self._count(chunk)
-                    if chunk.jobs:
+                    if chunk.jobs or chunk.copies:
                         acknowledged, broken = self._submit(gearman, chunk)
+                        acknowledged += self._settle_copies(chunk, acknowledged)
                         self.deletes.append(pool.submit(self._delete, acknowledged))
                         if broken is not None:
                             raise broken
@@ -332,7 +340,7 @@ class _Mover:
             return
         chunk = self._read([item for item in items if item.key in refused])
         self.report.vanished += chunk.vanished
-        for key in set(refused) - set(chunk.keys):
+        for key in set(refused) - set(chunk.keys) - {key for key, _ in chunk.copies}:
             del refused[key]  # gone meanwhile: counted as vanished
         with Client(servers=list(servers), read_timeout=read_timeout,
                     retry_timeout=read_timeout) as client:  # fmt: skip
@@ -343,10 +351,11 @@ class _Mover:
             except NoServerError as exc:
                 handles = exc.handles
         moved = [key for key, handle in zip(chunk.keys, handles, strict=True) if handle]
+        moved += self._settle_copies(chunk, moved)
         self.report.moved += self._delete(moved)
         self.report.overflowed += len(moved)
         for key in moved:
-            del refused[key]
+            refused.pop(key, None)
         log.warning("%d jobs refused twice went to other gearmands (%s); %d still refused",
                     len(moved), ", ".join(map(str, servers)), len(refused))  # fmt: skip
 
@@ -358,7 +367,8 @@ class _Mover:
         their keys stay, and a retry's copy coalesces by unique or runs twice, within BATCH)."""
         broken: BatchConnectionError | None = None
         try:
-            gearman.submit_background_many(chunk.jobs)
+            if chunk.jobs:
+                gearman.submit_background_many(chunk.jobs)
             return chunk.keys, None
         except BatchSubmitError as exc:
             refusals, handles = exc.refusals, exc.handles
@@ -381,10 +391,28 @@ class _Mover:
                 chunk.vanished += 1
                 continue
             job = job_of(key, stored[0], stored[1], chunk)
-            if job is not None:
-                chunk.jobs.append(job)
-                chunk.keys.append(key)
+            if job is None:
+                continue
+            if job[1]:  # an empty unique never coalesces: each such key is a job of its own
+                first = self.first.setdefault((job[0], job[1]), key)
+                if first != key:
+                    chunk.copies.append((key, first))
+                    continue
+            chunk.jobs.append(job)
+            chunk.keys.append(key)
         return chunk
+
+    def _settle_copies(self, chunk: _Chunk, acknowledged: list[str]) -> list[str]:
+        """A job stored under two prefixes (a restore interrupted between gearmand's answer and
+        the delete) is submitted once: the keys of its later copies, to delete once its first
+        copy was acknowledged. A copy of a job that was not is recorded as refused with it."""
+        self.acknowledged.update(acknowledged)
+        copies = [key for key, first in chunk.copies if first in self.acknowledged]
+        for key, first in chunk.copies:
+            if first not in self.acknowledged:
+                self.report.refused[key] = f"a copy of {first!r}, which was not moved"
+        self.report.coalesced += len(copies)
+        return copies
 
     def _delete(self, keys: list[str]) -> int:
         """Helper thread: delete keys whose jobs gearmand acknowledged."""

@@ -295,3 +295,28 @@ def test_a_refusal_that_repeats_is_a_reported_state_not_a_restore_loop(tmp_path:
             metrics = answer.read().decode()
         assert 'gearctl_refused_jobs{node="node1"} 1.0' in metrics
         assert 'gearctl_restore_jobs_total{node="node1",result="refused"} 1.0' in metrics
+
+
+def test_a_job_under_two_prefixes_is_submitted_once_and_both_keys_go(
+    memcached: Endpoint, tmp_path: Path
+) -> None:
+    """A restore interrupted between gearmand's answer and the delete leaves a job under the old
+    and the new prefix: the next restore submits it once (workers running meanwhile cannot run
+    it twice) and deletes both keys. Empty uniques never coalesce: both of those are jobs."""
+    store_jobs(memcached, "g1_", [(FUNCTION, b"p", "twice"), (FUNCTION, b"p", "once")])
+    store_jobs(memcached, "g2_", [(FUNCTION, b"p", "twice")])
+    for prefix in ("g1_", "g2_"):
+        Store(memcached).set(f"{prefix}report-", prefix.encode(), 1)
+    store = Store(memcached)
+    with started_gearmand(memcached, "g3_", tmp_path) as (target, _):
+        # A worker is handed each job once: "twice" was queued once.
+        with GearmanConnection(target) as worker:
+            worker.can_do(FUNCTION)
+            report = restore(store, target, expected=5, keep_prefix="g3_",
+                             known_functions={FUNCTION})  # fmt: skip
+            assert queued(target) == {FUNCTION: 2, "report": 2}
+            taken = [worker.grab_job_uniq(), worker.grab_job_uniq(), worker.grab_job_uniq()]
+        assert sorted(job.unique for job in taken if job) == ["once", "twice"]
+    assert (report.moved, report.coalesced) == (5, 1)
+    assert keys_with(memcached, "twice") == {f"g3_{FUNCTION}-twice"}
+    store.close()

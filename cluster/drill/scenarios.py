@@ -498,10 +498,14 @@ def _wait_member_gone(ctx: DrillContext, zk: Coordination) -> float:
 def _takeover_how(ctx: DrillContext, takeover: dict[str, Any]) -> str:
     """The survivor's own words for why node1's old gearmand counted as dead."""
     marker = "taking over store node1: "
-    lines = [ln for ln in ctx.agent_log(takeover["by"]).splitlines() if marker in ln]
-    if not lines:
-        raise GearctlError(f"drill: no take-over line in {takeover['by']}'s log")
-    return lines[-1].split(marker, 1)[1].split("; draining")[0]
+
+    def lines() -> list[str]:
+        return [ln for ln in ctx.agent_log(takeover["by"]).splitlines() if marker in ln]
+
+    # The survivor writes the take-over record just before that log line.
+    wait_until(lambda: bool(lines()), timeout=10, what=f"the take-over line in "
+               f"{takeover['by']}'s log")  # fmt: skip
+    return lines()[-1].split(marker, 1)[1].split("; draining")[0]
 
 
 def host_down(ctx: DrillContext) -> None:
@@ -635,7 +639,7 @@ SCENARIOS = {
         Scenario("kill-node", "kill -9 node1's agent and gearmand; a survivor drains", kill_node),
         Scenario("sigstop-gearmand", "SIGSTOP node1's gearmand (a hang)", sigstop_gearmand),
         Scenario("kill-agent-during-restore", "kill -9 node1's agent while it restores",
-                 kill_agent_during_restore),
+                 kill_agent_during_restore, duplicate_bound=BATCH),
         Scenario("kill-drainer", "lose node1, then the survivor draining it",
                  kill_drainer, duplicate_bound=BATCH),
         Scenario("restart-all-agents", "kill -9 every agent at once, start them again",
