@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # haproxy: the /health check test (deploy/haproxy.cfg); prometheus: its promtool checks the
 # alert rules (deploy/gearctl-alerts.yml). No smaller Debian 12 package ships promtool.
 # systemd: only its systemd-analyze (tests/test_units.py checks the units in deploy/).
+# php-cli, php-gearman: the PHP interop tests (tests/php/, tests/test_php_interop.py).
 packages=(gearman-job-server gearman-tools memcached zookeeper default-jre-headless python3-venv iproute2
-          haproxy prometheus systemd)
+          haproxy prometheus systemd php-cli php-gearman)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

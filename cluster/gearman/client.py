@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import TypeVar
@@ -48,23 +51,30 @@ from cluster.gearman.protocol import (
     BatchConnectionError,
     BatchSubmitError,
     GearmanConnection,
+    JobExceptionError,
     JobFailedError,
+    JobStatus,
+    JobUpdate,
     PacketType,
     Priority,
     as_payload,
     encode_background,
     foreground_submit_type,
     job_result,
+    job_update,
     request,
 )
-from cluster.gearman.worker import Worker, WorkerJob
 
 __all__ = [
     "BackgroundJob",
     "Client",
+    "JobExceptionError",
     "JobFailedError",
+    "JobStatus",
     "JobTimeoutError",
+    "JobUpdate",
     "NoServerError",
+    "Retry",
     "Worker",
     "WorkerJob",
 ]
@@ -73,6 +83,8 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_SERVER_ERRORS = frozenset({"QUEUE_ERROR", "JOB_QUEUE_FULL"})
 """ERROR codes that mean "this server cannot take the job now": try another one."""
+REMEMBERED_JOBS = 20_000
+"""How many handles and uniques of background jobs a Client remembers the server of."""
 
 T = TypeVar("T")
 
@@ -148,7 +160,11 @@ class Client:
 
     Give `servers` (["host:port", ...] or "host:port,...") or `zookeeper` ("host:port,...") with
     `cluster` (the servers are then the cluster's live members, followed as they come and go).
-    A Client keeps one connection per server and is not thread-safe: use one per thread.
+
+    A Client is safe to share between threads: each call checks a connection out of a pool
+    per server (making one when none is idle) and puts it back when its answer was read, so
+    threads never share a connection and a pool holds as many connections per server as
+    threads submitted at the same time. A `source` given is not closed by `close()`.
     """
 
     def __init__(
@@ -163,14 +179,18 @@ class Client:
         down_for: float = 1.0,
         source: ServerSource | None = None,
     ) -> None:
+        self._owns_source = source is None
         self.source = source or server_source(servers, zookeeper, cluster)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.retry_timeout = retry_timeout
         self.down_for = down_for
-        self._connections: dict[Endpoint, GearmanConnection] = {}
+        self._lock = threading.Lock()
+        self._idle: dict[Endpoint, list[GearmanConnection]] = {}
         self._down_until: dict[Endpoint, float] = {}
         self._turn = 0
+        self._held_by: OrderedDict[bytes | str, Endpoint] = OrderedDict()
+        """Server of each recent background job (by handle and by unique), for `status`."""
 
     def __enter__(self) -> Client:
         return self
@@ -179,10 +199,13 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        for conn in self._connections.values():
-            conn.close()
-        self._connections.clear()
-        self.source.close()
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+        if self._owns_source:
+            self.source.close()
 
     # Public API.
 
@@ -201,7 +224,9 @@ class Client:
 
         def attempt(conn: GearmanConnection) -> bytes:
             conn.read_timeout = self.read_timeout
-            return conn.submit_background(function, data, unique=job_unique, priority=priority)
+            handle = conn.submit_background(function, data, unique=job_unique, priority=priority)
+            self._remember(conn.endpoint, handle, job_unique)
+            return handle
 
         return self._with_failover(attempt, f"background job {function!r}", self.retry_timeout)
 
@@ -257,12 +282,16 @@ class Client:
         unique: str | None = None,
         priority: str = "normal",
         timeout: float = 60.0,
+        on_update: Callable[[JobUpdate], object] | None = None,
     ) -> bytes:
         """Run a foreground job and return its result (WORK_COMPLETE's data).
 
-        WORK_FAIL and WORK_EXCEPTION raise JobFailedError (not retried). If the server dies
-        while the job runs, the job is submitted again to another server. JobTimeoutError when
-        no result came within `timeout` seconds; NoServerError when no server took the job.
+        `on_update(JobUpdate)` is called (on this thread) for each WORK_DATA, WORK_WARNING and
+        WORK_STATUS the worker sends while the job runs. WORK_EXCEPTION raises
+        JobExceptionError (its `text` is the worker's), WORK_FAIL JobFailedError; neither is
+        retried. If the server dies while the job runs, the job is submitted again to another
+        server (its updates then start over). JobTimeoutError when no result came within
+        `timeout` seconds; NoServerError when no server took the job.
         """
         job_unique = unique or new_unique()
         data = as_payload(payload)
@@ -271,17 +300,93 @@ class Client:
         packet = request(type_, _text(function), _text(job_unique), data)
 
         def attempt(conn: GearmanConnection) -> bytes:
-            return self._run_foreground(conn, packet, deadline)
+            return self._run_foreground(conn, packet, deadline, on_update)
 
         return self._with_failover(attempt, f"job {function!r}", timeout, deadline=deadline)
+
+    def stream(
+        self,
+        function: str,
+        payload: bytes | str,
+        *,
+        unique: str | None = None,
+        priority: str = "normal",
+        timeout: float = 60.0,
+    ) -> Iterator[JobUpdate]:
+        """Run a foreground job; yield its updates as they come, then a "complete" JobUpdate
+        whose `data` is the result. Errors are raised as by `submit`. The job runs on a helper
+        thread, which runs it to its end even when the iteration is left early."""
+        updates: queue.SimpleQueue[JobUpdate | BaseException] = queue.SimpleQueue()
+
+        def run() -> None:
+            try:
+                kwargs = {"unique": unique, "priority": priority, "timeout": timeout}
+                result = self.submit(function, payload, on_update=updates.put, **kwargs)
+                updates.put(JobUpdate("complete", b"", result))
+            except BaseException as exc:  # handed to the iterating thread
+                updates.put(exc)
+
+        threading.Thread(target=run, name=f"gearman-stream-{function}", daemon=True).start()
+        while True:
+            item = updates.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.kind == "complete":
+                return
+
+    def status(
+        self,
+        handle: bytes | str | None = None,
+        *,
+        unique: str | None = None,
+        server: str | Endpoint | None = None,
+    ) -> JobStatus:
+        """Ask the server that holds a background job how it is: by `handle` (GET_STATUS) or
+        by `unique` (GET_STATUS_UNIQUE; its `waiting` counts the foreground clients waiting).
+
+        The server asked is `server` if given, else the one this Client submitted the job to,
+        else every live server in turn until one knows the job. Prefer `unique` for a job that
+        may have moved: a job a take-over drained into another gearmand keeps its unique but
+        gets a new handle, and gearmands on one host hand out the same handles ("H:host:N").
+        `known` False when no server asked knows the job (it finished, or never was there).
+        """
+        if (handle is None) == (unique is None):
+            raise ValueError("give a job's handle or its unique (one of them)")
+        key: bytes | str = unique if unique is not None else _bytes(handle)  # type: ignore[arg-type]
+        with self._lock:
+            held_by = self._held_by.get(key)
+        if server is not None:
+            targets = [server if isinstance(server, Endpoint) else Endpoint.parse(server)]
+        else:
+            targets = list(dict.fromkeys([*([held_by] if held_by else []), *self.servers()]))
+        errors: list[str] = []
+        for endpoint in targets:
+            try:
+                answer = self._on(endpoint, lambda conn: self._ask_status(conn, key))
+            except (GearmanConnectionError, ProtocolError) as exc:
+                errors.append(f"{endpoint}: {exc}")
+                continue
+            if answer.known or server is not None:
+                return answer
+        if errors and len(errors) == len(targets):
+            raise NoServerError(f"job status: no server answered ({'; '.join(errors[-3:])})")
+        return JobStatus(known=False, handle=key if isinstance(key, bytes) else None, unique=unique)
 
     def servers(self) -> list[Endpoint]:
         return self.source.servers()
 
     # Internals.
 
-    def _run_foreground(self, conn: GearmanConnection, packet: object, deadline: float) -> bytes:
+    def _run_foreground(
+        self,
+        conn: GearmanConnection,
+        packet: object,
+        deadline: float,
+        on_update: Callable[[JobUpdate], object] | None = None,
+    ) -> bytes:
         conn.read_timeout = max(0.001, min(self.read_timeout, deadline - time.monotonic()))
+        conn.ensure_option("exceptions")  # WORK_EXCEPTION with the worker's text
         conn.send(packet)  # type: ignore[arg-type]
         created = conn.receive()
         if created.type is PacketType.ERROR:
@@ -316,6 +421,10 @@ class Client:
             result = job_result(answer, handle)
             if result is not None:
                 return result
+            if on_update is not None and answer.args and answer.args[0] == handle:
+                update = job_update(answer)
+                if update is not None:
+                    on_update(update)
 
     def _with_failover(
         self,
@@ -338,7 +447,7 @@ class Client:
             for endpoint in self._candidates():
                 done = len(progress)
                 try:
-                    return attempt(self._connection(endpoint))
+                    return self._on(endpoint, attempt)
                 except GearmanServerError as exc:
                     if exc.code not in RETRYABLE_SERVER_ERRORS:
                         raise
@@ -363,33 +472,70 @@ class Client:
     def _candidates(self) -> list[Endpoint]:
         """Live servers starting at the next in turn; recently failed ones last."""
         servers = self.source.servers()
-        for gone in set(self._connections) - set(servers):
-            self._drop(gone)
-        if not servers:
-            return []
-        self._turn = (self._turn + 1) % len(servers)
-        rotated = servers[self._turn :] + servers[: self._turn]
+        with self._lock:
+            gone = set(self._idle) - set(servers)
+            if not servers:
+                rotated = []
+            else:
+                self._turn = (self._turn + 1) % len(servers)
+                rotated = servers[self._turn :] + servers[: self._turn]
+        for endpoint in gone:
+            self._drop(endpoint)
         now = time.monotonic()
         healthy = [s for s in rotated if self._down_until.get(s, 0.0) <= now]
         return healthy + [s for s in rotated if s not in healthy]
 
-    def _connection(self, endpoint: Endpoint) -> GearmanConnection:
-        conn = self._connections.get(endpoint)
+    def _on(self, endpoint: Endpoint, call: Callable[[GearmanConnection], T]) -> T:
+        """`call(connection)` on a connection of the pool of `endpoint`, held by this thread
+        alone. It goes back to the pool when the call returned or raised a job's or the
+        server's answer (read in full); after anything else its state is unknown: closed."""
+        with self._lock:
+            idle = self._idle.get(endpoint)
+            conn = idle.pop() if idle else None
         if conn is None:
             conn = GearmanConnection(
                 endpoint, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout
             )
-            self._connections[endpoint] = conn
-        return conn
+        try:
+            result = call(conn)
+        except (JobFailedError, GearmanServerError):
+            self._put_back(conn)
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        self._put_back(conn)
+        return result
+
+    def _put_back(self, conn: GearmanConnection) -> None:
+        with self._lock:
+            self._idle.setdefault(conn.endpoint, []).append(conn)
 
     def _drop(self, endpoint: Endpoint) -> None:
-        conn = self._connections.pop(endpoint, None)
-        if conn is not None:
+        """Close the idle connections to a server that failed or left."""
+        with self._lock:
+            conns = self._idle.pop(endpoint, [])
+        for conn in conns:
             conn.close()
 
     def _mark_down(self, endpoint: Endpoint) -> None:
         log.info("gearmand %s failed; trying another server", endpoint)
         self._down_until[endpoint] = time.monotonic() + self.down_for
+
+    def _ask_status(self, conn: GearmanConnection, key: bytes | str) -> JobStatus:
+        conn.read_timeout = self.read_timeout
+        return conn.status(key) if isinstance(key, bytes) else conn.status_unique(key)
+
+    def _remember(self, endpoint: Endpoint, handle: bytes, unique: str) -> None:
+        with self._lock:
+            held_by = self._held_by
+            held_by[handle] = held_by[unique] = endpoint
+            while len(held_by) > REMEMBERED_JOBS:
+                held_by.popitem(last=False)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else _text(value)
 
 
 def _fresh_uniques() -> Iterator[str]:
@@ -406,3 +552,7 @@ def _text(value: str) -> bytes:
 
 def _str(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
+
+
+# Re-exported here (documented import path); the Worker uses the Client for retries.
+from cluster.gearman.worker import Retry, Worker, WorkerJob  # noqa: E402

@@ -310,18 +310,99 @@ class JobFailedError(GearctlError):
         self.data = data
 
 
+class JobExceptionError(JobFailedError):
+    """A foreground job ended with WORK_EXCEPTION: `text` is what the worker reported."""
+
+    @property
+    def text(self) -> str:
+        return (self.data or b"").decode(errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """What a worker reported about a running foreground job.
+
+    `kind` is "data" or "warning" (`data` set), "status" (`numerator`, `denominator`), or, as
+    the last update of `Client.stream`, "complete" (`data` is the result)."""
+
+    kind: str
+    handle: bytes
+    data: bytes = b""
+    numerator: int = 0
+    denominator: int = 0
+
+
+_UPDATE_KINDS = {PacketType.WORK_DATA: "data", PacketType.WORK_WARNING: "warning"}
+
+
+def job_update(packet: Packet) -> JobUpdate | None:
+    """The progress a WORK_DATA, WORK_WARNING or WORK_STATUS packet carries; None otherwise."""
+    if packet.type is PacketType.WORK_STATUS:
+        handle, numerator, denominator = packet.args
+        return JobUpdate("status", handle, numerator=_int(numerator), denominator=_int(denominator))
+    kind = _UPDATE_KINDS.get(packet.type)
+    return JobUpdate(kind, *packet.args) if kind else None
+
+
 def job_result(packet: Packet, handle: bytes) -> bytes | None:
     """What an answer means for foreground job `handle`: its result on WORK_COMPLETE,
-    JobFailedError on WORK_FAIL or WORK_EXCEPTION, None for progress packets or other jobs."""
-    if not packet.args or packet.args[0] != handle:
+    JobFailedError on WORK_FAIL, JobExceptionError on WORK_EXCEPTION, None for progress
+    packets or other jobs. (gearmand 1.1 turns WORK_EXCEPTION into a WORK_FAIL whose handle
+    ends with a NUL for clients that did not ask for the "exceptions" option.)"""
+    if not packet.args:
+        return None
+    if packet.type is PacketType.WORK_FAIL:
+        if packet.args[0].rstrip(b"\0") == handle:
+            raise JobFailedError(handle)
+        return None
+    if packet.args[0] != handle:
         return None
     if packet.type is PacketType.WORK_COMPLETE:
         return packet.args[1]
-    if packet.type is PacketType.WORK_FAIL:
-        raise JobFailedError(handle)
     if packet.type is PacketType.WORK_EXCEPTION:
-        raise JobFailedError(handle, packet.args[1])
+        raise JobExceptionError(handle, packet.args[1])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A job as the server that holds it reports it (GET_STATUS or GET_STATUS_UNIQUE).
+
+    `known` False: that server has no such job (it finished, failed, or never was there).
+    `waiting` (by unique only): how many foreground clients wait for it; 0 for a background job.
+    """
+
+    known: bool
+    running: bool = False
+    numerator: int = 0
+    denominator: int = 0
+    handle: bytes | None = None
+    unique: str | None = None
+    waiting: int | None = None
+    server: Endpoint | None = None
+
+
+def job_status(packet: Packet, server: Endpoint) -> JobStatus:
+    """The JobStatus a STATUS_RES or STATUS_RES_UNIQUE packet reports."""
+    if packet.type is PacketType.STATUS_RES:
+        handle, known, running, numerator, denominator = packet.args
+        return JobStatus(
+            known == b"1", running == b"1", _int(numerator), _int(denominator), handle,
+            server=server,
+        )  # fmt: skip
+    unique, known, running, numerator, denominator, waiting = packet.args
+    return JobStatus(
+        known == b"1", running == b"1", _int(numerator), _int(denominator),
+        unique=_str(unique), waiting=_int(waiting), server=server,
+    )  # fmt: skip
+
+
+def _int(value: bytes) -> int:
+    """A decimal field as gearmand sends it (status numbers); 0 when it is not one."""
+    try:
+        return int(value.rstrip(b"\0") or b"0")
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +441,8 @@ class GearmanConnection:
         self._buffer = bytearray()
         self._offset = 0
         self._abilities: set[str] = set()
+        self._options: set[str] = set()
+        """Options (OPTION_REQ) the server accepted on the current TCP connection."""
 
     def __enter__(self) -> GearmanConnection:
         return self
@@ -383,6 +466,7 @@ class GearmanConnection:
         self._sock = sock
         self._buffer.clear()
         self._offset = 0
+        self._options.clear()
         if self._abilities:
             self.send_many(request(PacketType.CAN_DO, _text(f)) for f in sorted(self._abilities))
 
@@ -495,6 +579,24 @@ class GearmanConnection:
     def echo(self, data: bytes) -> bytes:
         self.send(request(PacketType.ECHO_REQ, data))
         return self._expect(PacketType.ECHO_RES).args[0]
+
+    def ensure_option(self, name: str) -> None:
+        """Set a connection option (OPTION_REQ, e.g. "exceptions") unless it is set already."""
+        self.connect()
+        if name not in self._options:
+            self.send(request(PacketType.OPTION_REQ, _text(name)))
+            self._expect(PacketType.OPTION_RES)
+            self._options.add(name)
+
+    def status(self, handle: bytes) -> JobStatus:
+        """GET_STATUS: what this server knows of the job `handle`."""
+        self.send(request(PacketType.GET_STATUS, handle))
+        return job_status(self._expect(PacketType.STATUS_RES), self.endpoint)
+
+    def status_unique(self, unique: str) -> JobStatus:
+        """GET_STATUS_UNIQUE: what this server knows of the job with `unique`."""
+        self.send(request(PacketType.GET_STATUS_UNIQUE, _text(unique)))
+        return job_status(self._expect(PacketType.STATUS_RES_UNIQUE), self.endpoint)
 
     def submit_background(
         self, function: str, payload: bytes, *, unique: str = "", priority: str = "normal"
