@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
 from kazoo.security import ACL, READ_ACL_UNSAFE, make_digest_acl
 
 from cluster.errors import ConfigError
+
+RECONNECT_MAX_DELAY = 1.0  # seconds: the longest pause between two tries to reach ZooKeeper
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,18 @@ def read_credentials(path: Path) -> ZkCredentials:
 def make_client(
     hosts: str, timeout: float, credentials: ZkCredentials | None = None
 ) -> KazooClient:
-    """A kazoo client (not started); with credentials it authenticates and creates with its ACL."""
+    """A kazoo client (not started); with credentials it authenticates and creates with its ACL.
+
+    kazoo's default reconnect backoff doubles up to an hour: after a partition of ten seconds
+    an agent would wait tens of seconds more before it even tried ZooKeeper again. Here it tries
+    at least every RECONNECT_MAX_DELAY seconds, forever."""
+    retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=RECONNECT_MAX_DELAY)
     if credentials is None:
-        return KazooClient(hosts=hosts, timeout=timeout)
+        return KazooClient(hosts=hosts, timeout=timeout, connection_retry=retry)
     return KazooClient(
         hosts=hosts,
         timeout=timeout,
+        connection_retry=retry,
         auth_data=credentials.auth_data,
         default_acl=credentials.acl,
     )

@@ -140,3 +140,13 @@ def test_only_the_credentials_write_the_cluster_tree(
     finally:
         zk.stop()
         zk.close()
+
+
+@pytest.mark.parametrize("credentials", [None, ZkCredentials("gearctl", "secret")])
+def test_clients_retry_zookeeper_at_least_every_second(credentials: ZkCredentials | None) -> None:
+    """kazoo's own reconnect backoff grows to an hour: after a partition healed, an agent would
+    wait long past the heal before it even tried (the partition-node drill caught it)."""
+    client = make_client("127.0.0.1:1", 4.0, credentials)
+    retry = client._conn_retry  # kazoo has no public reader of its reconnect policy
+    assert retry.max_tries == -1
+    assert retry.max_delay <= 1.0

@@ -449,7 +449,11 @@ def _wait_node1_back(
             break
         time.sleep(0.05)
     else:
-        raise GearctlError(f"drill: node1 not serving again {PARTITION_TIMEOUT:.0f}s after heal")
+        tail = "\n".join(ctx.agent_log("node1").splitlines()[-25:])
+        raise GearctlError(
+            f"drill: node1 not serving again {PARTITION_TIMEOUT:.0f}s after heal; the last lines "
+            f"of its agent's log:\n{tail}"
+        )
     pid = node["gearmand_pid"]
     started = psutil.Process(pid).create_time()
     if started < takeover["finished"]:
