@@ -168,10 +168,17 @@ def _session(
     config: Path | None,
 ) -> Iterator[Coordination]:
     """A ZooKeeper session to the target's existing cluster; errors end the command (exit 1)."""
+    with _session_to(_target(directory, zookeeper, cluster, auth_file, config)) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def _session_to(target: Target) -> Iterator[Coordination]:
+    """A ZooKeeper session to an already resolved target (see `_session`)."""
     from cluster import target as targets
 
     try:
-        with targets.session(_target(directory, zookeeper, cluster, auth_file, config)) as found:
+        with targets.session(target) as found:
             yield found
     except GearctlError as exc:
         raise fail(exc) from None
@@ -479,9 +486,10 @@ def acl_fix(
 ) -> None:
     """Give every znode anyone may change the credentials' ACL (theirs to change, everyone's
     to read), as the agents create them. Needs the agents' credentials (`--auth-file`)."""
-    if _target(directory, zookeeper, cluster, auth_file, config).auth_file is None:
+    target = _target(directory, zookeeper, cluster, auth_file, config)
+    if target.auth_file is None:
         raise fail(GearctlError("acl fix needs the agents' credentials: --auth-file FILE"))
-    with _session(directory, zookeeper, cluster, auth_file, config) as session:
+    with _session_to(target) as session:
         closed = session.close_znodes()
     for path in closed:
         typer.echo(f"closed: {path}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 from cluster.endpoint import Endpoint
 from cluster.local.memcached_server import start_memcached
-from cluster.process import free_port, stop_pid
+from cluster.process import free_port, stop_pid, wait_until
 from tests.conftest import HOST
 from tests.test_agent import AgentNode
 
@@ -30,10 +29,7 @@ def get(url: str, timeout: float = 10) -> tuple[int, dict[str, Any]]:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.1)
+    wait_until(check, timeout=timeout, what=what, interval=0.1)
 
 
 class HealthNode(AgentNode):

@@ -20,6 +20,7 @@ from cluster.gearman.client import (
     WorkerJob,
 )
 from cluster.gearman.worker import next_unique, split_attempt
+from cluster.process import wait_until
 from tests.conftest import RunningGearmand
 
 pytestmark = pytest.mark.integration
@@ -27,11 +28,7 @@ pytestmark = pytest.mark.integration
 
 def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
     """Wait for a state to be reached (a bound against hangs, not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what}")
-        time.sleep(0.02)
+    wait_until(lambda: bool(check()), timeout=timeout, what=what, interval=0.02)
 
 
 @contextmanager
