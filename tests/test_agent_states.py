@@ -3,6 +3,7 @@ its diagram, and the scenarios that matter for safety. Runs in well under a seco
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -465,6 +466,21 @@ def test_a_fence_over_before_the_loop_saw_it_still_goes_through_fenced(node: Nod
     run_until(node, State.SERVING)
     assert node.launcher.started == ["g1_", "g2_"]
     assert not node.launcher.fenced
+
+
+def test_a_fence_does_not_wait_for_a_record_write_in_flight(node: Node) -> None:
+    """While ZooKeeper is cut off a member record write blocks for as long as the cut lasts;
+    the guard's fence must still return (it pings the watchdog next)."""
+    run_until(node, State.SERVING)
+    with node.agent.lock:  # held as by a write waiting for ZooKeeper
+        fencing = threading.Thread(target=node.agent.fence, args=("no answer for 3.7s",))
+        fencing.start()
+        fencing.join(timeout=10)
+        returned = not fencing.is_alive()
+    fencing.join()
+    assert returned, "fence() waited for the record write's lock"
+    assert node.launcher.fenced
+    assert node.cycle() is State.FENCED
 
 
 def test_a_second_fence_while_fenced_waits_for_its_own_unfence(node: Node) -> None:

@@ -5,8 +5,10 @@ The main loop repeats `run_cycle`: run the current state's step, which returns t
 and `transition` to it. Only the main loop changes the state and writes the member record.
 Other threads only signal: the session guard calls `fence` (it kills gearmand at once, since a
 step may block for seconds, and marks the agent fenced) and `unfence`; SIGTERM calls `stop`.
-`transition` and `fence` share a lock, so a record write is either done before a fence or
-not done at all: no `serving` lands after a fence.
+A record write checks the fence under `lock`, so none starts once fenced. `fence` never waits
+for a write in flight: while ZooKeeper is cut off a write waits as long as the cut lasts, and
+the guard must go on (ping the watchdog, see the session come back). Such a write can land only
+while the session it was sent on lives, so before any peer may own the store.
 
 Every dependency is passed in (coordination, gearmand launcher, store, restore, clock), so the
 unit tests (tests/test_agent_states.py) drive each transition with fakes in milliseconds.
@@ -115,7 +117,8 @@ class AgentMachine:
         self.unfenced = threading.Event()  # the guard's word that the session is back
         self.session_renewed = threading.Event()
         self.interrupt = threading.Event()  # set by stop and fence: ends every wait at once
-        self.lock = threading.Lock()  # a record write and a fence never interleave
+        self.lock = threading.Lock()  # record writes, and the fence check before each
+        self.fence_lock = threading.Lock()  # a fence and the FENCED step's unfence
         self.proc: Gearmand | None = None
         self.store_identity: StoreIdentity | None = None  # memcached's, at the last check
         self.prefix = ""
@@ -148,12 +151,11 @@ class AgentMachine:
         """The session guard's call: stop serving the store before a peer may own it.
 
         Marked first (so a gearmand that dies of the kill is not taken for a crash), killed at
-        once (not by the main loop: a step may block for seconds), then the lock waits out a
-        record write in flight: once this returns, no write lands."""
+        once (not by the main loop: a step may block for seconds). It never blocks on ZooKeeper."""
         self.fenced.set()
         self.interrupt.set()
         self.launcher.fence()
-        with self.lock:
+        with self.fence_lock:
             self.fenced.set()
             self.unfenced.clear()
         log.error("fenced (%s): gearmand killed", reason)
@@ -459,7 +461,7 @@ class AgentMachine:
         self.launcher.stop(kill=True)  # killed by the fence already: reap it
         self.proc = None
         while not self.stopping.is_set():
-            with self.lock:  # a fence coming now clears `unfenced` again
+            with self.fence_lock:  # a fence coming now clears `unfenced` again
                 if self.unfenced.is_set():
                     self.unfenced.clear()
                     self.fenced.clear()
