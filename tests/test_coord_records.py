@@ -78,6 +78,9 @@ def test_store_and_owner_records_decode_what_peers_wrote() -> None:
     assert StoreRecord.decode(store.encode()) == store
     with pytest.raises(KeyError):
         StoreRecord.decode(b"{}")  # a store znode nobody described yet
+    assert store.addresses == ("h:11211",)
+    twins = StoreRecord("h:11211", "h:4730", "host1", 42, twin="h:11212")
+    assert StoreRecord.decode(twins.encode()).addresses == ("h:11211", "h:11212")
     owner = Owner("n1", Purpose.DRAIN, 0x1234)
     wire = json.loads(owner.encode())
     assert wire["session"] == "0x1234" and wire["purpose"] == "drain"

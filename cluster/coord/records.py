@@ -96,7 +96,10 @@ class StoreRecord:
 
     `boot_id` (the kernel's) and `pid_namespace` (inode) say where `gearmand_pid` means
     something: only a peer with both equal may look the PID up. `host` is for people only:
-    hostnames repeat across containers and cloned machines."""
+    hostnames repeat across containers and cloned machines.
+
+    `address` is the memcached the current gearmand writes; `twin` the node's other store when
+    it has twin stores (docs/architecture.md, "Serving at once"): a drain reads both."""
 
     address: str
     gearman: str
@@ -104,6 +107,12 @@ class StoreRecord:
     gearmand_pid: int | None
     boot_id: str | None = None
     pid_namespace: int | None = None
+    twin: str | None = None
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every store of the node: the one gearmand writes first, then its twin if any."""
+        return (self.address,) if self.twin is None else (self.address, self.twin)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -113,13 +122,15 @@ class StoreRecord:
         """ValueError or KeyError when the store was never described (empty or foreign data)."""
         raw = json.loads(data.decode())
         return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"),
-                   raw.get("boot_id"), raw.get("pid_namespace"))  # fmt: skip
+                   raw.get("boot_id"), raw.get("pid_namespace"), raw.get("twin"))  # fmt: skip
 
     @classmethod
-    def here(cls, address: str, gearman: str, gearmand_pid: int) -> StoreRecord:
-        """The record of a gearmand this process started."""
+    def here(
+        cls, address: str, gearman: str, gearmand_pid: int, twin: str | None = None
+    ) -> StoreRecord:
+        """The record of a gearmand this process started (writing `address`)."""
         return cls(address, gearman, socket.gethostname(), gearmand_pid, boot_id(),
-                   pid_namespace())  # fmt: skip
+                   pid_namespace(), twin)  # fmt: skip
 
     def same_pid_table(self) -> bool:
         """Is `gearmand_pid` a PID of this kernel and PID namespace?"""
