@@ -119,6 +119,23 @@ class RestoreReport:
         return self.expected - self.moved - self.vanished - self.unseen
 
 
+def combined(reports: Sequence[RestoreReport]) -> RestoreReport:
+    """One report for the restores of several stores (a node's twin stores), one after another."""
+    total = RestoreReport(expected=0)
+    for report in reports:
+        total.expected += report.expected
+        total.moved += report.moved
+        total.skipped += report.skipped
+        total.vanished += report.vanished
+        total.deferred += report.deferred
+        total.refused.update(report.refused)
+        total.overflowed += report.overflowed
+        total.coalesced += report.coalesced
+        total.unseen += report.unseen
+        total.seconds += report.seconds
+    return total
+
+
 Progress = Callable[[RestoreReport], None]
 
 

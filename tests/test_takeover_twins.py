@@ -1,0 +1,132 @@
+"""Take-over of a node with twin stores (issue 18): under the node's one owner znode both twins
+are drained, every job exactly once, the older twin first; an interrupted drain leaves the rest
+for the next claim. Real gearmand, memcached and ZooKeeper."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from cluster import coord
+from cluster.claim import Drained, claim_and_drain, drain_order
+from cluster.coord import Outcome, StoreRecord
+from cluster.drill.workload import FUNCTIONS, Job, numbered_jobs, submit
+from cluster.endpoint import Endpoint
+from cluster.jobkey import parse_job_key
+from cluster.local.memcached_server import start_memcached
+from cluster.process import free_port, kill_pid, stop_pid, wait_until
+from cluster.restore import CHUNK
+from cluster.store import Store
+from tests.conftest import HOST, RunningGearmand
+from tests.test_restore import check_drained, started_gearmand
+
+pytestmark = pytest.mark.integration
+
+OLDER = CHUNK + CHUNK // 2  # jobs in the twin (an earlier incarnation's store): two chunks
+NEWER = CHUNK  # jobs in the store the dead gearmand wrote
+
+
+@contextmanager
+def memcached(tmp_path: Path, name: str) -> Iterator[Endpoint]:
+    endpoint = Endpoint(HOST, free_port())
+    proc = start_memcached(endpoint, memory_mb=64, log_path=tmp_path / f"{name}.log",
+                           pid_path=tmp_path / f"{name}.pid")  # fmt: skip
+    try:
+        yield endpoint
+    finally:
+        stop_pid(proc.pid)
+        proc.wait()
+
+
+def persist(store: Endpoint, prefix: str, jobs: list[Job], tmp_path: Path) -> Endpoint:
+    """`jobs` persisted in `store` by a gearmand under `prefix`, killed (-9): its endpoint."""
+    with started_gearmand(store, prefix, tmp_path) as (endpoint, pid):
+        assert submit(endpoint, jobs) == len(jobs)
+        kill_pid(pid)
+    wait_until(lambda: Store(store).curr_items() == len(jobs), timeout=10, what="jobs stored")
+    return endpoint
+
+
+@pytest.fixture
+def twins(tmp_path: Path) -> Iterator[tuple[StoreRecord, list[Job]]]:
+    """A dead node's store record with a twin: the twin holds the older jobs (`g1_`), the store
+    its last gearmand wrote the newer ones (`g2_`)."""
+    jobs = numbered_jobs(OLDER + NEWER, prefix="twin")
+    with memcached(tmp_path, "twin") as twin, memcached(tmp_path, "store") as store:
+        persist(twin, "g1_", jobs[:OLDER], tmp_path)
+        dead = persist(store, "g2_", jobs[OLDER:], tmp_path)
+        yield StoreRecord(str(store), str(dead), "h", None, twin=str(twin)), jobs
+
+
+def uniques_in(store: Endpoint) -> Counter[str]:
+    """Every stored job's unique, counted (a job stored twice counts 2)."""
+    keys = [item.key for item in Store(store).snapshot()]
+    return Counter(parse_job_key(key, set(FUNCTIONS)).unique for key in keys)
+
+
+def take_over(
+    session: coord.Coordination,
+    record: StoreRecord,
+    target: Endpoint,
+    by: str,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Drained:
+    """Dead node2's stores drained into `target` for node `by`."""
+    return claim_and_drain(session, "node2", record, target, by=by,
+                           known=lambda: set(FUNCTIONS), keep_going=keep_going)  # fmt: skip
+
+
+def test_the_twin_is_drained_first_then_the_store_the_dead_gearmand_wrote() -> None:
+    record = StoreRecord("h:1", "h:2", "h", None, twin="h:3")
+    assert drain_order(record) == ("h:3", "h:1")
+    assert drain_order(StoreRecord("h:1", "h:2", "h", None)) == ("h:1",)
+
+
+def test_both_twins_are_drained_exactly_once_under_one_claim(
+    twins: tuple[StoreRecord, list[Job]], gearmand: RunningGearmand, zookeeper: Endpoint
+) -> None:
+    record, jobs = twins
+    with coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session:
+        drained = take_over(session, record, gearmand.endpoint, "node1")
+        (history,) = session.takeover_history()
+        assert session.owner("node2") is None  # released
+    assert drained.takeover.outcome is Outcome.DONE
+    assert drained.takeover.jobs == history.jobs == OLDER + NEWER
+    assert drained.report is not None and drained.report.expected == OLDER + NEWER
+    assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
+    stored = uniques_in(gearmand.store)  # the target re-persisted each job once
+    assert stored == Counter(job.unique for job in jobs)
+    check_drained(gearmand.endpoint, jobs, fifo=True)  # the twin's older jobs came first
+
+
+@pytest.mark.parametrize("chunks_before_stop", [1, 2], ids=["in-the-twin", "between-twins"])
+def test_an_interrupted_drain_leaves_the_rest_to_the_next_claim(
+    twins: tuple[StoreRecord, list[Job]],
+    gearmand: RunningGearmand,
+    zookeeper: Endpoint,
+    chunks_before_stop: int,
+) -> None:
+    record, jobs = twins
+    asked: list[bool] = []
+
+    def stop_after_chunks() -> bool:
+        asked.append(True)
+        return len(asked) <= chunks_before_stop
+
+    with coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session:
+        first = take_over(session, record, gearmand.endpoint, "node1", stop_after_chunks)
+        second = take_over(session, record, gearmand.endpoint, "node3")
+    moved_first = min(chunks_before_stop * CHUNK, OLDER)
+    assert (first.takeover.outcome, first.takeover.jobs) == (Outcome.INTERRUPTED, moved_first)
+    assert (second.takeover.outcome, second.takeover.jobs) == (
+        Outcome.DONE,
+        len(jobs) - moved_first,
+    )
+    assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
+    assert uniques_in(gearmand.store) == Counter(job.unique for job in jobs)
+    check_drained(gearmand.endpoint, jobs, fifo=True)
