@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,41 +14,19 @@ import pytest
 from cluster import coord
 from cluster.claim import Drained, claim_and_drain, drain_order
 from cluster.coord import Outcome, StoreRecord
-from cluster.drill.workload import FUNCTIONS, Job, numbered_jobs, submit
+from cluster.drill.workload import FUNCTIONS, Job, numbered_jobs
 from cluster.endpoint import Endpoint
 from cluster.jobkey import parse_job_key
-from cluster.local.memcached_server import start_memcached
-from cluster.process import free_port, kill_pid, stop_pid, wait_until
 from cluster.restore import CHUNK
 from cluster.store import Store
-from tests.conftest import HOST, RunningGearmand
-from tests.test_restore import check_drained, started_gearmand
+from tests.conftest import RunningGearmand
+from tests.test_restore import check_drained
+from tests.twinstores import memcached, persist
 
 pytestmark = pytest.mark.integration
 
 OLDER = CHUNK + CHUNK // 2  # jobs in the twin (an earlier incarnation's store): two chunks
 NEWER = CHUNK  # jobs in the store the dead gearmand wrote
-
-
-@contextmanager
-def memcached(tmp_path: Path, name: str) -> Iterator[Endpoint]:
-    endpoint = Endpoint(HOST, free_port())
-    proc = start_memcached(endpoint, memory_mb=64, log_path=tmp_path / f"{name}.log",
-                           pid_path=tmp_path / f"{name}.pid")  # fmt: skip
-    try:
-        yield endpoint
-    finally:
-        stop_pid(proc.pid)
-        proc.wait()
-
-
-def persist(store: Endpoint, prefix: str, jobs: list[Job], tmp_path: Path) -> Endpoint:
-    """`jobs` persisted in `store` by a gearmand under `prefix`, killed (-9): its endpoint."""
-    with started_gearmand(store, prefix, tmp_path) as (endpoint, pid):
-        assert submit(endpoint, jobs) == len(jobs)
-        kill_pid(pid)
-    wait_until(lambda: Store(store).curr_items() == len(jobs), timeout=10, what="jobs stored")
-    return endpoint
 
 
 @pytest.fixture
