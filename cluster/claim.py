@@ -39,7 +39,7 @@ from cluster.coord import (
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.fencing import old_server_is_dead
-from cluster.restore import Progress, RestoreReport, combined, restore
+from cluster.restore import Copies, Progress, RestoreReport, combined, restore
 from cluster.store import Store
 
 log = logging.getLogger("gearctl.takeover")
@@ -161,6 +161,7 @@ def _drain(
                 _per_store(sources, counts), target)  # fmt: skip
     path = coord.record_takeover(takeover)
     reports: list[RestoreReport] = []
+    copies = Copies()  # a job in both twins (a crash mid-restore left it there) moves once
     try:
         for source, count in zip(sources, counts, strict=True):
             reports.append(restore(
@@ -172,6 +173,7 @@ def _drain(
                 progress=_running_total(progress, reports),
                 should_continue=keep_going,
                 overflow=lambda: _other_serving(coord, target),
+                copies=copies,
             ))  # fmt: skip
         report = combined(reports)
         takeover.finish(Outcome.DONE, report.moved, _waiting(report))

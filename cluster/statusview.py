@@ -97,10 +97,10 @@ def _text(value: object) -> str:
 
 
 def _stores(node: dict[str, Any], store: str, twin: str) -> str:
-    """The node's store's cell, `store/twin` when it has twin stores (`twin` is set)."""
+    """The node's store's cell, `store+twin` when it has twin stores (`twin` is set)."""
     if node.get("twin") is None:
         return _text(node[store])
-    return f"{_text(node[store])}/{_text(node.get(twin))}"
+    return f"{_text(node[store])}+{_text(node.get(twin))}"
 
 
 def _owner(node: str, owner: dict[str, str] | None) -> str:

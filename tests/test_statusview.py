@@ -76,10 +76,10 @@ def test_a_node_with_twin_stores_shows_both_and_a_silent_twin_is_degraded() -> N
     status = {**STATUS, "takeovers": [], "nodes": [twins, node("node3", "serving", "0x3", "live")]}
     lines = render(status, now=NOW).splitlines()
     node1, node3 = lines[3].split(), lines[4].split()
-    assert node1[3:6] == ["127.0.0.1:11211/127.0.0.1:11212", "5", "5/3"]
+    assert node1[3:6] == ["127.0.0.1:11211+127.0.0.1:11212", "5", "5+3"]
     assert node3[3:6] == ["127.0.0.1:11211", "5", "5"]  # one store: as before
     assert lines[-1] == "every node serving"
     silent = {**twins, "twin_items": None, "twin_up": False}
     lines = render({**status, "nodes": [silent]}, now=NOW).splitlines()
-    assert lines[3].split()[5] == "5/-"
+    assert lines[3].split()[5] == "5+-"
     assert lines[-1] == "DEGRADED: node1: twin store 127.0.0.1:11212 does not answer"

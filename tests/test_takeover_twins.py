@@ -14,7 +14,7 @@ import pytest
 from cluster import coord
 from cluster.claim import Drained, claim_and_drain, drain_order
 from cluster.coord import Outcome, StoreRecord
-from cluster.drill.workload import FUNCTIONS, Job, numbered_jobs
+from cluster.drill.workload import FUNCTIONS, Job, drain, numbered_jobs
 from cluster.endpoint import Endpoint
 from cluster.jobkey import parse_job_key
 from cluster.restore import CHUNK
@@ -107,3 +107,39 @@ def test_an_interrupted_drain_leaves_the_rest_to_the_next_claim(
     assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
     assert uniques_in(gearmand.store) == Counter(job.unique for job in jobs)
     check_drained(gearmand.endpoint, jobs, fifo=True)
+
+
+@pytest.fixture
+def copied(tmp_path: Path) -> Iterator[tuple[StoreRecord, list[Job], int]]:
+    """A dead node whose last restore crashed between gearmand's answers and the deletes: its
+    first `COPIED` older jobs are in the twin (`g1_`) and, re-persisted, in the store (`g2_`)."""
+    jobs = numbered_jobs(OLDER + NEWER, prefix="copy")
+    copied = CHUNK // 2
+    with memcached(tmp_path, "twin") as twin, memcached(tmp_path, "store") as store:
+        persist(twin, "g1_", jobs[:OLDER], tmp_path)
+        dead = persist(store, "g2_", jobs[:copied] + jobs[OLDER:], tmp_path)
+        yield StoreRecord(str(store), str(dead), "h", None, twin=str(twin)), jobs, copied
+
+
+def test_a_job_in_both_twins_is_queued_once_even_when_a_worker_ran_it_between(
+    copied: tuple[StoreRecord, list[Job], int], gearmand: RunningGearmand, zookeeper: Endpoint
+) -> None:
+    """Workers run the twin's jobs before the second store is drained: without one record of
+    the jobs seen across both stores, the copies would be queued (and run) a second time."""
+    record, jobs, copies = copied
+    ran: list[Counter[str]] = []
+
+    def run_the_twins_jobs_first() -> bool:
+        if not ran and Store(Endpoint.parse(record.twin or "")).curr_items() == 0:
+            ran.append(drain([gearmand.endpoint], FUNCTIONS, OLDER, timeout=60).counts)
+        return True
+
+    with coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session:
+        drained = take_over(session, record, gearmand.endpoint, "node1", run_the_twins_jobs_first)
+    assert drained.takeover.outcome is Outcome.DONE
+    assert drained.report is not None and drained.report.coalesced == copies
+    assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
+    (first,) = ran
+    assert first == Counter(job.unique for job in jobs[:OLDER])
+    rest = drain([gearmand.endpoint], FUNCTIONS, NEWER, timeout=60).counts
+    assert rest == Counter(job.unique for job in jobs[OLDER:])  # no copy ran a second time
