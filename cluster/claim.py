@@ -170,7 +170,7 @@ def _drain(
                 expected=count,
                 keep_prefix=None,
                 known_functions=known,
-                progress=_running_total(progress, reports),
+                progress=_running_total(progress, reports, sum(counts)),
                 should_continue=keep_going,
                 overflow=lambda: _other_serving(coord, target),
                 copies=copies,
@@ -202,13 +202,21 @@ def _per_store(sources: list[Store], counts: list[int]) -> str:
     return f" ({', '.join(f'{n} in {s.endpoint}' for s, n in zip(sources, counts, strict=True))})"
 
 
-def _running_total(progress: Progress | None, finished: list[RestoreReport]) -> Progress | None:
-    """Progress of the store being drained, shown as the whole take-over's (`finished`: the
-    reports of the stores drained before it)."""
+def _running_total(
+    progress: Progress | None, finished: list[RestoreReport], total: int
+) -> Progress | None:
+    """Progress of the store being drained, shown as the whole take-over's: `finished` are the
+    reports of the stores drained before it, `total` the jobs counted in every store."""
     if progress is None:
         return None
     done = list(finished)
-    return lambda report: progress(combined([*done, report]))
+
+    def show(report: RestoreReport) -> None:
+        whole = combined([*done, report])
+        whole.expected = total
+        progress(whole)
+
+    return show
 
 
 def _other_serving(coord: Coordination, target: Endpoint) -> list[Endpoint]:

@@ -17,7 +17,7 @@ from cluster.coord import Outcome, StoreRecord
 from cluster.drill.workload import FUNCTIONS, Job, drain, numbered_jobs
 from cluster.endpoint import Endpoint
 from cluster.jobkey import parse_job_key
-from cluster.restore import CHUNK
+from cluster.restore import CHUNK, Progress
 from cluster.store import Store
 from tests.conftest import RunningGearmand
 from tests.test_restore import check_drained
@@ -52,9 +52,10 @@ def take_over(
     target: Endpoint,
     by: str,
     keep_going: Callable[[], bool] = lambda: True,
+    progress: Progress | None = None,
 ) -> Drained:
     """Dead node2's stores drained into `target` for node `by`."""
-    return claim_and_drain(session, "node2", record, target, by=by,
+    return claim_and_drain(session, "node2", record, target, by=by, progress=progress,
                            known=lambda: set(FUNCTIONS), keep_going=keep_going)  # fmt: skip
 
 
@@ -68,13 +69,17 @@ def test_both_twins_are_drained_exactly_once_under_one_claim(
     twins: tuple[StoreRecord, list[Job]], gearmand: RunningGearmand, zookeeper: Endpoint
 ) -> None:
     record, jobs = twins
+    shown: list[tuple[int, int]] = []
     with coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session:
-        drained = take_over(session, record, gearmand.endpoint, "node1")
+        drained = take_over(session, record, gearmand.endpoint, "node1",
+                            progress=lambda r: shown.append((r.moved, r.expected)))  # fmt: skip
         (history,) = session.takeover_history()
         assert session.owner("node2") is None  # released
     assert drained.takeover.outcome is Outcome.DONE
     assert drained.takeover.jobs == history.jobs == OLDER + NEWER
     assert drained.report is not None and drained.report.expected == OLDER + NEWER
+    assert {expected for _, expected in shown} == {OLDER + NEWER}  # the whole take-over's
+    assert shown == sorted(shown) and shown[-1][0] >= OLDER  # the twin counts on in the store
     assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
     stored = uniques_in(gearmand.store)  # the target re-persisted each job once
     assert stored == Counter(job.unique for job in jobs)
