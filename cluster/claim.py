@@ -15,7 +15,8 @@ A guard that says no raises `ClaimRefused` before anything is moved. The owner z
 the caller's ZooKeeper session: if the caller dies, it vanishes with the session and a survivor
 (or another `store drain`) resumes.
 
-One drainer takes a whole store (rather than survivors sharing it): the restore then keeps the
+One drainer takes a whole store unless the take-over is spread (`[takeover] spread`, or a store
+whose spread plan an earlier claimer wrote: cluster/spreaddrain.py): the restore then keeps the
 store's FIFO order per priority, and a drainer that dies leaves one store to resume, not pieces.
 """
 
@@ -27,11 +28,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster import spreaddrain
 from cluster.coord import (
     Coordination,
     NodeState,
     Outcome,
     Purpose,
+    SpreadPlan,
     StoreRecord,
     TakeoverRecord,
     session_text,
@@ -39,7 +42,7 @@ from cluster.coord import (
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.fencing import old_server_is_dead
-from cluster.restore import Copies, Progress, RestoreReport, combined, restore
+from cluster.restore import Copies, Progress, RestoreIncomplete, RestoreReport, combined, restore
 from cluster.store import Store
 
 log = logging.getLogger("gearctl.takeover")
@@ -83,11 +86,14 @@ def claim_and_drain(
     started: Callable[[], None] = lambda: None,
     progress: Progress | None = None,
     manual: bool = False,
+    spread: bool = False,
 ) -> Drained:
     """Claim dead node `store`'s store (described by `record`) for node `by` and drain it into
     gearmand `target`, once. `known()` gives the function names (asked only once the guards
     passed); the drain stops between chunks when `keep_going()` turns False or the owner znode is
-    lost; `started()` is called just before the drain."""
+    lost; `started()` is called just before the drain. `spread`: split the jobs among every live
+    survivor (cluster/spreaddrain.py); a store with a plan is spread whatever `spread` says
+    (an earlier claimer's parts may be draining: the plan is kept, never drained over)."""
     entry = coord.member_entry(store)
     if entry is not None:
         raise ClaimRefused(
@@ -116,10 +122,11 @@ def claim_and_drain(
             raise ClaimRefused(Refusal.NOT_FENCED, message, how)
         names = known()
         started()
-        takeover, report = _drain(
+        drain = _spread if spread or coord.spread_plan(store) is not None else _drain
+        takeover, report = drain(
             coord,
             store,
-            [Store(Endpoint.parse(address)) for address in drain_order(record)],
+            drain_order(record),
             target,
             by=by,
             how=how,
@@ -142,7 +149,7 @@ def drain_order(record: StoreRecord) -> tuple[str, ...]:
 def _drain(
     coord: Coordination,
     store: str,
-    sources: list[Store],
+    addresses: tuple[str, ...],
     target: Endpoint,
     *,
     by: str,
@@ -152,16 +159,41 @@ def _drain(
     progress: Progress | None,
     manual: bool,
 ) -> tuple[TakeoverRecord, RestoreReport | None]:
-    """Move every job of the node's `sources` (its store, or both twin stores, each exactly
-    once, one after the other) into `target`, recorded under `takeovers/` as one take-over."""
+    """Move every job of the node's stores at `addresses` (its store, or both twin stores, each
+    exactly once, one after the other) into `target`, recorded under `takeovers/` as one
+    take-over."""
+    sources = [Store(Endpoint.parse(address)) for address in addresses]
     counts = [source.curr_items() for source in sources]  # quiescent: gearmand dead, store ours
     takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
     # Logged before the record is written: whoever sees the record finds the line (drills do).
     log.warning("taking over store %s: %s; draining %d jobs%s into %s", store, how, sum(counts),
                 _per_store(sources, counts), target)  # fmt: skip
     path = coord.record_takeover(takeover)
+    try:
+        report = _restore_all(coord, sources, counts, target, known, keep_going, progress)
+        takeover.finish(Outcome.DONE, report.moved, _waiting(report))
+    except GearctlError as exc:
+        log.error("draining store %s stopped: %s", store, exc)
+        report = getattr(exc, "report", None)
+        takeover.finish(Outcome.INTERRUPTED, report.moved if report is not None else 0, str(exc))
+    _finished(coord, path, takeover)
+    return takeover, report
+
+
+def _restore_all(
+    coord: Coordination,
+    sources: list[Store],
+    counts: list[int],
+    target: Endpoint,
+    known: set[str],
+    keep_going: Callable[[], bool],
+    progress: Progress | None,
+) -> RestoreReport:
+    """Restore each of `sources` (expecting its count) into `target`, one after the other, with
+    one `Copies` (a job in both twins, left by a crash mid-restore, moves once). On failure the
+    RestoreIncomplete's report is every store's so far."""
     reports: list[RestoreReport] = []
-    copies = Copies()  # a job in both twins (a crash mid-restore left it there) moves once
+    copies = Copies()
     try:
         for source, count in zip(sources, counts, strict=True):
             reports.append(restore(
@@ -172,27 +204,86 @@ def _drain(
                 known_functions=known,
                 progress=_running_total(progress, reports, sum(counts)),
                 should_continue=keep_going,
-                overflow=lambda: _other_serving(coord, target),
+                overflow=lambda: other_serving(coord, target),
                 copies=copies,
             ))  # fmt: skip
-        report = combined(reports)
-        takeover.finish(Outcome.DONE, report.moved, _waiting(report))
+    except RestoreIncomplete as exc:
+        raise RestoreIncomplete(str(exc), combined([*reports, exc.report])) from exc
+    return combined(reports)
+
+
+def _spread(
+    coord: Coordination,
+    store: str,
+    addresses: tuple[str, ...],
+    target: Endpoint,
+    *,
+    by: str,
+    how: str,
+    known: set[str],
+    keep_going: Callable[[], bool],
+    progress: Progress | None,
+    manual: bool,
+) -> tuple[TakeoverRecord, RestoreReport | None]:
+    """The claimer of a spread drain (docs/architecture.md, "Spread drain"): the plan (an
+    earlier claimer's kept), this survivor's parts and any free ones until every part is done,
+    then a sweep of what the parts left (exact: every store is quiescent again), one take-over
+    record (jobs: every part's and the sweep's) and the plan removed."""
+    takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
+
+    def make() -> SpreadPlan:
+        ranked = spreaddrain.survivors(coord, store, by)
+        counts = spreaddrain.plan_counts(addresses, len(ranked))
+        log.warning("taking over store %s: %s; spreading %d jobs over %s (per part: %s)",
+                    store, how, sum(map(sum, counts)), ", ".join(ranked),
+                    [sum(c[i] for c in counts) for i in range(len(ranked))])  # fmt: skip
+        path = coord.record_takeover(takeover)
+        return SpreadPlan(ranked, addresses, counts, None, path, takeover.started)
+
+    plan, kept = spreaddrain.start_or_keep(coord, store, addresses, make)
+    if kept:
+        log.warning("taking over store %s: %s; keeping the spread plan of %s (parts of %s)",
+                    store, how, plan.takeover, ", ".join(plan.survivors))  # fmt: skip
+        takeover.started = plan.started
+        coord.update_takeover(plan.takeover, takeover)
+    report: RestoreReport | None = None
+
+    def drain_free_parts() -> object:
+        return spreaddrain.drain_parts(coord, store, plan, target, by=by, known=known,
+                                       keep_going=keep_going,
+                                       overflow=lambda: other_serving(coord, target))  # fmt: skip
+
+    try:
+        parts = spreaddrain.wait_parts(coord, store, plan, drain_free_parts, keep_going)
+        sources = [Store(Endpoint.parse(address)) for address in addresses]
+        left = [source.curr_items() for source in sources]  # quiescent: every part is done
+        if sum(left):
+            log.warning("store %s: sweeping %d jobs the parts left", store, sum(left))
+            report = _restore_all(coord, sources, left, target, known, keep_going, progress)
+        swept = report.moved if report is not None else 0
+        takeover.finish(Outcome.DONE, spreaddrain.moved_by_parts(parts) + swept,
+                        _waiting(report) if report is not None else "")  # fmt: skip
+        coord.end_spread(store)
     except GearctlError as exc:
-        log.error("draining store %s stopped: %s", store, exc)
-        partial = getattr(exc, "report", None)
-        if partial is not None:
-            reports.append(partial)
-        report = combined(reports) if reports else None
-        takeover.finish(Outcome.INTERRUPTED, report.moved if report is not None else 0, str(exc))
+        log.error("spread drain of store %s stopped: %s; the next claimer keeps the plan",
+                  store, exc)  # fmt: skip
+        records = [coord.spread_part(store, i) for i in range(plan.parts)]
+        moved = spreaddrain.moved_by_parts([r for r in records if r is not None])
+        takeover.finish(Outcome.INTERRUPTED, moved, f"{exc}; the next claimer keeps the plan")
+    _finished(coord, plan.takeover, takeover)
+    return takeover, report
+
+
+def _finished(coord: Coordination, path: str, takeover: TakeoverRecord) -> None:
+    """Log the take-over's end and write its record."""
     log.warning(
         "take-over of store %s %s: %d jobs in %.2fs",
-        store,
+        takeover.store,
         takeover.outcome_text,
         takeover.jobs,
         takeover.seconds,
     )
     coord.update_takeover(path, takeover)
-    return takeover, report
 
 
 def _per_store(sources: list[Store], counts: list[int]) -> str:
@@ -219,7 +310,7 @@ def _running_total(
     return show
 
 
-def _other_serving(coord: Coordination, target: Endpoint) -> list[Endpoint]:
+def other_serving(coord: Coordination, target: Endpoint) -> list[Endpoint]:
     """Serving gearmands besides `target`: where jobs `target` refused twice go."""
     try:
         members = coord.members().values()

@@ -79,6 +79,13 @@ def fail(exc: GearctlError) -> typer.Exit:
     return typer.Exit(1)
 
 
+SpreadOption = Annotated[
+    bool,
+    typer.Option("--spread", help="Agents spread a dead node's jobs over every live survivor "
+                 "([takeover] spread = true); default: one survivor drains the whole store."),
+]  # fmt: skip
+
+
 @cluster_app.command("up")
 def cluster_up(
     nodes: Annotated[int, typer.Option(help="Number of nodes.")] = 3,
@@ -97,14 +104,16 @@ def cluster_up(
     zookeeper_members: Annotated[
         int, typer.Option(help="1: a standalone ZooKeeper; 3: an ensemble (survives one loss).")
     ] = 1,
+    spread: SpreadOption = False,
 ) -> None:
     """Start ZooKeeper and, per node, a memcached store and an agent running gearmand."""
     from cluster.local import cluster as localcluster
 
     try:
         cluster = localcluster.up(
-            directory, nodes, port_base, progress, session_timeout, zookeeper_members
-        )
+            directory, nodes, port_base, progress, session_timeout, zookeeper_members,
+            spread=spread,
+        )  # fmt: skip
     except GearctlError as exc:
         raise fail(exc) from None
     first = cluster.nodes[0].gearman.split(":")
@@ -276,6 +285,7 @@ def drill(
             "of its own (needs root and iproute2)."
         ),
     ] = "local",
+    spread: SpreadOption = False,
 ) -> None:
     """Failover drills on a fresh local cluster; exit 1 if any job is lost or doubled."""
     from cluster.drill.scenarios import SCENARIOS, run
@@ -294,7 +304,7 @@ def drill(
     for name in names:
         say = (lambda _text: None) if as_json else (lambda text, n=name: progress(f"[{n}] {text}"))
         try:
-            results.append(run(name, jobs, say, hosts))
+            results.append(run(name, jobs, say, hosts, spread=spread))
         except GearctlError as exc:
             raise fail(exc) from None
         if not as_json:

@@ -23,6 +23,9 @@ Example (deploy/agent.example.toml has the commented version):
 
     [log]
     format = "json"     # "text" (default) or "json": one object per line
+
+    [takeover]
+    spread = true       # a dead node's jobs split among every live survivor; default false
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class AgentConfig:
     metrics_port: int = 0  # [metrics] port: Prometheus /metrics; 0 = off
     metrics_host: str = ""  # [metrics] address; "" = gearmand's listen host
     log_format: str = "text"  # [log] format: see cluster.logsetup
+    takeover_spread: bool = False  # [takeover] spread: cluster/spreaddrain.py; False = one drainer
 
     @property
     def log_dir(self) -> Path:
@@ -117,6 +121,7 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
         metrics_port=fields.port("metrics.port"),
         metrics_host=fields.host("metrics.address"),
         log_format=fields.choice("log.format", LOG_FORMATS, default="text"),
+        takeover_spread=fields.flag("takeover.spread", default=False),
     )
     fields.reject_unknown()
     if config.safety_margin >= config.session_timeout / 3:
@@ -211,6 +216,12 @@ class _Fields:
             raise ConfigError(f"{dotted} = {value!r}: use one of {', '.join(choices)}")
         return str(value)
 
+    def flag(self, dotted: str, default: bool) -> bool:
+        value = self.get(dotted, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{dotted} = {value!r}: use true or false")
+        return value
+
     def number(self, dotted: str, default: float, low: float, high: float) -> float:
         value = self.get(dotted, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -240,6 +251,7 @@ def render_config(
     session_timeout: float | None = None,
     auth_file: Path | None = None,
     metrics: Endpoint | None = None,
+    spread: bool = False,
 ) -> str:
     """An agent TOML file with these values (what `load_config` reads back); the fields left
     None keep their defaults. `gearctl cluster up` and the tests write their agents' with it."""
@@ -265,4 +277,6 @@ def render_config(
     lines += ["[paths]", f"run_dir = {text(run_dir)}"]
     if metrics is not None:
         lines += ["[metrics]", f"address = {text(metrics.host)}", f"port = {metrics.port}"]
+    if spread:
+        lines += ["[takeover]", "spread = true"]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ routine reading the store through `PartStore`, which lists only the part's keys 
 deletes go by key, so they stay inside the part). FIFO order holds within a part, not across
 parts: the price of several gearmands re-persisting in parallel.
 
-How the parts are coordinated (the seam for the take-over; not wired in yet, see
+How the parts are coordinated (cluster/spreaddrain.py, behind `[takeover] spread`; see
 docs/architecture.md, "Spread drain"): the survivor that claims the store as today (owner znode,
 fence check) counts it while it is quiescent, splits the count with `part_counts`, publishes the
 plan, and keeps the store's lease until every part is done; each survivor drains the part its
@@ -23,12 +23,18 @@ from collections.abc import Callable, Iterable, Sequence
 
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
+from cluster.jobkey import split_prefix
 from cluster.store import MAX_PASSES, STALE_PASSES, Store, StoredItem
 
 
 def part_of(key: str, parts: int) -> int:
-    """The part of the job stored under `key`: stable across processes, hosts and versions."""
-    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % parts
+    """The part of the job stored under `key`: stable across processes, hosts and versions.
+    The hash leaves out the gearmand prefix (g<epoch>_), so a job stored under two prefixes (in
+    both twin stores: a restore crashed between gearmand's answer and the delete) is in the same
+    part of each, drained by one drainer whose restores share one `Copies`: it moves once."""
+    split = split_prefix(key)
+    rest = key if split is None else split[1]
+    return zlib.crc32(rest.encode("utf-8", "surrogateescape")) % parts
 
 
 def part_counts(keys: Iterable[str], parts: int) -> list[int]:
@@ -39,6 +45,25 @@ def part_counts(keys: Iterable[str], parts: int) -> list[int]:
     for key in keys:
         counts[part_of(key, parts)] += 1
     return counts
+
+
+def part_order(survivors: Sequence[str], me: str) -> list[int]:
+    """The parts in the order `me` tries them: its own first (`first_part`), then the next ones
+    round the ring, so idle survivors spread over the parts left rather than all queue on part
+    0. Someone not among the survivors (a later claimer, `store drain`) goes 0, 1, ..."""
+    parts = len(survivors)
+    start = first_part(survivors, me) if me in survivors else 0
+    return [(start + n) % parts for n in range(parts)]
+
+
+def resumed_expected(planned: int, moved: int, unrecorded: int) -> int:
+    """What the resumer of a part expects to find in one store: the plan's count less what the
+    part's earlier drainers recorded as moved, less `unrecorded` (the jobs a drainer may have
+    deleted after its last record: `cluster.restore.BATCH`). A lower bound, never above what
+    is there: the listing stops once it saw that many keys and moves every key it listed; the
+    claimer's final sweep (an exact count of the quiescent stores) moves anything one listing
+    missed."""
+    return max(0, planned - moved - unrecorded)
 
 
 def first_part(survivors: Sequence[str], me: str) -> int:

@@ -10,6 +10,10 @@ gearmand that refuses connections or cannot be reached is dead by the lease rule
 answers is shut down over admin first; one that keeps answering is never drained from, and
 reported loudly (log, metric, a `refused` take-over record that `status` shows).
 
+With `[takeover] spread = true` the winner spreads the store's jobs over every live survivor
+(cluster/spreaddrain.py): it plans the parts and keeps the store's owner znode until every part
+is done, and each scan of every spreading survivor also drains the free parts of any plan.
+
 While `takeover-paused` exists (`gearctl takeover pause`) no survivor scans.
 """
 
@@ -20,7 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from cluster.claim import ClaimRefused, Refusal, claim_and_drain
+from cluster import spreaddrain
+from cluster.claim import ClaimRefused, Refusal, claim_and_drain, other_serving
 from cluster.coord import Coordination, Outcome, TakeoverRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
@@ -45,8 +50,10 @@ class TakeoverWatcher:
         may_drain: Callable[[], bool],
         stopping: threading.Event,
         metrics: AgentMetrics | None = None,
+        spread: bool = False,
     ) -> None:
         self.coord = coord
+        self.spread = spread
         self.metrics = metrics
         self.node = node
         self.target = target
@@ -77,6 +84,9 @@ class TakeoverWatcher:
                     continue
                 for store in self.coord.orphans(exclude=self.node):
                     self._take_over(store)
+                if self.spread:
+                    for store in self.coord.spread_stores():
+                        self._drain_parts(store)
             except GearctlError as exc:
                 log.warning("take-over scan failed: %s", exc)
 
@@ -116,6 +126,7 @@ class TakeoverWatcher:
                 known=names,
                 keep_going=self.may_drain,
                 started=self._started,
+                spread=self.spread,
             )
         except ClaimRefused as refused:
             if refused.refusal is Refusal.NOT_FENCED and store not in self.unfenced_reported:
@@ -131,6 +142,16 @@ class TakeoverWatcher:
         left = 0 if report is None else report.left_in_store  # deferred, refused, not gearmand's
         if left and takeover.done:  # drain again once items or known names change
             self.idle[store] = (left, len(known))
+
+    def _drain_parts(self, store: str) -> None:
+        """Help another claimer's spread drain: the plan's free parts, this node's first."""
+        plan = self.coord.spread_plan(store)
+        if store == self.node or plan is None:
+            return
+        spreaddrain.drain_parts(
+            self.coord, store, plan, self.target, by=self.node, known=self._known(),
+            keep_going=self.may_drain, overflow=lambda: other_serving(self.coord, self.target),
+        )  # fmt: skip
 
     def _report_fencing_failed(self, store: str, how: str) -> None:
         """Loudly: a metric, and a take-over record `status` shows (outcome `refused: ...`)."""

@@ -147,3 +147,11 @@ def test_metrics_listen_on_gearmand_host_unless_an_address_is_given(tmp_path: Pa
 def test_bad_metrics_or_log_field_is_named(tmp_path: Path, section: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, VALID + section))
+
+
+def test_spread_take_over_is_off_by_default_and_a_boolean(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, VALID)).takeover_spread is False
+    on = load_config(write(tmp_path, VALID + "[takeover]\nspread = true\n"))
+    assert on.takeover_spread is True
+    with pytest.raises(ConfigError, match=r"takeover\.spread = 'yes': use true or false"):
+        load_config(write(tmp_path, VALID + '[takeover]\nspread = "yes"\n'))

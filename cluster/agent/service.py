@@ -62,6 +62,7 @@ class Agent:
             self.machine.may_drain,
             self.machine.stopping,
             metrics=self.metrics,
+            spread=config.takeover_spread,
         )
 
     def run(self) -> int:

@@ -2,7 +2,7 @@
 writes. Only this package and cluster.zkclient (which builds the clients) import kazoo."""
 
 from cluster.coord.coordination import Coordination, SessionState, connect, session
-from cluster.coord.errors import CoordinationError, CoordinationRefused
+from cluster.coord.errors import CoordinationError, CoordinationRefused, PlanEnded
 from cluster.coord.lease import StoreLease
 from cluster.coord.members import MemberFollower
 from cluster.coord.paths import ClusterPaths
@@ -14,8 +14,10 @@ from cluster.coord.records import (
     NodeState,
     Outcome,
     Owner,
+    PartRecord,
     PauseRecord,
     Purpose,
+    SpreadPlan,
     StoreRecord,
     TakeoverRecord,
     session_text,
@@ -34,9 +36,12 @@ __all__ = [
     "NodeState",
     "Outcome",
     "Owner",
+    "PartRecord",
     "PauseRecord",
+    "PlanEnded",
     "Purpose",
     "SessionState",
+    "SpreadPlan",
     "StoreLease",
     "StoreRecord",
     "TakeoverRecord",

@@ -27,8 +27,10 @@ from cluster.coord.records import (
     MemberEntry,
     MemberRecord,
     Owner,
+    PartRecord,
     PauseRecord,
     Purpose,
+    SpreadPlan,
     StoreRecord,
     TakeoverRecord,
 )
@@ -245,10 +247,14 @@ class Coordination:
 
     # -- stores/<node>/owner (the store's agent, or its drainer; ephemeral) ---------------
 
-    @translated
     def owner(self, store: str) -> Owner | None:
+        return self.owner_at(self.paths.store_owner(store))
+
+    @translated
+    def owner_at(self, path: str) -> Owner | None:
+        """The holder of the lease znode `path` (a store's or a spread part's)."""
         try:
-            data, stat = self.zk.get(self.paths.store_owner(store))
+            data, stat = self.zk.get(path)
         except NoNodeError:
             return None
         try:
@@ -258,6 +264,67 @@ class Coordination:
 
     def lease(self, store: str, node: str, purpose: Purpose) -> StoreLease:
         return StoreLease(self, store, node, purpose)
+
+    # -- stores/<node>/spread, parts/<i> (a spread drain: its claimer, its part drainers) --
+
+    @translated
+    def spread_plan(self, store: str) -> SpreadPlan | None:
+        """The store's spread plan; None when there is none (or one this version cannot read)."""
+        try:
+            return SpreadPlan.decode(self.zk.get(self.paths.store_spread(store))[0])
+        except NoNodeError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    @translated
+    def spread_stores(self) -> list[str]:
+        """Stores (nodes) with a spread plan: where survivors help drain parts."""
+        return [
+            store
+            for store in sorted(self._children(self.paths.stores))
+            if self.zk.exists(self.paths.store_spread(store)) is not None
+        ]
+
+    @translated
+    def start_spread(self, store: str, plan: SpreadPlan) -> None:
+        """Write the plan and every part's empty record in one transaction: a part record
+        exists exactly while its plan does. Only the store's claimer (owner znode, purpose
+        drain) calls it, after `end_spread` removed a stale plan's leftovers."""
+        empty = PartRecord(moved=(0,) * len(plan.stores)).encode()
+        transaction = self.zk.transaction()
+        transaction.create(self.paths.store_spread(store), plan.encode())
+        transaction.create(self.paths.store_parts(store))
+        for index in range(plan.parts):
+            transaction.create(self.paths.store_part(store, index), empty)
+        failed = [r for r in transaction.commit() if isinstance(r, Exception)]
+        if failed:
+            raise CoordinationError(f"spread plan of store {store} not written: {failed[0]!r}")
+
+    @translated
+    def spread_part(self, store: str, index: int) -> PartRecord | None:
+        """Part `index`'s record; None once its plan ended."""
+        try:
+            return PartRecord.decode(self.zk.get(self.paths.store_part(store, index))[0])
+        except NoNodeError:
+            return None
+
+    @translated
+    def update_part(self, store: str, index: int, record: PartRecord) -> None:
+        """Rewrite part `index`'s record (its drainer, holding the part's lease)."""
+        self.zk.set(self.paths.store_part(store, index), record.encode())
+
+    def part_lease(self, store: str, index: int, node: str) -> StoreLease:
+        return StoreLease(self, store, node, Purpose.DRAIN, part=index)
+
+    @translated
+    def end_spread(self, store: str) -> None:
+        """Remove the plan, then the parts (the claimer, once every part is done; or a stale
+        plan's leftovers). Plan first: who reads no plan starts no part."""
+        with contextlib.suppress(NoNodeError):
+            self.zk.delete(self.paths.store_spread(store))
+        with contextlib.suppress(NoNodeError):
+            self.zk.delete(self.paths.store_parts(store), recursive=True)
 
     # -- functions/<name> (any agent; never removed) -------------------------------------
 

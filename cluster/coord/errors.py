@@ -22,6 +22,10 @@ class CoordinationRefused(CoordinationError):
     """ZooKeeper refused a change: ACLs are on and this session lacks the credentials."""
 
 
+class PlanEnded(CoordinationError):
+    """A spread drain's part was asked for after its plan ended (every part done)."""
+
+
 def translated(method: Callable[P, R]) -> Callable[P, R]:
     """kazoo's exceptions as CoordinationError, so no caller needs to know kazoo."""
 

@@ -1,4 +1,5 @@
-"""A store's lease: its ephemeral owner znode `stores/<store>/owner`, held by one session."""
+"""A store's lease: its ephemeral owner znode `stores/<store>/owner`, held by one session; a
+spread drain's part lease (`stores/<store>/parts/<i>/owner`) is the same kind of lease."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
-from cluster.coord.errors import translated
+from cluster.coord.errors import PlanEnded, translated
 from cluster.coord.records import Owner, Purpose
 
 if TYPE_CHECKING:
@@ -18,17 +19,24 @@ if TYPE_CHECKING:
 class StoreLease:
     """Ownership of one store by this session: the store's ephemeral owner znode."""
 
-    def __init__(self, coord: Coordination, store: str, node: str, purpose: Purpose) -> None:
+    def __init__(
+        self, coord: Coordination, store: str, node: str, purpose: Purpose, part: int | None = None
+    ) -> None:
+        """`part`: the lease of that part of a spread drain, whose znode is created only under
+        its existing part record (a part whose plan ended cannot be taken)."""
         self.coord = coord
         self.zk = coord.zk
         self.hosts = coord.hosts
         self.store = store
-        self.path = coord.paths.store_owner(store)
+        whole = part is None
+        self.path = coord.paths.store_owner(store) if whole else coord.paths.store_part_owner(
+            store, part)  # fmt: skip
+        self.makepath = whole
         self.node = node
         self.purpose = purpose
 
     def current_owner(self) -> Owner | None:
-        return self.coord.owner(self.store)
+        return self.coord.owner_at(self.path)
 
     def held(self) -> bool:
         owner = self.current_owner()
@@ -39,8 +47,10 @@ class StoreLease:
         """Take the lease if it is free or already ours; otherwise return who holds it."""
         me = Owner(self.node, self.purpose, self.coord.session_id)
         try:
-            self.zk.create(self.path, me.encode(), ephemeral=True, makepath=True)
+            self.zk.create(self.path, me.encode(), ephemeral=True, makepath=self.makepath)
             return None
+        except NoNodeError:
+            raise PlanEnded(f"part lease {self.path}: its spread plan ended") from None
         except NodeExistsError:
             owner = self.current_owner()
             if owner is None or owner.session == me.session:

@@ -4,6 +4,9 @@
 /gearctl/<cluster>/stores/<node>         persistent: store and gearmand addresses, for peers
 /gearctl/<cluster>/stores/<node>/epoch   persistent: incarnation counter of the node's store
 /gearctl/<cluster>/stores/<node>/owner   ephemeral: who serves or drains the store now
+/gearctl/<cluster>/stores/<node>/spread  persistent, optional: the plan of a spread drain
+/gearctl/<cluster>/stores/<node>/parts/<i>        persistent: part i's progress and done mark
+/gearctl/<cluster>/stores/<node>/parts/<i>/owner  ephemeral: who drains part i now
 /gearctl/<cluster>/functions/<name>      persistent: function names seen, to split keys
 /gearctl/<cluster>/takeovers/<seq>       persistent: take-over history
 /gearctl/<cluster>/takeover-paused       persistent, optional: automatic take-over paused
@@ -43,6 +46,18 @@ class ClusterPaths:
 
     def store_owner(self, store: str) -> str:
         return f"{self.stores}/{store}/owner"
+
+    def store_spread(self, store: str) -> str:
+        return f"{self.stores}/{store}/spread"
+
+    def store_parts(self, store: str) -> str:
+        return f"{self.stores}/{store}/parts"
+
+    def store_part(self, store: str, index: int) -> str:
+        return f"{self.store_parts(store)}/{index}"
+
+    def store_part_owner(self, store: str, index: int) -> str:
+        return f"{self.store_part(store, index)}/owner"
 
     @property
     def functions(self) -> str:

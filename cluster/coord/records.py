@@ -242,6 +242,55 @@ class TakeoverRecord:
 
 
 @dataclass(frozen=True)
+class SpreadPlan:
+    """`stores/<node>/spread`: how a dead node's jobs are split among the survivors (issue 18,
+    cluster/spread.py), written once by the claimer and kept by every later claimer of the same
+    incarnation. `counts[s][i]`: jobs of part i in `stores[s]` (the node's stores in drain order),
+    counted while the stores were quiescent. `survivors[i]` drains part i first."""
+
+    survivors: tuple[str, ...]
+    stores: tuple[str, ...]
+    counts: tuple[tuple[int, ...], ...]
+    epoch: int | None  # the store's incarnation when planned: a plan of another one is stale
+    takeover: str  # the path of the take-over record the plan's claimers finish
+    started: float
+
+    @property
+    def parts(self) -> int:
+        return len(self.survivors)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SpreadPlan:
+        raw = json.loads(data.decode())
+        return cls(tuple(raw["survivors"]), tuple(raw["stores"]),
+                   tuple(tuple(int(n) for n in c) for c in raw["counts"]), raw.get("epoch"),
+                   str(raw["takeover"]), float(raw["started"]))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """`stores/<node>/parts/<i>`: part i's progress, written by its drainers under its lease.
+    `moved[s]`: jobs of the part moved out of store s so far (by every drainer of the part, each
+    counting a job once its key is deleted); `done`: the part's every listed job is moved."""
+
+    moved: tuple[int, ...]
+    done: bool = False
+    drainers: tuple[str, ...] = ()  # who drained it, in turn (more than one: it was resumed)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> PartRecord:
+        raw = json.loads(data.decode())
+        return cls(tuple(int(n) for n in raw["moved"]), bool(raw.get("done", False)),
+                   tuple(raw.get("drainers", ())))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class PauseRecord:
     """`takeover-paused`: automatic take-over is paused (`gearctl takeover pause`)."""
 

@@ -714,8 +714,11 @@ class DrillResult:
         }
 
 
-def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local") -> DrillResult:
+def run(
+    scenario_name: str, jobs: int, progress: Progress, hosts: str = "local", *, spread: bool = False
+) -> DrillResult:
     """Run one drill on a fresh local cluster, which is stopped again whatever happens.
+    `spread`: its agents spread a take-over over every survivor (`[takeover] spread`).
 
     `hosts` "netns" runs each node (agent and gearmand) in a network namespace of its own on a
     test bridge (cluster.local.netns); ZooKeeper and the stores stay in this namespace, on the
@@ -750,6 +753,7 @@ def run(scenario_name: str, jobs: int, progress: Progress, hosts: str = "local")
             lambda _text: None,
             zookeeper_members=scenario.zookeeper_members,
             placement=placement,
+            spread=spread,
         )
         stack.callback(localcluster.down, directory, lambda _text: None)
         ctx.event("cluster of 3 nodes serving")

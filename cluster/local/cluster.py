@@ -118,6 +118,7 @@ class LocalCluster:
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     zookeeper_ensemble: tuple[ZooKeeperMember, ...] = ()  # empty: one standalone server
     processes: dict[str, ProcessRef] = field(default_factory=dict)
+    spread: bool = False  # agents' [takeover] spread (`cluster up --spread`)
 
     @property
     def state_file(self) -> Path:
@@ -134,6 +135,7 @@ class LocalCluster:
             "session_timeout": self.session_timeout,
             "zookeeper_ensemble": [asdict(m) for m in self.zookeeper_ensemble],
             "processes": {k: asdict(ref) for k, ref in self.processes.items()},
+            "spread": self.spread,
         }
         with tempfile.NamedTemporaryFile("w", dir=self.dir, delete=False) as tmp:
             json.dump(data, tmp, indent=2)
@@ -156,6 +158,7 @@ class LocalCluster:
                     ZooKeeperMember(**m) for m in data.get("zookeeper_ensemble", [])
                 ),
                 processes={k: ProcessRef(**v) for k, v in data.get("processes", {}).items()},
+                spread=bool(data.get("spread", False)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GearctlError(f"{path} is damaged ({exc}); remove it to start afresh") from None
@@ -248,10 +251,12 @@ def up(
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     zookeeper_members: int = 1,
     placement: Placement = Placement(),
+    spread: bool = False,
 ) -> LocalCluster:
     """Start whatever part of the cluster is not running; return once every node serves.
 
-    The plan (ports, session timeout, placement) is fixed by the first `up` of a directory."""
+    The plan (ports, session timeout, placement, spread take-over) is fixed by the first `up`
+    of a directory."""
     if not 1.0 <= session_timeout <= 10.0:
         # the local ZooKeeper (tickTime 500 ms) grants sessions of 1 to 10 s
         raise GearctlError(f"--session-timeout must be within 1..10 s, not {session_timeout}")
@@ -268,6 +273,7 @@ def up(
         cluster = LocalCluster.plan(
             directory, nodes, port_base, session_timeout, zookeeper_members, placement
         )
+        cluster.spread = spread
     elif len(cluster.nodes) != nodes:
         raise GearctlError(
             f"{directory} holds a {len(cluster.nodes)}-node cluster; "
@@ -423,6 +429,7 @@ def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
             session_timeout=cluster.session_timeout,
             run_dir=cluster.node_dir(node.name).resolve(),
             metrics=Endpoint.parse(node.metrics) if node.metrics else None,
+            spread=cluster.spread,
         )
     )
     return path

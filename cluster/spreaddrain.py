@@ -1,0 +1,188 @@
+"""A spread drain wired into the take-over (issue 18): the claimer's plan and every survivor's
+parts (the part rule and `PartStore` are cluster/spread.py; the znodes cluster/coord).
+
+The claimer holds the store's owner znode (purpose drain) from the claim to the end, as a single
+drain does: it writes the plan once (`start_or_keep`), drains parts like every survivor, waits
+until every part is done, then sweeps. A part is drained by whoever holds its lease, only while
+some claimer holds the store's owner znode as a drain (`drain_owned`): a claimer that died
+leaves no part drained until the next claimer keeps the plan, and a returning node, which takes
+its store for serving only when no drain owns it, never restores next to a part drainer (but
+for the chunk in flight when the part drainer looked: one batch, the kill-drainer bound).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+
+from cluster.coord import (
+    LIVE_STATES,
+    Coordination,
+    PartRecord,
+    PlanEnded,
+    Purpose,
+    SpreadPlan,
+)
+from cluster.endpoint import Endpoint
+from cluster.errors import GearctlError
+from cluster.restore import BATCH, Copies, RestoreIncomplete, restore
+from cluster.spread import PartStore, part_counts, part_order, resumed_expected
+from cluster.store import Store
+
+log = logging.getLogger("gearctl.takeover")
+
+PART_WAIT = 0.2  # seconds between the claimer's looks at parts others drain
+
+
+def survivors(coord: Coordination, store: str, by: str) -> tuple[str, ...]:
+    """The plan's survivors: every live member but the dead node, and the claimer itself."""
+    live = {name for name, m in coord.members().items() if m.state in LIVE_STATES}
+    return tuple(sorted((live - {store}) | {by}))
+
+
+def start_or_keep(
+    coord: Coordination, store: str, addresses: Sequence[str], make: Callable[[], SpreadPlan]
+) -> tuple[SpreadPlan, bool]:
+    """The store's plan: the one an earlier claimer of this incarnation wrote (kept: same parts,
+    same counts), else a new one from `make()`. True when it was kept."""
+    plan = coord.spread_plan(store)
+    epoch = coord.epoch(store)
+    if plan is not None and plan.epoch == (epoch and epoch[0]) and plan.stores == tuple(addresses):
+        return plan, True
+    if plan is not None:
+        log.warning("store %s: dropping the spread plan of another incarnation", store)
+    coord.end_spread(store)  # a stale plan, or the leftovers of one
+    plan = replace(make(), epoch=epoch and epoch[0])
+    coord.start_spread(store, plan)
+    return plan, False
+
+
+def plan_counts(addresses: Sequence[str], parts: int) -> tuple[tuple[int, ...], ...]:
+    """Per store, the jobs of each part: the stores listed once, whole, while quiescent."""
+    counts = []
+    for address in addresses:
+        source = Store(Endpoint.parse(address), timeout=30.0)
+        try:
+            keys = (item.key for item in source.snapshot(expected=None))
+            counts.append(tuple(part_counts(keys, parts)))
+        finally:
+            source.close()
+    return tuple(counts)
+
+
+def drain_owned(coord: Coordination, store: str) -> bool:
+    """Does a claimer hold the store's owner znode as a drain (parts may be drained)?"""
+    owner = coord.owner(store)
+    return owner is not None and owner.purpose == Purpose.DRAIN
+
+
+def drain_parts(
+    coord: Coordination,
+    store: str,
+    plan: SpreadPlan,
+    target: Endpoint,
+    *,
+    by: str,
+    known: Collection[str],
+    keep_going: Callable[[], bool],
+    overflow: Callable[[], Sequence[Endpoint]] | None = None,
+) -> int:
+    """Drain every part of `plan` that is free and not done, `by`'s own first; the jobs moved."""
+    moved = 0
+    for index in part_order(plan.survivors, by):
+        if not (keep_going() and drain_owned(coord, store)):
+            break
+        moved += _drain_part(coord, store, plan, index, target, by=by, known=known,
+                             keep_going=keep_going, overflow=overflow)  # fmt: skip
+    return moved
+
+
+def _drain_part(
+    coord: Coordination,
+    store: str,
+    plan: SpreadPlan,
+    index: int,
+    target: Endpoint,
+    *,
+    by: str,
+    known: Collection[str],
+    keep_going: Callable[[], bool],
+    overflow: Callable[[], Sequence[Endpoint]] | None,
+) -> int:
+    """Part `index` of every store of the node, under the part's lease; the jobs moved."""
+    record = coord.spread_part(store, index)
+    if record is None or record.done:
+        return 0
+    lease = coord.part_lease(store, index, by)
+    try:
+        if lease.try_acquire() is not None:
+            return 0
+    except PlanEnded:
+        return 0
+    moved = 0
+    try:
+        record = coord.spread_part(store, index)  # under the lease: the last drainer's progress
+        if record is None or record.done:
+            return 0
+        resumed = bool(record.drainers)
+        record = replace(record, drainers=(*record.drainers, by))
+        coord.update_part(store, index, record)
+        after = f" (resumed after {', '.join(record.drainers[:-1])})" if resumed else ""
+        log.info("store %s: draining part %d of %d%s", store, index, plan.parts, after)
+        copies = Copies()  # a job in both twins is in the same part of each: it moves once
+
+        def going() -> bool:
+            return keep_going() and lease.held() and drain_owned(coord, store)
+
+        for position, address in enumerate(plan.stores):
+            planned, before = plan.counts[position][index], record.moved[position]
+            expected = resumed_expected(planned, before, BATCH) if resumed else planned
+
+            def recorded(done: int, position: int = position, before: int = before) -> None:
+                nonlocal record
+                moves = list(record.moved)
+                moves[position] = before + done
+                record = replace(record, moved=tuple(moves))
+                coord.update_part(store, index, record)
+
+            try:
+                report = restore(PartStore(Endpoint.parse(address), index, plan.parts),
+                                 target, expected=expected, keep_prefix=None,
+                                 known_functions=known, progress=lambda r: recorded(r.moved),
+                                 should_continue=going, overflow=overflow,
+                                 copies=copies)  # fmt: skip
+            except RestoreIncomplete as exc:
+                recorded(exc.report.moved)
+                moved += exc.report.moved
+                raise
+            recorded(report.moved)
+            moved += report.moved
+        if going():
+            coord.update_part(store, index, replace(record, done=True))
+    except GearctlError as exc:
+        log.warning("store %s: part %d stopped after %d jobs: %s", store, index, moved, exc)
+    finally:
+        lease.release()
+    return moved
+
+
+def wait_parts(
+    coord: Coordination, store: str, plan: SpreadPlan, drain: Callable[[], object],
+    keep_going: Callable[[], bool],
+) -> list[PartRecord]:  # fmt: skip
+    """The claimer: drain free parts (`drain()`) until every part is done; their records.
+    GearctlError when `keep_going()` turns False first (the next claimer keeps the plan)."""
+    while True:
+        drain()
+        records = [coord.spread_part(store, i) for i in range(plan.parts)]
+        if all(r is not None and r.done for r in records):
+            return [r for r in records if r is not None]
+        if not keep_going():
+            raise GearctlError("the claimer stopped before every part was done")
+        time.sleep(PART_WAIT)
+
+
+def moved_by_parts(records: Sequence[PartRecord]) -> int:
+    return sum(sum(r.moved) for r in records)
