@@ -171,16 +171,24 @@ class Services:
         proc.wait()
 
     def cluster(
-        self, nodes: int, session_timeout: float | None = None
+        self,
+        nodes: int,
+        session_timeout: float | None = None,
+        *,
+        placement: localcluster.Placement | None = None,
+        spread: bool = False,
     ) -> localcluster.LocalCluster:
-        """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block."""
+        """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block;
+        `placement`: its nodes' hosts (network namespaces), `spread`: `cluster up --spread`."""
         # A fresh directory each time: `up` on an old one would reuse its plan (timeout, ports).
         self.clusters_made += 1
         directory = self.dir / f"cluster{self.clusters_made}"
         self.clusters.append(directory)
         timeout = session_timeout or localcluster.DEFAULT_SESSION_TIMEOUT
-        base = free_port_block(localcluster.PORT_BLOCK)
-        return localcluster.up(directory, nodes, base, _quiet, timeout)
+        placement = placement or localcluster.Placement()
+        base = free_port_block(localcluster.PORT_BLOCK, placement.services)
+        return localcluster.up(directory, nodes, base, _quiet, timeout, placement=placement,
+                               spread=spread)  # fmt: skip
 
     def cluster_down(self, cluster: localcluster.LocalCluster) -> None:
         localcluster.down(cluster.dir, _quiet)

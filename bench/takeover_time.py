@@ -10,17 +10,26 @@ started and how long the drain took.
 Goal: session timeout + 1 s + N / restore throughput (the median restore rate of
 bench/results/restore_throughput.json for the nearest size; run restore_throughput.py first).
 
+`--compare-spread` (issue 18) runs every case twice, side by side: one survivor drains the whole
+store (today's take-over), then a cluster started with `--spread`, where the two survivors drain
+a part each; the drain time (the claimer's take-over record: plan, every part, the sweep) of the
+spread over the single one is the ratio (goal <= 0.6), with the jobs each survivor queued.
+`--hosts netns` runs each node in a network namespace of its own (root; the drills' file lock).
+
     .venv/bin/python bench/takeover_time.py [--quick] [--timeouts 2 4] [--sizes 10000 100000]
+        [--compare-spread] [--hosts local|netns] [--repeats N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from typing import Any
 from urllib.parse import unquote
 
 import common
@@ -30,6 +39,8 @@ from kazoo.protocol.states import EventType
 
 from cluster.coord import ClusterPaths
 from cluster.endpoint import Endpoint
+from cluster.local import cluster as localcluster
+from cluster.local.netns import HostNetwork
 from cluster.local.status import collect
 
 FALLBACK_RESTORE_RATE = 10_000.0  # jobs/s, used only when restore_throughput.json is missing
@@ -53,8 +64,14 @@ def functions_published(zk: KazooClient, path: str) -> bool:
     return set(common.FUNCTIONS) <= names
 
 
-def one_case(services: Services, timeout: float, count: int) -> dict[str, object]:
-    cluster = services.cluster(3, session_timeout=timeout)
+def one_case(
+    services: Services,
+    timeout: float,
+    count: int,
+    placement: localcluster.Placement | None = None,
+    spread: bool = False,
+) -> dict[str, object]:
+    cluster = services.cluster(3, session_timeout=timeout, placement=placement, spread=spread)
     zk: KazooClient | None = None
     try:
         victim, *survivors = (Endpoint.parse(n.gearman) for n in cluster.nodes)
@@ -68,10 +85,14 @@ def one_case(services: Services, timeout: float, count: int) -> dict[str, object
         node = status["nodes"][0]
         if node["queued_jobs"] != count:
             raise SystemExit(f"node1 queues {node['queued_jobs']} jobs, not {count}")
-        baseline = sum(common.queued_total(s) or 0 for s in survivors)
+        baselines = [common.queued_total(s) or 0 for s in survivors]
+
+        def per_survivor() -> list[int]:
+            return [(common.queued_total(s, timeout=5.0) or 0) - b
+                    for s, b in zip(survivors, baselines, strict=True)]  # fmt: skip
 
         def moved() -> int:
-            return sum(common.queued_total(s, timeout=5.0) or 0 for s in survivors) - baseline
+            return sum(per_survivor())
 
         expired: list[float] = []  # when node1's member record vanished (its session expired)
         zk.exists(paths.member(node["name"]), watch=lambda event: event.type == EventType.DELETED
@@ -86,7 +107,8 @@ def one_case(services: Services, timeout: float, count: int) -> dict[str, object
              what="every orphaned job on a survivor")  # fmt: skip
         total = time.perf_counter() - started
         time.sleep(1.0)
-        final = moved()
+        split = per_survivor()
+        final = sum(split)
         takeovers = poll(lambda: [t for t in collect(cluster)["takeovers"]
                                   if t["store"] == "node1" and t["outcome"] != "running"],
                          interval=0.1, timeout=30, what="take-over record")  # fmt: skip
@@ -108,6 +130,9 @@ def one_case(services: Services, timeout: float, count: int) -> dict[str, object
         "drained_jobs": record["jobs"],
         "outcome": record["outcome"],
         "queued_on_survivors": final,
+        "per_survivor": split,
+        "spread": spread,
+        "hosts": "netns" if placement and placement.node_netns else "local",
     }
 
 
@@ -117,25 +142,49 @@ def main() -> int:
     parser.add_argument("--timeouts", type=float, nargs="+", default=[2.0, 4.0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--compare-spread",
+        action="store_true",
+        help="each case twice: one survivor drains, then two spread (issue 18)",
+    )
+    parser.add_argument(
+        "--hosts",
+        choices=("local", "netns"),
+        default="local",
+        help="netns: each node in a network namespace of its own (root)",
+    )
     args = parser.parse_args()
     timeouts, sizes, repeats = ([2.0], [2000], 1) if args.quick else (
         args.timeouts, args.sizes, args.repeats)  # fmt: skip
     rates = restore_rates()
 
     results = []
-    with Services("takeover") as services:
+    ways = (False, True) if args.compare_spread else (False,)
+    with contextlib.ExitStack() as stack:
+        placement = localcluster.Placement()
+        if args.hosts == "netns":
+            network = stack.enter_context(HostNetwork(3))
+            placement = localcluster.Placement(
+                services=network.bridge_address,
+                node_hosts=tuple(h.address for h in network.members),
+                node_netns=tuple(h.name for h in network.members),
+            )
+        services = stack.enter_context(Services("takeover"))
         for timeout in timeouts:
             for count in sizes:
                 for _ in range(repeats):
-                    result = one_case(services, timeout, count)
-                    nearest = min(rates, key=lambda n: abs(n - count)) if rates else None
-                    rate = rates[nearest] if nearest else FALLBACK_RESTORE_RATE
-                    result["restore_rate"] = rate
-                    result["goal_s"] = timeout + 1.0 + count / rate
-                    results.append(result)
-                    print(f"timeout {timeout}s, {count} jobs: all on {result['drained_by']} "
-                          f"after {result['seconds']:.2f}s (goal {result['goal_s']:.2f}s)",
-                          flush=True)  # fmt: skip
+                    for spread in ways:  # side by side: single, then spread, each repeat
+                        result = one_case(services, timeout, count, placement, spread)
+                        nearest = min(rates, key=lambda n: abs(n - count)) if rates else None
+                        rate = rates[nearest] if nearest else FALLBACK_RESTORE_RATE
+                        result["restore_rate"] = rate
+                        result["goal_s"] = timeout + 1.0 + count / rate
+                        results.append(result)
+                        print(f"timeout {timeout}s, {count} jobs, "
+                              f"{'spread' if spread else 'single'}: on survivors "
+                              f"{result['per_survivor']} (claimer {result['drained_by']}) after "
+                              f"{result['seconds']:.2f}s, drain {result['drain_s']:.2f}s "
+                              f"(goal {result['goal_s']:.2f}s)", flush=True)  # fmt: skip
     print()
     print(table(
         ["session timeout s", "jobs", "kill -> all queued s", "take-over began s", "drain s",
@@ -148,8 +197,24 @@ def main() -> int:
         "(goal = session timeout + 1 s + jobs / restore rate "
         f"{'of restore_throughput.json' if rates else f'{FALLBACK_RESTORE_RATE:.0f}/s'})"
     )
-    common.save("takeover_time", {"quick": args.quick, "results": results})
+    if args.compare_spread:
+        print_spread_ratios(results)
+    common.save("takeover_time", {"quick": args.quick, "hosts": args.hosts, "results": results})
     return 0
+
+
+def print_spread_ratios(results: list[dict[str, Any]]) -> None:
+    """Per case and repeat: the single drain, the spread one, their ratio, the spread's split."""
+    pairs = zip(results[::2], results[1::2], strict=True)
+    print()
+    print(table(
+        ["jobs", "single drain s", "spread drain s", "ratio (goal <= 0.6)", "spread per survivor",
+         "most loaded vs even"],
+        [[single["jobs"], single["drain_s"], spread["drain_s"],
+          f"{spread['drain_s'] / single['drain_s']:.2f}", spread["per_survivor"],
+          f"+{max(spread['per_survivor']) / (spread['jobs'] / 2) - 1:.1%}"]
+         for single, spread in pairs],
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":
