@@ -132,6 +132,7 @@ def _drain_part(
         after = f" (resumed after {', '.join(record.drainers[:-1])})" if resumed else ""
         log.info("store %s: draining part %d of %d%s", store, index, plan.parts, after)
         copies = Copies()  # a job in both twins is in the same part of each: it moves once
+        began = time.monotonic()
 
         def going() -> bool:
             return keep_going() and lease.held() and drain_owned(coord, store)
@@ -161,6 +162,8 @@ def _drain_part(
             moved += report.moved
         if going():
             coord.update_part(store, index, replace(record, done=True))
+            log.info("store %s: part %d done: %d jobs in %.2fs", store, index, moved,
+                     time.monotonic() - began)  # fmt: skip
     except GearctlError as exc:
         log.warning("store %s: part %d stopped after %d jobs: %s", store, index, moved, exc)
     finally:

@@ -129,6 +129,8 @@ class TakeoverWatcher:
                 spread=self.spread,
             )
         except ClaimRefused as refused:
+            if refused.refusal is Refusal.HELD and self.spread:
+                self.coord.on_spread_planned(store, self.wake.set)  # scan for parts at once
             if refused.refusal is Refusal.NOT_FENCED and store not in self.unfenced_reported:
                 log.error("not draining store %s: %s", store, refused.detail)
                 self.unfenced_reported.add(store)

@@ -287,6 +287,13 @@ class Coordination:
         ]
 
     @translated
+    def on_spread_planned(self, store: str, callback: Callable[[], None]) -> None:
+        """`callback()` (kazoo's thread) once the store's plan is written or removed, or now
+        if it exists already: a survivor that lost the claim waits for the parts."""
+        if self.zk.exists(self.paths.store_spread(store), watch=lambda _event: callback()):
+            callback()
+
+    @translated
     def start_spread(self, store: str, plan: SpreadPlan) -> None:
         """Write the plan and every part's empty record in one transaction: a part record
         exists exactly while its plan does. Only the store's claimer (owner znode, purpose
