@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import load_config
+from cluster.config import load_config, render_config
 from cluster.endpoint import Endpoint
 from cluster.errors import ConfigError
 
@@ -155,3 +155,7 @@ def test_spread_take_over_is_off_by_default_and_a_boolean(tmp_path: Path) -> Non
     assert on.takeover_spread is True
     with pytest.raises(ConfigError, match=r"takeover\.spread = 'yes': use true or false"):
         load_config(write(tmp_path, VALID + '[takeover]\nspread = "yes"\n'))
+    for spread in (False, True):  # what `cluster up [--spread]` writes reads back the same
+        text = render_config(node="n1", cluster="c", gearman="h:1", store="h:2",
+                             zookeeper="h:3", run_dir=tmp_path, spread=spread)  # fmt: skip
+        assert load_config(write(tmp_path, text)).takeover_spread is spread
