@@ -68,6 +68,13 @@ def test_drill_loses_and_doubles_nothing(scenario: str) -> None:
         check_three_hosts(result)
 
 
+def test_kill_drainer_with_spread_take_over_keeps_the_plan_and_loses_nothing() -> None:
+    """The claimer of a spread take-over dies (mid-drain if it still runs, else just after):
+    a next claimer keeps its plan or takes its store; nothing lost, duplicates within BATCH."""
+    result = run("kill-drainer", DRILL_JOBS, print, spread=True)
+    check(result, "kill-drainer")
+
+
 @pytest.mark.parametrize("scenario", NETNS_SCENARIOS)
 def test_drill_on_three_network_namespace_hosts(scenario: str) -> None:
     result = run(scenario, DRILL_JOBS, print, hosts="netns")
