@@ -41,6 +41,7 @@ class Agent:
             self.coord,
             self.launcher,
             Store(config.store, timeout=config.check_timeout * 2),
+            twin=Store(config.twin, timeout=config.check_timeout * 2) if config.twin else None,
             metrics=self.metrics,
             known_functions=lambda: known_in_cluster(
                 functions, config.gearman, config.check_timeout
