@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cluster.clusterread import ClusterView, read_cluster
+from cluster.clusterread import ClusterView, StoreView, read_cluster
 from cluster.coord import Coordination, CoordinationError, MemberEntry, NodeState, session_text
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
@@ -47,6 +47,7 @@ class NodeStatus:
     gearmand_up: bool = False  # its gearmand answered the probe
     store_up: bool = False  # its memcached answered the probe
     version: str | None = None  # the agent's gearctl version
+    twin: str | None = None  # its twin store (twin stores), None with one store
 
 
 def collect(
@@ -116,6 +117,7 @@ def assemble(target: Target, view: ClusterView | None, timeout: float) -> dict[s
         node = _node(name, gearman, store, members.get(name), probe, target)
         node.gearmand_started = store_view.epoch_changed if store_view else None
         node.metrics = plan[name].metrics if name in plan else None
+        node.twin = _twin(store, store_view, plan[name].twin if name in plan else None)
         nodes.append(asdict(node))
     return {
         "cluster": view.cluster if view else (local.cluster if local else target.cluster),
@@ -130,6 +132,15 @@ def assemble(target: Target, view: ClusterView | None, timeout: float) -> dict[s
         "takeover_paused": view.paused if view else False,
         "local": local is not None,
     }
+
+
+def _twin(store: str | None, view: StoreView | None, planned: str | None) -> str | None:
+    """The node's store other than `store`: from its store record (which names both), else
+    from the local plan."""
+    if view is not None and view.record is not None:
+        others = [address for address in view.record.addresses if address != store]
+        return others[0] if others else None
+    return planned
 
 
 def _mode(host: str, timeout: float) -> str | None:

@@ -34,7 +34,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
 
     owners = {store["store"]: store["owner"] for store in status["stores"]}
     rows = [HEADER] + [
-        (n["name"], n["state"], _text(n["gearman"]), _text(n["store"]), _text(n["queued_jobs"]),
+        (n["name"], n["state"], _text(n["gearman"]), _stores(n), _text(n["queued_jobs"]),
          _text(n["store_items"]), _owner(n["name"], owners.get(n["name"])), str(n["restarts"]),
          _age(n.get("gearmand_started"), now), _session(n))
         for n in status["nodes"]
@@ -44,6 +44,12 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     reasons = degraded(status)
     lines.append(f"DEGRADED: {'; '.join(reasons)}" if reasons else "every node serving")
     return "\n".join(lines)
+
+
+def _stores(node: dict[str, Any]) -> str:
+    """The node's store, and its twin when it has one."""
+    twin = node.get("twin")
+    return _text(node["store"]) + (f"+{twin}" if twin else "")
 
 
 def aligned(rows: list[tuple[str, ...]]) -> list[str]:

@@ -68,3 +68,9 @@ def test_every_node_serving_but_one_gearmand_silent() -> None:
     assert render(status, now=NOW).splitlines()[-1] == "every node serving"
     status["nodes"][0]["gearmand_up"] = False
     assert render(status, now=NOW).splitlines()[-1] == ("DEGRADED: node1: gearmand does not answer")
+
+
+def test_a_node_with_twin_stores_shows_both() -> None:
+    twins = {**node("node1", "serving", "0x1", "live"), "twin": "127.0.0.1:11311"}
+    lines = render({**STATUS, "nodes": [twins]}, now=NOW).splitlines()
+    assert lines[3].split()[3] == "127.0.0.1:11211+127.0.0.1:11311"
