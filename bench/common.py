@@ -171,15 +171,29 @@ class Services:
         proc.wait()
 
     def cluster(
-        self, nodes: int, session_timeout: float | None = None
+        self,
+        nodes: int,
+        session_timeout: float | None = None,
+        *,
+        twins: bool = True,
+        store_mb: int | None = None,
     ) -> localcluster.LocalCluster:
-        """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block."""
+        """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block;
+        `twins=False`: one store per node (a plan as made before twin stores), `store_mb`: each
+        memcached's -m."""
         # A fresh directory each time: `up` on an old one would reuse its plan (timeout, ports).
         self.clusters_made += 1
         directory = self.dir / f"cluster{self.clusters_made}"
         self.clusters.append(directory)
         timeout = session_timeout or localcluster.DEFAULT_SESSION_TIMEOUT
         base = free_port_block(localcluster.PORT_BLOCK)
+        plan = localcluster.LocalCluster.plan(directory, nodes, base, timeout, 1)
+        for node in plan.nodes if not twins else ():
+            node.twin = None
+        if store_mb is not None:
+            plan.store_mb = store_mb
+        directory.mkdir(parents=True)
+        plan.save()  # `up` starts what this plan says
         return localcluster.up(directory, nodes, base, _quiet, timeout)
 
     def cluster_down(self, cluster: localcluster.LocalCluster) -> None:

@@ -126,6 +126,7 @@ class LocalCluster:
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     zookeeper_ensemble: tuple[ZooKeeperMember, ...] = ()  # empty: one standalone server
     processes: dict[str, ProcessRef] = field(default_factory=dict)
+    store_mb: int = DEFAULT_MEMORY_MB  # each memcached's -m (a twin must hold the whole queue)
 
     @property
     def state_file(self) -> Path:
@@ -142,6 +143,7 @@ class LocalCluster:
             "session_timeout": self.session_timeout,
             "zookeeper_ensemble": [asdict(m) for m in self.zookeeper_ensemble],
             "processes": {k: asdict(ref) for k, ref in self.processes.items()},
+            "store_mb": self.store_mb,
         }
         with tempfile.NamedTemporaryFile("w", dir=self.dir, delete=False) as tmp:
             json.dump(data, tmp, indent=2)
@@ -164,6 +166,7 @@ class LocalCluster:
                     ZooKeeperMember(**m) for m in data.get("zookeeper_ensemble", [])
                 ),
                 processes={k: ProcessRef(**v) for k, v in data.get("processes", {}).items()},
+                store_mb=int(data.get("store_mb", DEFAULT_MEMORY_MB)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GearctlError(f"{path} is damaged ({exc}); remove it to start afresh") from None
@@ -362,7 +365,7 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
                 name = "memcached" if kind == "store" else "memcached-twin"
                 proc = start_memcached(
                     Endpoint.parse(address),
-                    memory_mb=DEFAULT_MEMORY_MB,
+                    memory_mb=cluster.store_mb,
                     log_path=node_dir / "log" / f"{name}.log",
                     pid_path=node_dir / f"{name}.pid",
                 )
