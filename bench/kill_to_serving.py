@@ -37,6 +37,8 @@ from cluster.errors import GearctlError
 from cluster.gearman.admin import AdminClient, is_serving
 from cluster.local import cluster as localcluster
 
+RESTORE_TIMEOUT = 900.0  # seconds a restore of the largest store may take on a loaded machine
+
 
 class Node:
     def __init__(self, cluster: localcluster.LocalCluster) -> None:
@@ -58,8 +60,9 @@ class Node:
     def fresh_agent(self) -> MemberRecord:
         """Restart the agent (a fresh backoff window) and wait until it serves."""
         common.stop_agent(self.cluster.processes[f"agent:{self.name}"].pid)
-        self.cluster = localcluster.up(self.cluster.dir, 1, 0, lambda _m: None)
-        return poll(self.serving_member, interval=0.05, timeout=900, what="agent serving")
+        self.cluster = localcluster.up(self.cluster.dir, 1, 0, lambda _m: None,
+                                       serving_timeout=RESTORE_TIMEOUT)  # fmt: skip
+        return poll(self.serving_member, interval=0.05, timeout=30, what="agent serving")
 
     def names_published(self) -> bool:
         return set(FUNCTIONS) <= self.coord.function_names()
@@ -89,7 +92,7 @@ def one_run(node: Node, jobs: int, interval: float) -> dict[str, float | int | N
     restored = None
     if jobs:
         poll(lambda: (m := node.serving_member()) and m.gearmand_pid != old, interval=0.01,
-             timeout=900, what="member record serving")  # fmt: skip
+             timeout=RESTORE_TIMEOUT, what="member record serving")  # fmt: skip
         restored = time.perf_counter() - started
     queued_after = common.queued_total(node.gearman, timeout=30.0)
     return {"jobs": jobs, "serving_s": serving, "restored_s": restored,

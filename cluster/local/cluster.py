@@ -260,8 +260,10 @@ def up(
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     zookeeper_members: int = 1,
     placement: Placement = Placement(),
+    serving_timeout: float = SERVING_TIMEOUT,
 ) -> LocalCluster:
-    """Start whatever part of the cluster is not running; return once every node serves.
+    """Start whatever part of the cluster is not running; return once every node serves
+    (within `serving_timeout`: a node restoring a large store takes longer).
 
     The plan (ports, session timeout, placement) is fixed by the first `up` of a directory."""
     if not 1.0 <= session_timeout <= 10.0:
@@ -288,7 +290,7 @@ def up(
     started: list[str] = []
     try:
         _start_missing(cluster, started, progress)
-        wait_serving(cluster, progress)
+        wait_serving(cluster, progress, serving_timeout)
     except BaseException:
         progress("start-up failed; stopping what this run started")
         for key in reversed(started):
