@@ -371,6 +371,9 @@ def partition_node(ctx: DrillContext) -> None:
         takeover = _wait_takeover(ctx, zk, lambda t: True)
         ctx.event(f"take-over of node1's store by {takeover['by']} started")
         _check_partition(ctx, host, cluster)
+        if "watchdog: pid" in ctx.agent_log("node1")[log_before:]:
+            # a fenced agent pings its watchdog: a kill means its guard thread stopped (blocked)
+            ctx.violation("node1's watchdog killed its agent during the partition, after the fence")
         network.heal(host.name)
         ctx.event(f"heal: {host.veth_root} up")
         takeover = _wait_takeover(ctx, zk, lambda t: t["outcome"] != "running")
