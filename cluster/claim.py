@@ -6,7 +6,9 @@ drain` (cluster/drain.py) call `claim_and_drain`, which goes, in this order:
     no member record (the node's agent is gone)
       -> take the store's owner znode, purpose `drain` (nobody serves or drains it)
       -> the old gearmand is confirmed dead (cluster.fencing.old_server_is_dead)
-      -> drain every job into the target gearmand (cluster.restore), recorded under takeovers/
+      -> drain every job of the node's store into the target gearmand (cluster.restore),
+         recorded under takeovers/; a node with twin stores has both drained, one after the
+         other, under that one owner znode and in one take-over record
       -> release the owner znode
 
 A guard that says no raises `ClaimRefused` before anything is moved. The owner znode belongs to
@@ -37,7 +39,7 @@ from cluster.coord import (
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.fencing import old_server_is_dead
-from cluster.restore import Progress, RestoreReport, restore
+from cluster.restore import Copies, Progress, RestoreReport, combined, restore
 from cluster.store import Store
 
 log = logging.getLogger("gearctl.takeover")
@@ -117,7 +119,7 @@ def claim_and_drain(
         takeover, report = _drain(
             coord,
             store,
-            Store(Endpoint.parse(record.address)),
+            [Store(Endpoint.parse(address)) for address in drain_order(record)],
             target,
             by=by,
             how=how,
@@ -131,10 +133,16 @@ def claim_and_drain(
     return Drained(how, takeover, report)
 
 
+def drain_order(record: StoreRecord) -> tuple[str, ...]:
+    """The node's stores in the order a drain reads them: the twin first (what the current
+    gearmand did not write yet is older), then the store the current gearmand wrote."""
+    return tuple(reversed(record.addresses))
+
+
 def _drain(
     coord: Coordination,
     store: str,
-    source: Store,
+    sources: list[Store],
     target: Endpoint,
     *,
     by: str,
@@ -144,28 +152,37 @@ def _drain(
     progress: Progress | None,
     manual: bool,
 ) -> tuple[TakeoverRecord, RestoreReport | None]:
-    """Move every job of `source` into `target`, recorded under `takeovers/`."""
-    expected = source.curr_items()  # quiescent: its gearmand is dead and we own the store
+    """Move every job of the node's `sources` (its store, or both twin stores, each exactly
+    once, one after the other) into `target`, recorded under `takeovers/` as one take-over."""
+    counts = [source.curr_items() for source in sources]  # quiescent: gearmand dead, store ours
     takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
     # Logged before the record is written: whoever sees the record finds the line (drills do).
-    log.warning("taking over store %s: %s; draining %d jobs into %s", store, how, expected, target)
+    log.warning("taking over store %s: %s; draining %d jobs%s into %s", store, how, sum(counts),
+                _per_store(sources, counts), target)  # fmt: skip
     path = coord.record_takeover(takeover)
-    report: RestoreReport | None = None
+    reports: list[RestoreReport] = []
+    copies = Copies()  # a job in both twins (a crash mid-restore left it there) moves once
     try:
-        report = restore(
-            source,
-            target,
-            expected=expected,
-            keep_prefix=None,
-            known_functions=known,
-            progress=progress,
-            should_continue=keep_going,
-            overflow=lambda: _other_serving(coord, target),
-        )
+        for source, count in zip(sources, counts, strict=True):
+            reports.append(restore(
+                source,
+                target,
+                expected=count,
+                keep_prefix=None,
+                known_functions=known,
+                progress=_running_total(progress, reports, sum(counts)),
+                should_continue=keep_going,
+                overflow=lambda: _other_serving(coord, target),
+                copies=copies,
+            ))  # fmt: skip
+        report = combined(reports)
         takeover.finish(Outcome.DONE, report.moved, _waiting(report))
     except GearctlError as exc:
         log.error("draining store %s stopped: %s", store, exc)
-        report = getattr(exc, "report", None)
+        partial = getattr(exc, "report", None)
+        if partial is not None:
+            reports.append(partial)
+        report = combined(reports) if reports else None
         takeover.finish(Outcome.INTERRUPTED, report.moved if report is not None else 0, str(exc))
     log.warning(
         "take-over of store %s %s: %d jobs in %.2fs",
@@ -176,6 +193,30 @@ def _drain(
     )
     coord.update_takeover(path, takeover)
     return takeover, report
+
+
+def _per_store(sources: list[Store], counts: list[int]) -> str:
+    """` (n in host:port, m in host:port)` for a node with twin stores, else nothing."""
+    if len(sources) == 1:
+        return ""
+    return f" ({', '.join(f'{n} in {s.endpoint}' for s, n in zip(sources, counts, strict=True))})"
+
+
+def _running_total(
+    progress: Progress | None, finished: list[RestoreReport], total: int
+) -> Progress | None:
+    """Progress of the store being drained, shown as the whole take-over's: `finished` are the
+    reports of the stores drained before it, `total` the jobs counted in every store."""
+    if progress is None:
+        return None
+    done = list(finished)
+
+    def show(report: RestoreReport) -> None:
+        whole = combined([*done, report])
+        whole.expected = total
+        progress(whole)
+
+    return show
 
 
 def _other_serving(coord: Coordination, target: Endpoint) -> list[Endpoint]:

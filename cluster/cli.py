@@ -339,8 +339,9 @@ def store_inspect(
     """Jobs in a store by incarnation prefix, function and priority, with the oldest job's age.
 
     `live` groups are restored or new jobs of the gearmand serving the store now; `waiting`
-    groups wait for a restore or a drain. Read-only. A host:port store is read even when no
-    cluster can be reached (its groups are then `unknown`)."""
+    groups wait for a restore or a drain. A node with twin stores has both shown. Read-only. A
+    host:port store is read even when no cluster can be reached (its groups are then
+    `unknown`)."""
     from cluster.storeview import inspect_in_cluster
     from cluster.target import Flags, resolve
 
@@ -357,7 +358,14 @@ def store_inspect(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(f"store {summary['store']}: {summary['items']} items, {summary['bytes']} bytes")
+    _show_store("store", summary)
+    if summary["twin"] is not None:
+        _show_store("twin store", summary["twin"])
+
+
+def _show_store(title: str, summary: dict[str, Any]) -> None:
+    """One store's summary of `store inspect`, for people."""
+    typer.echo(f"{title} {summary['store']}: {summary['items']} items, {summary['bytes']} bytes")
     if summary["jobs"]:
         typer.echo(f"  {'prefix':8} {'jobs':8} {'function':30} {'priority':8} {'count':>7}  oldest")
     for row in summary["jobs"]:

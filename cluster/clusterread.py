@@ -1,8 +1,8 @@
 """Everything an operator command reads of a cluster, in one pass, through its Coordination.
 
-Members (live agents' records and sessions), stores (addresses for peers, owner, incarnation
-epoch), take-over history, the pause flag and the function names seen. Nothing here writes:
-`gearctl cluster status` on a cluster never changes it.
+Members (live agents' records and sessions), stores (addresses for peers, both twin stores
+where a node has two, owner, incarnation epoch), take-over history, the pause flag and the
+function names seen. Nothing here writes: `gearctl cluster status` on a cluster never changes it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ class StoreView:
         owner = None if self.owner is None else {"node": self.owner.node,
                                                  "purpose": self.owner.purpose}  # fmt: skip
         address = self.record.address if self.record else None
-        return {"store": self.store, "address": address, "owner": owner, "epoch": self.epoch}
+        twin = self.record.twin if self.record else None
+        return {"store": self.store, "address": address, "twin": twin, "owner": owner,
+                "epoch": self.epoch}  # fmt: skip
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """`gearctl cluster status` of any cluster: ZooKeeper's records plus a probe of every node.
 
 The nodes are those ZooKeeper knows (a store record or a live member), plus, on a local cluster,
-those of its plan. Every node's gearmand and memcached are asked at once (cluster.probe), and
-every ZooKeeper member's mode too, so the answer takes about one probe timeout however many nodes
-do not answer. On a local cluster (`--dir`), the PIDs of the processes `cluster up` started are
-shown and a node whose agent process is gone is `down` at once; elsewhere a node is `down` once
-its agent's session has expired (its member record is gone).
+those of its plan. Every node's gearmand and memcached (both twin stores where its store record
+names two) are asked at once (cluster.probe), and every ZooKeeper member's mode too, so the
+answer takes about one probe timeout however many nodes do not answer. On a local cluster
+(`--dir`), the PIDs of the processes `cluster up` started are shown and a node whose agent
+process is gone is `down` at once; elsewhere a node is `down` once its agent's session has
+expired (its member record is gone).
 
 The JSON document (`--json`) is documented in README.md; keys are only ever added.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cluster.clusterread import ClusterView, StoreView, read_cluster
+from cluster.clusterread import ClusterView, read_cluster
 from cluster.coord import Coordination, CoordinationError, MemberEntry, NodeState, session_text
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
@@ -46,8 +47,10 @@ class NodeStatus:
     metrics: str | None = None  # the agent's Prometheus endpoint (host:port), if known
     gearmand_up: bool = False  # its gearmand answered the probe
     store_up: bool = False  # its memcached answered the probe
+    twin: str | None = None  # its twin store (the one its gearmand does not write now), if any
+    twin_items: int | None = None
+    twin_up: bool | None = None  # its twin answered the probe (None: no twin)
     version: str | None = None  # the agent's gearctl version
-    twin: str | None = None  # its twin store (twin stores), None with one store
 
 
 def collect(
@@ -106,18 +109,31 @@ def assemble(target: Target, view: ClusterView | None, timeout: float) -> dict[s
             return record.address if kind == "store" else record.gearman
         return getattr(plan[name], kind) if name in plan else None
 
-    addresses = [(address(n, "gearman"), address(n, "store")) for n in names]
-    probes = probe_nodes(((endpoint_or_none(g), endpoint_or_none(s)) for g, s in addresses),
-                         timeout)  # fmt: skip
+    def twin(name: str, store: str | None) -> str | None:
+        record = stores[name].record if name in stores else None
+        if record is None:  # never started: a local plan names its twin
+            return plan[name].twin if name in plan else None
+        if record.twin is None:
+            return None
+        return next((a for a in record.addresses if a != store), None)
+
+    addresses = []
+    for name in names:
+        store = address(name, "store")
+        addresses.append((address(name, "gearman"), store, twin(name, store)))
+    probes = probe_nodes(((endpoint_or_none(g), endpoint_or_none(s), endpoint_or_none(t))
+                          for g, s, t in addresses), timeout)  # fmt: skip
     zk_hosts = target.zookeeper.split(",")
     modes = in_parallel(lambda host: _mode(host, timeout), zk_hosts)
     nodes = []
-    for name, (gearman, store), probe in zip(names, addresses, probes, strict=True):
+    for name, (gearman, store, twin_store), probe in zip(names, addresses, probes, strict=True):
         store_view = stores.get(name)
         node = _node(name, gearman, store, members.get(name), probe, target)
+        if twin_store is not None:
+            node.twin, node.twin_items = twin_store, probe.twin_items
+            node.twin_up = probe.twin_items is not None
         node.gearmand_started = store_view.epoch_changed if store_view else None
         node.metrics = plan[name].metrics if name in plan else None
-        node.twin = _twin(store, store_view, plan[name].twin if name in plan else None)
         nodes.append(asdict(node))
     return {
         "cluster": view.cluster if view else (local.cluster if local else target.cluster),
@@ -132,15 +148,6 @@ def assemble(target: Target, view: ClusterView | None, timeout: float) -> dict[s
         "takeover_paused": view.paused if view else False,
         "local": local is not None,
     }
-
-
-def _twin(store: str | None, view: StoreView | None, planned: str | None) -> str | None:
-    """The node's store other than `store`: from its store record (which names both), else
-    from the local plan."""
-    if view is not None and view.record is not None:
-        others = [address for address in view.record.addresses if address != store]
-        return others[0] if others else None
-    return planned
 
 
 def _mode(host: str, timeout: float) -> str | None:
@@ -195,6 +202,8 @@ def degraded(status: dict[str, Any]) -> list[str]:
             reasons.append(f"{node['name']}: gearmand does not answer")
         elif not node["store_up"]:
             reasons.append(f"{node['name']}: store does not answer")
+        elif node.get("twin_up") is False:
+            reasons.append(f"{node['name']}: twin store {node['twin']} does not answer")
     if not status["nodes"]:
         reasons.append("no node")
     return reasons

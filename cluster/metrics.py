@@ -63,7 +63,15 @@ RESTORE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float("in
 class AgentMetrics:
     """The metrics of one node agent, in a registry of their own."""
 
-    def __init__(self, node: str, gearman: Endpoint, store: Endpoint, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        node: str,
+        gearman: Endpoint,
+        store: Endpoint,
+        timeout: float = 1.0,
+        twin: Endpoint | None = None,
+    ) -> None:
+        """`twin`: the node's second store when it has twin stores (both are read)."""
         self.node = node
         self.gearman = gearman
         self.timeout = timeout
@@ -191,7 +199,8 @@ class AgentMetrics:
         for how in ("down", "restarted"):
             self.store_losses.labels(node, how)
         self.agent_state.state(NodeState.STARTING)
-        self.live = LiveCollector(node, gearman, store, timeout)
+        self.live = LiveCollector(node, gearman, (store,) if twin is None else (store, twin),
+                                  timeout)  # fmt: skip
         r.register(self.live)
 
     # -- the HTTP endpoint --------------------------------------------------------------------
@@ -302,22 +311,25 @@ class Reading:
     """What gearmand, the store and ZooKeeper answered at one scrape (None: no answer)."""
 
     functions: list[FunctionStatus] | None
-    store: dict[str, str] | None
+    stores: tuple[dict[str, str] | None, ...]  # each store's `stats`, in the collector's order
     oldest: dict[str, float]  # function -> age in seconds of its oldest stored job
     paused: bool | None = None  # automatic take-over paused (None: ZooKeeper not asked)
 
 
-NO_READING = Reading(None, None, {})
+NO_READING = Reading(None, (), {})
 
 
 class LiveCollector(Collector):
-    """Reads gearmand's `status`, memcached's `stats` and the pause flag when scraped (cached for
-    a second; the oldest jobs' ages for `OLDEST_EVERY`)."""
+    """Reads gearmand's `status`, memcached's `stats` (of each of the node's stores: one, or two
+    twins) and the pause flag when scraped (cached for a second; the oldest jobs' ages for
+    `OLDEST_EVERY`)."""
 
-    def __init__(self, node: str, gearman: Endpoint, store: Endpoint, timeout: float) -> None:
+    def __init__(
+        self, node: str, gearman: Endpoint, stores: tuple[Endpoint, ...], timeout: float
+    ) -> None:
         self.node = node
         self.gearman = gearman
-        self.store = store
+        self.stores = stores
         self.timeout = timeout
         self.coord: Coordination | None = None
         self.store_errors = 0  # the agent's failed store requests, and the scrapes' own
@@ -352,9 +364,12 @@ class LiveCollector(Collector):
         except GearctlError:
             return None
 
-    def _store_stats(self) -> dict[str, str] | None:
+    def _store_stats(self) -> tuple[dict[str, str] | None, ...]:
+        return tuple(self._stats(store) for store in self.stores)
+
+    def _stats(self, store: Endpoint) -> dict[str, str] | None:
         try:
-            return Store(self.store, timeout=self.timeout).stats()
+            return Store(store, timeout=self.timeout).stats()
         except GearctlError:
             self.store_error()
             return None
@@ -369,11 +384,15 @@ class LiveCollector(Collector):
         if now - self.oldest_at < OLDEST_EVERY:
             return {name: age + now - self.read_at for name, age in self.reading.oldest.items()
                     if name in queued}  # fmt: skip
-        try:
-            ages = oldest_job_ages(self.store, queued, self.timeout)
-        except GearctlError:
-            self.store_error()
-            return {}
+        ages: dict[str, float] = {}
+        for store in self.stores:  # a job waits in either twin: the oldest of both counts
+            try:
+                found = oldest_job_ages(store, queued, self.timeout)
+            except GearctlError:
+                self.store_error()
+                continue
+            for name, age in found.items():
+                ages[name] = max(age, ages.get(name, age))
         self.oldest_at = now
         return ages
 
@@ -418,19 +437,22 @@ class LiveCollector(Collector):
             "keys; refreshed every 10 s)",
             labels=["node", "function"],
         )
+        per_store = ["node", "store"]  # store: the memcached's address (twin stores: two)
         store_up = GaugeMetricFamily(
-            "gearctl_store_up", "1 if the node's store (memcached) answers `stats`", labels=["node"]
+            "gearctl_store_up",
+            "1 if the node's store (memcached) answers `stats`",
+            labels=per_store,
         )
         items = GaugeMetricFamily(
-            "gearctl_store_items", "Items in the node's store (curr_items)", labels=["node"]
+            "gearctl_store_items", "Items in the node's store (curr_items)", labels=per_store
         )
         used = GaugeMetricFamily(
-            "gearctl_store_bytes", "Bytes used in the node's store (bytes)", labels=["node"]
+            "gearctl_store_bytes", "Bytes used in the node's store (bytes)", labels=per_store
         )
         limit = GaugeMetricFamily(
             "gearctl_store_limit_bytes",
             "Memory limit of the node's store (limit_maxbytes); a full store refuses jobs",
-            labels=["node"],
+            labels=per_store,
         )
         store_errors = CounterMetricFamily(
             "gearctl_store_errors",
@@ -456,11 +478,13 @@ class LiveCollector(Collector):
                 workers.add_metric([node, function.name], function.workers)
             for name, age in sorted(reading.oldest.items()):
                 oldest.add_metric([node, name], round(age, 1))
-            store_up.add_metric([node], 0 if reading.store is None else 1)
-            if reading.store is not None:
-                items.add_metric([node], float(reading.store.get("curr_items", "nan")))
-                used.add_metric([node], float(reading.store.get("bytes", "nan")))
-                limit.add_metric([node], float(reading.store.get("limit_maxbytes", "nan")))
+            for store, stats in zip(self.stores, reading.stores, strict=True):
+                labels = [node, str(store)]
+                store_up.add_metric(labels, 0 if stats is None else 1)
+                if stats is not None:
+                    items.add_metric(labels, float(stats.get("curr_items", "nan")))
+                    used.add_metric(labels, float(stats.get("bytes", "nan")))
+                    limit.add_metric(labels, float(stats.get("limit_maxbytes", "nan")))
             if reading.paused is not None:
                 paused.add_metric([node], int(reading.paused))
             granted = self.coord.negotiated_timeout if self.coord else None

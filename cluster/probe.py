@@ -18,7 +18,7 @@ from cluster.gearman.admin import AdminClient, FunctionStatus
 from cluster.store import Store
 
 PROBE_TIMEOUT = 1.0  # seconds for one answer of gearmand or memcached
-MAX_THREADS = 64
+MAX_THREADS = 96  # 30 nodes with twin stores ask 90 questions: still one timeout
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -37,6 +37,7 @@ class NodeProbe:
 
     functions: list[FunctionStatus] | None
     store_items: int | None
+    twin_items: int | None = None  # its twin store's (None: no twin, or no answer)
 
     @property
     def queued_jobs(self) -> int | None:
@@ -62,19 +63,25 @@ def store_items(endpoint: Endpoint | None, timeout: float) -> int | None:
 
 
 def probe_nodes(
-    nodes: Iterable[tuple[Endpoint | None, Endpoint | None]], timeout: float = PROBE_TIMEOUT
+    nodes: Iterable[tuple[Endpoint | None, Endpoint | None, Endpoint | None]],
+    timeout: float = PROBE_TIMEOUT,
 ) -> list[NodeProbe]:
-    """(gearmand, store) of each node -> what each answered, every question at once."""
-    pairs = list(nodes)
+    """(gearmand, store, twin store) of each node -> what each answered, every question at
+    once (a node without twin store: None, never asked)."""
+    triples = list(nodes)
     questions: list[Callable[[], object]] = []
-    for gearman, store in pairs:
+    for gearman, store, twin in triples:
         questions.append(lambda g=gearman: gearmand_status(g, timeout))
         questions.append(lambda s=store: store_items(s, timeout))
-    answers = in_parallel(lambda ask: ask(), questions)
-    return [
-        NodeProbe(answers[2 * i], answers[2 * i + 1])  # type: ignore[arg-type]
-        for i in range(len(pairs))
-    ]
+        if twin is not None:
+            questions.append(lambda t=twin: store_items(t, timeout))
+    answers = iter(in_parallel(lambda ask: ask(), questions))
+    probes = []
+    for _, _, twin in triples:
+        functions, items = next(answers), next(answers)
+        twin_items = None if twin is None else next(answers)
+        probes.append(NodeProbe(functions, items, twin_items))  # type: ignore[arg-type]
+    return probes
 
 
 def endpoint_or_none(text: str | None) -> Endpoint | None:

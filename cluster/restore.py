@@ -119,6 +119,32 @@ class RestoreReport:
         return self.expected - self.moved - self.vanished - self.unseen
 
 
+@dataclass
+class Copies:
+    """The jobs restores have seen, by (function, unique): restores that share one (a node's
+    twin stores, one after the other) move a job stored in two of their stores once."""
+
+    first: dict[tuple[str, str], str] = field(default_factory=dict)  # -> its first key
+    acknowledged: set[str] = field(default_factory=set)  # keys whose job gearmand acknowledged
+
+
+def combined(reports: Sequence[RestoreReport]) -> RestoreReport:
+    """One report for the restores of several stores (a node's twin stores), one after another."""
+    total = RestoreReport(expected=0)
+    for report in reports:
+        total.expected += report.expected
+        total.moved += report.moved
+        total.skipped += report.skipped
+        total.vanished += report.vanished
+        total.deferred += report.deferred
+        total.refused.update(report.refused)
+        total.overflowed += report.overflowed
+        total.coalesced += report.coalesced
+        total.unseen += report.unseen
+        total.seconds += report.seconds
+    return total
+
+
 Progress = Callable[[RestoreReport], None]
 
 
@@ -133,8 +159,12 @@ def restore(
     should_continue: Callable[[], bool] = lambda: True,
     read_timeout: float = 10.0,
     overflow: Callable[[], Sequence[Endpoint]] | None = None,
+    copies: Copies | None = None,
 ) -> RestoreReport:
     """Move `expected` jobs from `source` (all keys but `keep_prefix`'s) into gearmand `target`.
+
+    `copies`: shared with the restores of the node's other stores (its twin), so that a job
+    stored in both is moved once (its later keys are deleted as `coalesced`).
 
     `should_continue` is asked before each chunk (a drainer that lost its lease must stop).
     `overflow` gives other live gearmands: jobs `target` refused twice go there, through the
@@ -157,7 +187,8 @@ def restore(
                         "retry expects only the %d listed", report.unseen, expected,
                         STALE_PASSES, len(items))  # fmt: skip
         if items:
-            mover = _Mover(source, report, _KeyReader(known_functions, keep_prefix), started)
+            reader = _KeyReader(known_functions, keep_prefix)
+            mover = _Mover(source, report, reader, started, copies or Copies())
             try:
                 mover.run(target, items, read_timeout, progress, should_continue)
                 if report.refused and should_continue():
@@ -267,15 +298,15 @@ class _Mover:
     """Submit chunks on one gearmand connection while a helper thread reads and deletes."""
 
     def __init__(self, source: Store, report: RestoreReport, reader: _KeyReader,
-                 started: float) -> None:  # fmt: skip
+                 started: float, copies: Copies) -> None:  # fmt: skip
         self.report = report
         self.reader = reader
         self.started = started
         # Store is not thread-safe: the helper thread gets its own (raw sockets per call).
         self.store = Store(source.endpoint, timeout=source.timeout)
         self.deletes: list[Future[int]] = []  # deletes not yet counted in report.moved, in order
-        self.first: dict[tuple[str, str], str] = {}  # (function, unique) -> first key (helper)
-        self.acknowledged: set[str] = set()  # keys whose job gearmand acknowledged (caller)
+        # (function, unique) -> first key (helper thread); acknowledged keys (calling thread)
+        self.first, self.acknowledged = copies.first, copies.acknowledged
 
     def run(
         self,

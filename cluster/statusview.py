@@ -34,8 +34,9 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
 
     owners = {store["store"]: store["owner"] for store in status["stores"]}
     rows = [HEADER] + [
-        (n["name"], n["state"], _text(n["gearman"]), _stores(n), _text(n["queued_jobs"]),
-         _text(n["store_items"]), _owner(n["name"], owners.get(n["name"])), str(n["restarts"]),
+        (n["name"], n["state"], _text(n["gearman"]), _stores(n, "store", "twin"),
+         _text(n["queued_jobs"]), _stores(n, "store_items", "twin_items"),
+         _owner(n["name"], owners.get(n["name"])), str(n["restarts"]),
          _age(n.get("gearmand_started"), now), _session(n))
         for n in status["nodes"]
     ]  # fmt: skip
@@ -44,12 +45,6 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     reasons = degraded(status)
     lines.append(f"DEGRADED: {'; '.join(reasons)}" if reasons else "every node serving")
     return "\n".join(lines)
-
-
-def _stores(node: dict[str, Any]) -> str:
-    """The node's store, and its twin when it has one."""
-    twin = node.get("twin")
-    return _text(node["store"]) + (f"+{twin}" if twin else "")
 
 
 def aligned(rows: list[tuple[str, ...]]) -> list[str]:
@@ -99,6 +94,13 @@ def as_json_line(status: dict[str, Any]) -> str:
 
 def _text(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def _stores(node: dict[str, Any], store: str, twin: str) -> str:
+    """The node's store's cell, `store+twin` when it has twin stores (`twin` is set)."""
+    if node.get("twin") is None:
+        return _text(node[store])
+    return f"{_text(node[store])}+{_text(node.get(twin))}"
 
 
 def _owner(node: str, owner: dict[str, str] | None) -> str:

@@ -1,14 +1,14 @@
 """Orphan take-over: a surviving agent drains a dead node's store into its own gearmand, once.
 
 Every agent runs a `TakeoverWatcher` thread. When the member list changes (and about once a
-second, to retry) it looks for orphaned stores: a store with jobs whose node has no member
-record and which nobody owns. It claims and drains each with `cluster.claim.claim_and_drain`:
-the first survivor to create the store's owner znode (purpose `drain`) wins; the others see it
-owned and stay out. Before loading anything the winner applies the take-over rule (design
-invariant 4, `cluster.fencing.old_server_is_dead`): a gearmand that refuses connections or cannot
-be reached is dead by the lease rule; one that still answers is shut down over admin first; one
-that keeps answering is never drained from, and reported loudly (log, metric, a `refused`
-take-over record that `status` shows).
+second, to retry) it looks for orphaned stores: a store with jobs (a node with twin stores: in
+either twin) whose node has no member record and which nobody owns. It claims and drains each
+with `cluster.claim.claim_and_drain`: the first survivor to create the store's owner znode
+(purpose `drain`) wins; the others see it owned and stay out. Before loading anything the
+winner applies the take-over rule (design invariant 4, `cluster.fencing.old_server_is_dead`): a
+gearmand that refuses connections or cannot be reached is dead by the lease rule; one that still
+answers is shut down over admin first; one that keeps answering is never drained from, and
+reported loudly (log, metric, a `refused` take-over record that `status` shows).
 
 While `takeover-paused` exists (`gearctl takeover pause`) no survivor scans.
 """
@@ -88,13 +88,16 @@ class TakeoverWatcher:
         if record is None:
             return
         try:
-            items = Store(Endpoint.parse(record.address)).curr_items()
+            items = sum(Store(Endpoint.parse(a)).curr_items() for a in record.addresses)
             idle = self.idle.get(store)  # asking the cluster for names costs a round of I/O
             if items == 0 or (idle is not None and idle == (items, len(self._known()))):
                 return
         except GearctlError as exc:
             log.warning(
-                "orphaned store %s (%s) unreachable: %s; will retry", store, record.address, exc
+                "orphaned store %s (%s) unreachable: %s; will retry",
+                store,
+                ", ".join(record.addresses),
+                exc,
             )
             return
         known: set[str] = set()

@@ -625,6 +625,7 @@ def test_twins_the_empty_twin_serves_and_the_full_one_is_restored(twins: Twins) 
     assert twins.calls == [(A, 100, "g1_")]
     assert twins.items == (0, 100)
     assert node.coord.stores[-1].addresses == (str(B), str(A))  # address = B, twin = A
+    assert node.coord.written[-1].store == str(B)  # the member record: the twin written now
     crash_and_serve_again(node)  # the next gearmand takes the other twin, now empty
     assert node.launcher.wrote == [B, A]
     assert twins.calls[-1] == (B, 100, "g2_")

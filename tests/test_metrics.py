@@ -32,6 +32,7 @@ from tests.clusterctl import kill_node, local_cluster, status_json, wait_until
 from tests.clusterctl import node as cluster_node
 from tests.conftest import HOST, RunningGearmand
 from tests.test_agent import AgentNode, make_node
+from tests.twinstores import memcached, persist
 
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -113,10 +114,11 @@ def test_takeover_duration_build_info_and_process_metrics() -> None:
 
 
 def test_scrape_reports_gearmand_and_store_down_when_nothing_answers() -> None:
-    found = scrape(AgentMetrics("n1", nowhere(), nowhere(), timeout=0.5))
+    store = nowhere()
+    found = scrape(AgentMetrics("n1", nowhere(), store, timeout=0.5))
     assert value(found, "gearctl_gearmand_up", node="n1") == 0
-    assert value(found, "gearctl_store_up", node="n1") == 0
-    assert value(found, "gearctl_store_items", node="n1") is None
+    assert value(found, "gearctl_store_up", node="n1", store=str(store)) == 0
+    assert value(found, "gearctl_store_items", node="n1", store=str(store)) is None
 
 
 def test_agents_in_one_process_keep_separate_registries() -> None:
@@ -131,8 +133,9 @@ def test_scrape_reads_queued_jobs_per_function_and_store_stats(gearmand: Running
     jobs = numbered_jobs(30)
     assert submit(gearmand.endpoint, jobs) == len(jobs)
     found = scrape(AgentMetrics("n1", gearmand.endpoint, gearmand.store))
+    store = {"node": "n1", "store": str(gearmand.store)}
     assert value(found, "gearctl_gearmand_up", node="n1") == 1
-    assert value(found, "gearctl_store_up", node="n1") == 1
+    assert value(found, "gearctl_store_up", **store) == 1
     for function in {job.function for job in jobs}:
         count = sum(job.function == function for job in jobs)
         assert value(found, "gearctl_queued_jobs", node="n1", function=function) == count
@@ -140,9 +143,29 @@ def test_scrape_reads_queued_jobs_per_function_and_store_stats(gearmand: Running
         assert value(found, "gearctl_running_jobs", node="n1", function=function) == 0
         age = value(found, "gearctl_oldest_job_age_seconds", node="n1", function=function)
         assert age is not None and 0 <= age < 600
-    assert value(found, "gearctl_store_items", node="n1") == len(jobs)
-    assert (value(found, "gearctl_store_bytes", node="n1") or 0) > 0
-    assert (value(found, "gearctl_store_limit_bytes", node="n1") or 0) >= 256 * 1024 * 1024
+    assert value(found, "gearctl_store_items", **store) == len(jobs)
+    assert (value(found, "gearctl_store_bytes", **store) or 0) > 0
+    assert (value(found, "gearctl_store_limit_bytes", **store) or 0) >= 256 * 1024 * 1024
+
+
+@pytest.mark.integration
+def test_scrape_reads_both_twin_stores(gearmand: RunningGearmand, tmp_path: Path) -> None:
+    """Per-store series for each twin; a job waiting in the twin counts for the oldest age."""
+    older, newer = numbered_jobs(7, prefix="old"), numbered_jobs(30)
+    with memcached(tmp_path, "twin") as twin:
+        persist(twin, "g0_", older, tmp_path)
+        assert submit(gearmand.endpoint, newer) == len(newer)
+        found = scrape(AgentMetrics("n1", gearmand.endpoint, gearmand.store, twin=twin))
+        silent = nowhere()
+        lost = scrape(AgentMetrics("n1", gearmand.endpoint, gearmand.store, 0.5, silent))
+    for address, count in ((gearmand.store, len(newer)), (twin, len(older))):
+        assert value(found, "gearctl_store_up", node="n1", store=str(address)) == 1
+        assert value(found, "gearctl_store_items", node="n1", store=str(address)) == count
+    age = value(found, "gearctl_oldest_job_age_seconds", node="n1", function=older[0].function)
+    assert age is not None and age >= 0
+    assert value(lost, "gearctl_store_up", node="n1", store=str(gearmand.store)) == 1
+    assert value(lost, "gearctl_store_up", node="n1", store=str(silent)) == 0
+    assert value(lost, "gearctl_store_items", node="n1", store=str(silent)) is None
 
 
 # -- the HTTP endpoint ------------------------------------------------------------------------
@@ -324,7 +347,8 @@ def test_agent_metrics_follow_a_gearmand_kill(metered: AgentNode) -> None:
     assert value(before, "gearctl_takeover_paused", node=node) == 0
     started = value(before, "gearctl_gearmand_start_time_seconds", node=node)
     assert started is not None and abs(started - time.time()) < 3600
-    assert value(before, "gearctl_store_items", node=node) == len(jobs)
+    store = str(load_config(metered.config).store)
+    assert value(before, "gearctl_store_items", node=node, store=store) == len(jobs)
 
     metered.wait_functions_published()  # else the restore defers the jobs (cluster.restore)
     psutil.Process(metered.member()["gearmand_pid"]).kill()

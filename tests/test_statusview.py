@@ -70,7 +70,16 @@ def test_every_node_serving_but_one_gearmand_silent() -> None:
     assert render(status, now=NOW).splitlines()[-1] == ("DEGRADED: node1: gearmand does not answer")
 
 
-def test_a_node_with_twin_stores_shows_both() -> None:
-    twins = {**node("node1", "serving", "0x1", "live"), "twin": "127.0.0.1:11311"}
-    lines = render({**STATUS, "nodes": [twins]}, now=NOW).splitlines()
-    assert lines[3].split()[3] == "127.0.0.1:11211+127.0.0.1:11311"
+def test_a_node_with_twin_stores_shows_both_and_a_silent_twin_is_degraded() -> None:
+    twins = {**node("node1", "serving", "0x1", "live"), "twin": "127.0.0.1:11212",
+             "twin_items": 3, "twin_up": True}  # fmt: skip
+    status = {**STATUS, "takeovers": [], "nodes": [twins, node("node3", "serving", "0x3", "live")]}
+    lines = render(status, now=NOW).splitlines()
+    node1, node3 = lines[3].split(), lines[4].split()
+    assert node1[3:6] == ["127.0.0.1:11211+127.0.0.1:11212", "5", "5+3"]
+    assert node3[3:6] == ["127.0.0.1:11211", "5", "5"]  # one store: as before
+    assert lines[-1] == "every node serving"
+    silent = {**twins, "twin_items": None, "twin_up": False}
+    lines = render({**status, "nodes": [silent]}, now=NOW).splitlines()
+    assert lines[3].split()[5] == "5+-"
+    assert lines[-1] == "DEGRADED: node1: twin store 127.0.0.1:11212 does not answer"

@@ -37,7 +37,7 @@ from cluster.errors import GearctlError, LaunchError
 from cluster.health import Check, HangWatch, Health
 from cluster.metrics import AgentMetrics
 from cluster.process import log_tail
-from cluster.restore import RestoreIncomplete, RestoreReport, restore
+from cluster.restore import Copies, RestoreIncomplete, RestoreReport, restore
 from cluster.store import StoreIdentity
 from cluster.twinstore import TwinStart, plan_start
 
@@ -228,7 +228,8 @@ class AgentMachine:
         changes: dict[str, Any] = {"state": PUBLISHED[target]}
         if target is State.RESTORING:
             assert self.proc is not None
-            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0, "refused_jobs": 0}
+            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0, "refused_jobs": 0,
+                        "store": str(self.writes_to)}  # fmt: skip
         elif target is State.RESTARTING:
             changes |= {"gearmand_pid": None, "restarts": self.record.restarts + 1}
         elif target in (State.FAILED, State.STORE_UNREACHABLE):
@@ -351,6 +352,7 @@ class AgentMachine:
         deferred and refused ones)."""
         assert self.proc is not None
         watch = self.launcher.hang_watch(self.proc)  # gearmand is checked while it restores too
+        copies = Copies()  # a job in both twins (a crash mid-restore left it there) moves once
         for address in self.to_restore:
             while self.to_restore[address]:
                 expected = self.to_restore[address]
@@ -365,6 +367,7 @@ class AgentMachine:
                         progress=_log_progress,
                         should_continue=lambda: not self.interrupted and watch.ok(),
                         overflow=self._peers_serving,
+                        copies=copies,
                     )
                 except RestoreIncomplete as exc:
                     log.error("%s", exc)

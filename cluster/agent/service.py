@@ -29,7 +29,9 @@ log = logging.getLogger("gearctl.agent")
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
+        self.metrics = AgentMetrics(
+            config.node, config.gearman, config.store, config.check_timeout, twin=config.twin
+        )
         self.coord = Coordination.new(
             config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
         )

@@ -17,7 +17,8 @@
 # under deploy/gearctl-runner (no systemd here).
 # Env: KEEP=1 keeps $WORK (logs) after the run; ROLLING=0 skips the rolling-restart step;
 # LINT=0 skips ansible-lint; IDEMPOTENT=0 skips the second and the --check run; DRILL_JOBS (2000)
-# sizes the failover drill.
+# sizes the failover drill; TWIN=1 gives every node twin stores (gearctl_store_twin; the agent
+# must read `[store] twin`) and checks the firewall on the twin port (11212) too.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PREFIX=gcr
@@ -230,6 +231,7 @@ all:
     zookeeper_tick_ms: 500
     zookeeper_heap_mb: 128
     memcached_memory_mb: 64
+    gearctl_store_twin: $([ "${TWIN:-0}" = 1 ] && echo true || echo false)
     gearctl_expected_queue_depth: 10000
     gearctl_hang_checks: 3
     firewall_client_networks: [$SUBNET.1]
@@ -380,8 +382,12 @@ talk() {  # talk NS ADDR PORT REQUEST: send REQUEST from namespace NS (root name
   { "${run[@]}" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3 || exit 9; printf '$4' >&3; timeout 2 cat <&3" 2>/dev/null || true; } | tr -d '\r'
 }
 outsider=$PREFIX-h$OUTSIDER
-for check in "$SUBNET.12 11211 flush_all\r\nquit\r\n store" "$SUBNET.11 2181 srvr ZooKeeper" \
-             "$SUBNET.11 9400 GET /metrics HTTP/1.0\r\n\r\n metrics" "$SUBNET.11 4730 status\r\n gearmand"; do
+STORE_PORTS=(11211)
+[ "${TWIN:-0}" = 1 ] && STORE_PORTS+=(11212)  # each node's twin store: store port + 1
+checks=("$SUBNET.11 2181 srvr ZooKeeper" "$SUBNET.11 9400 GET /metrics HTTP/1.0\r\n\r\n metrics"
+        "$SUBNET.11 4730 status\r\n gearmand")
+for port in "${STORE_PORTS[@]}"; do checks+=("$SUBNET.12 $port flush_all\r\nquit\r\n store"); done
+for check in "${checks[@]}"; do
   read -r addr port request <<<"${check% *}"; what=${check##* }
   reply=$(talk "$outsider" "$addr" "$port" "$request")
   [ -z "$reply" ] || die "firewall: h$OUTSIDER (not in the cluster) reached the $what on $addr:$port: '${reply:0:60}'"
@@ -390,14 +396,16 @@ for check in "$SUBNET.12 11211 flush_all\r\nquit\r\n store" "$SUBNET.11 2181 srv
   fi
 done
 # The cluster's own hosts (and the controller as clients' and monitoring host) still get through.
-[ -n "$(talk "$PREFIX-h1" "$SUBNET.13" 11211 'stats\r\nquit\r\n' | grep curr_items)" ] || die "firewall: h1 cannot reach h3's store"
+for port in "${STORE_PORTS[@]}"; do
+  [ -n "$(talk "$PREFIX-h1" "$SUBNET.13" "$port" 'stats\r\nquit\r\n' | grep curr_items)" ] || die "firewall: h1 cannot reach h3's store on port $port"
+done
 talk "$PREFIX-h2" "$SUBNET.11" 2181 srvr | grep '^Mode:' >/dev/null || die "firewall: h2 cannot reach ZooKeeper on h1"
 talk "$PREFIX-h3" "$SUBNET.11" 4730 'status\r\n' | grep '^\.$' >/dev/null || die "firewall: h3 cannot reach gearmand on h1"
 talk - "$SUBNET.11" 9400 'GET /metrics HTTP/1.0\r\n\r\n' | grep '^gearctl_gearmand_up' >/dev/null || die "firewall: the monitoring host gets no metrics"
 [ -z "$(talk "$PREFIX-h2" "$SUBNET.11" 9400 'GET /metrics HTTP/1.0\r\n\r\n')" ] || die "firewall: h2 (not a monitoring host) got metrics"
 ip netns exec "$PREFIX-h1" logrotate -d "$WORK/hosts/h1/etc/logrotate.d/gearctl" >"$WORK/logrotate.out" 2>&1 \
   || { cat "$WORK/logrotate.out" >&2; die "logrotate rejects the agent's rotation"; }
-say "firewall: h$OUTSIDER gets no store (flush_all), ZooKeeper, metrics or gearmand; the cluster's hosts and the monitoring host do"
+say "firewall: h$OUTSIDER gets no store (flush_all; ports ${STORE_PORTS[*]}), ZooKeeper, metrics or gearmand; the cluster's hosts and the monitoring host do"
 
 # --- 6. failover drill: node1 killed (agent + gearmand, SIGKILL) with 2,000 jobs queued -------
 t=$(date +%s.%N)
