@@ -175,11 +175,15 @@ class Services:
         nodes: int,
         session_timeout: float | None = None,
         *,
+        twins: bool = True,
+        store_mb: int | None = None,
         placement: localcluster.Placement | None = None,
         spread: bool = False,
     ) -> localcluster.LocalCluster:
         """A local cluster (`gearctl cluster up`) in a fresh directory on a free port block;
-        `placement`: its nodes' hosts (network namespaces), `spread`: `cluster up --spread`."""
+        `twins=False`: one store per node (a plan as made before twin stores), `store_mb`: each
+        memcached's -m, `placement`: its nodes' hosts (network namespaces), `spread`: `cluster
+        up --spread`."""
         # A fresh directory each time: `up` on an old one would reuse its plan (timeout, ports).
         self.clusters_made += 1
         directory = self.dir / f"cluster{self.clusters_made}"
@@ -187,8 +191,15 @@ class Services:
         timeout = session_timeout or localcluster.DEFAULT_SESSION_TIMEOUT
         placement = placement or localcluster.Placement()
         base = free_port_block(localcluster.PORT_BLOCK, placement.services)
-        return localcluster.up(directory, nodes, base, _quiet, timeout, placement=placement,
-                               spread=spread)  # fmt: skip
+        plan = localcluster.LocalCluster.plan(directory, nodes, base, timeout, 1, placement)
+        for node in plan.nodes if not twins else ():
+            node.twin = None
+        if store_mb is not None:
+            plan.store_mb = store_mb
+        plan.spread = spread
+        directory.mkdir(parents=True)
+        plan.save()  # `up` starts what this plan says
+        return localcluster.up(directory, nodes, base, _quiet, timeout)
 
     def cluster_down(self, cluster: localcluster.LocalCluster) -> None:
         localcluster.down(cluster.dir, _quiet)

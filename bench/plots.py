@@ -186,7 +186,12 @@ def failover_timeline(results: Path, out: Path) -> Path | None:
                     )
                 )
             rows.append(
-                (f"gearmand killed, {s['jobs']:,} jobs\n(median of {s['runs']})", spans, [])
+                (
+                    f"gearmand killed, {s['jobs']:,} jobs, {s.get('layout', 'one store')}\n"
+                    f"(median of {s['runs']})",
+                    spans,
+                    [],
+                )
             )
     quick = load(results, "takeover_time.quick")
     cases = [(r, "") for r in takeover["results"]]

@@ -111,7 +111,9 @@ def assemble(target: Target, view: ClusterView | None, timeout: float) -> dict[s
 
     def twin(name: str, store: str | None) -> str | None:
         record = stores[name].record if name in stores else None
-        if record is None or record.twin is None:
+        if record is None:  # never started: a local plan names its twin
+            return plan[name].twin if name in plan else None
+        if record.twin is None:
             return None
         return next((a for a in record.addresses if a != store), None)
 

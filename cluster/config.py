@@ -11,6 +11,7 @@ Example (deploy/agent.example.toml has the commented version):
 
     [store]
     address = "10.0.0.21:11211"
+    twin = "10.0.0.21:11212"   # optional: the second store (twin stores, docs/architecture.md)
 
     [zookeeper]
     hosts = "10.0.0.31:2181,10.0.0.32:2181,10.0.0.33:2181"
@@ -67,6 +68,14 @@ class AgentConfig:
     metrics_host: str = ""  # [metrics] address; "" = gearmand's listen host
     log_format: str = "text"  # [log] format: see cluster.logsetup
     takeover_spread: bool = False  # [takeover] spread: cluster/spreaddrain.py; False = one drainer
+    # [store] twin: the node's second memcached; successive gearmands use the twins in turn
+    # (cluster.twinstore). None = one store.
+    twin: Endpoint | None = None
+
+    @property
+    def stores(self) -> tuple[Endpoint, ...]:
+        """The node's stores: `store`, then `twin` if any."""
+        return (self.store,) if self.twin is None else (self.store, self.twin)
 
     @property
     def log_dir(self) -> Path:
@@ -122,8 +131,14 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
         metrics_host=fields.host("metrics.address"),
         log_format=fields.choice("log.format", LOG_FORMATS, default="text"),
         takeover_spread=fields.flag("takeover.spread", default=False),
+        twin=fields.optional_endpoint("store.twin", default_port=11211),
     )
     fields.reject_unknown()
+    if config.twin == config.store:
+        raise ConfigError(
+            f"store.twin = {str(config.twin)!r} is store.address: the twin must be another "
+            "memcached instance (another port or host)"
+        )
     if config.safety_margin >= config.session_timeout / 3:
         raise ConfigError(
             f"zookeeper.safety_margin = {config.safety_margin} must be below a third of "
@@ -171,6 +186,15 @@ class _Fields:
         except ConfigError as exc:
             raise ConfigError(f"{dotted}: {exc}") from None
 
+    def present(self, dotted: str) -> bool:
+        """Is the optional field `dotted` given? (It counts as read either way.)"""
+        self.read.add(dotted)
+        section, _, key = dotted.partition(".")
+        return key in self.raw.get(section, {})
+
+    def optional_endpoint(self, dotted: str, default_port: int) -> Endpoint | None:
+        return self.endpoint(dotted, default_port) if self.present(dotted) else None
+
     def zookeeper_hosts(self, dotted: str) -> str:
         value = self.text(dotted)
         for host in value.split(","):
@@ -182,9 +206,7 @@ class _Fields:
 
     def credentials(self, dotted: str) -> ZkCredentials | None:
         """An optional absolute path to a `user:password` file, read now (see zkclient)."""
-        self.read.add(dotted)
-        section, _, key = dotted.partition(".")
-        if key not in self.raw.get(section, {}):
+        if not self.present(dotted):
             return None
         path = Path(self.text(dotted))
         if not path.is_absolute():
@@ -252,6 +274,7 @@ def render_config(
     auth_file: Path | None = None,
     metrics: Endpoint | None = None,
     spread: bool = False,
+    twin: Endpoint | str | None = None,
 ) -> str:
     """An agent TOML file with these values (what `load_config` reads back); the fields left
     None keep their defaults. `gearctl cluster up` and the tests write their agents' with it."""
@@ -267,9 +290,10 @@ def render_config(
         f"listen = {text(gearman)}",
         "[store]",
         f"address = {text(store)}",
-        "[zookeeper]",
-        f"hosts = {text(zookeeper)}",
     ]
+    if twin is not None:
+        lines.append(f"twin = {text(twin)}")
+    lines += ["[zookeeper]", f"hosts = {text(zookeeper)}"]
     if session_timeout is not None:
         lines.append(f"session_timeout = {session_timeout}")
     if auth_file is not None:

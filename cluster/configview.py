@@ -21,7 +21,8 @@ def effective_toml(config: AgentConfig, path: Path) -> str:
         "node": {"name": config.node, "cluster": config.cluster},
         "gearmand": {"listen": str(config.gearman), "threads": config.threads,
                      "expected_queue_depth": config.expected_queue_depth},
-        "store": {"address": str(config.store)},
+        "store": {"address": str(config.store)}
+        | ({"twin": str(config.twin)} if config.twin else {}),
         "zookeeper": {"hosts": config.zookeeper_hosts, "session_timeout": config.session_timeout,
                       "safety_margin": config.safety_margin},
         "paths": {"run_dir": str(config.run_dir)},

@@ -5,7 +5,8 @@ any store size"), so each gearmand start goes to the twin that holds fewer items
 one, and the restore reads the jobs from both. Counts must be taken while no gearmand runs on
 either twin (quiescent), as the single-store agent counts today.
 
-Not wired into the agent yet: see docs/architecture.md for what is left.
+The agent (cluster.agent.machine) plans every gearmand start with `plan_start`, with one store
+as well as with twins: one store serves every start and is restored from itself.
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ class TwinStart:
     walk: int  # items the new gearmand walks before it serves (0 but after a crash mid-restore)
 
 
-def plan_start(twins: tuple[Endpoint, Endpoint], counts: tuple[int, int]) -> TwinStart:
+def plan_start(twins: tuple[Endpoint, ...], counts: tuple[int, ...]) -> TwinStart:
     """The twin with fewer items serves (the first on a tie); every twin holding items is
-    restored from, the other one first."""
-    if twins[0] == twins[1]:
-        raise GearctlError(f"the twin stores must be two memcached instances, both are {twins[0]}")
+    restored from, the other one first. A single store (no twin) serves and is restored from."""
+    if len(twins) != len(counts) or len(twins) not in (1, 2):
+        raise GearctlError(f"one or two stores with a count each, not {twins} and {counts}")
     if min(counts) < 0:
         raise GearctlError(f"item counts cannot be negative: {counts}")
+    if len(twins) == 1:
+        return TwinStart(twins[0], twins if counts[0] else (), counts[0], counts[0])
+    if twins[0] == twins[1]:
+        raise GearctlError(f"the twin stores must be two memcached instances, both are {twins[0]}")
     serve = 0 if counts[0] <= counts[1] else 1
     other = 1 - serve
     restore_from = tuple(twins[i] for i in (other, serve) if counts[i])

@@ -19,18 +19,28 @@ HOST = "127.0.0.1"
 __all__ = ["HOST", "free_port_block"]
 
 
-@pytest.fixture
-def memcached(tmp_path: Path) -> Iterator[Endpoint]:
+def _memcached(tmp_path: Path, name: str) -> Iterator[Endpoint]:
     endpoint = Endpoint(HOST, free_port())
     proc = start_memcached(
         endpoint,
         memory_mb=256,
-        log_path=tmp_path / "memcached.log",
-        pid_path=tmp_path / "memcached.pid",
+        log_path=tmp_path / f"{name}.log",
+        pid_path=tmp_path / f"{name}.pid",
     )
     yield endpoint
     stop_pid(proc.pid)
     proc.wait()
+
+
+@pytest.fixture
+def memcached(tmp_path: Path) -> Iterator[Endpoint]:
+    yield from _memcached(tmp_path, "memcached")
+
+
+@pytest.fixture
+def twin_memcached(tmp_path: Path) -> Iterator[Endpoint]:
+    """A second memcached: the twin store of `memcached` (twin stores, issue 18)."""
+    yield from _memcached(tmp_path, "memcached-twin")
 
 
 @dataclass

@@ -113,7 +113,13 @@ def _children(zk: KazooClient, path: str) -> list[str]:
         return []
 
 
-def make_node(tmp_path: Path, memcached: Endpoint, zookeeper: Endpoint, name: str) -> AgentNode:
+def make_node(
+    tmp_path: Path,
+    memcached: Endpoint,
+    zookeeper: Endpoint,
+    name: str,
+    twin: Endpoint | None = None,
+) -> AgentNode:
     run_dir = tmp_path / name
     run_dir.mkdir()
     gearman = Endpoint(HOST, free_port())
@@ -124,6 +130,7 @@ def make_node(tmp_path: Path, memcached: Endpoint, zookeeper: Endpoint, name: st
             cluster="test",
             gearman=gearman,
             store=memcached,
+            twin=twin,
             zookeeper=str(zookeeper),
             session_timeout=4.0,
             run_dir=run_dir,
@@ -215,6 +222,39 @@ def test_kill_agent_during_restore_loses_and_doubles_nothing(node: AgentNode) ->
     node.start()
     node.wait_serving(agent_pid=node.proc.pid)
     assert_every_job_once(node)
+
+
+def test_twin_stores_kill_gearmand_restores_every_job_once_into_the_other_twin(
+    tmp_path: Path, memcached: Endpoint, twin_memcached: Endpoint, zookeeper: Endpoint
+) -> None:
+    agent = make_node(tmp_path, memcached, zookeeper, f"t{free_port()}", twin=twin_memcached)
+    agent.start()
+    try:
+        agent.wait_serving()
+        load_jobs(agent)  # both twins were empty: the first gearmand writes the first one
+        assert Store(twin_memcached).curr_items() == 0
+        before = agent.member()
+        psutil.Process(before["gearmand_pid"]).kill()
+        after = agent.wait_serving(restarts=1)
+        assert after["gearmand_pid"] != before["gearmand_pid"]
+        assert Store(memcached).curr_items() == 0, "every job moved out of the first twin"
+        assert store_record(agent) == (str(twin_memcached), str(memcached))
+        agent.store = twin_memcached  # the new gearmand writes the other twin
+        assert_every_job_once(agent)
+    finally:
+        agent.stop()
+
+
+def store_record(node: AgentNode) -> tuple[str, str | None]:
+    """(address, twin) of the node's store record: the twin its gearmand writes, the other."""
+    zk = KazooClient(hosts=str(node.zookeeper), timeout=4)
+    zk.start(timeout=5)
+    try:
+        record = json.loads(zk.get(ClusterPaths("test").store(node.name))[0])
+    finally:
+        zk.stop()
+        zk.close()
+    return record["address"], record.get("twin")
 
 
 def test_sigstop_gearmand_is_detected_and_replaced(node: AgentNode) -> None:

@@ -15,12 +15,21 @@ import pytest
 from cluster.agent.machine import AgentMachine
 from cluster.agent.states import TRANSITIONS, IllegalTransition, State
 from cluster.config import parse_config
-from cluster.coord import CoordinationError, MemberRecord, NodeState, Owner, Purpose
+from cluster.coord import (
+    CoordinationError,
+    MemberRecord,
+    NodeState,
+    Owner,
+    Purpose,
+    StoreRecord,
+)
+from cluster.endpoint import Endpoint
 from cluster.errors import LaunchError, StoreError
 from cluster.health import Check, Health
 from cluster.metrics import AgentMetrics
 from cluster.restore import RestoreIncomplete, RestoreReport
 from cluster.store import StoreIdentity
+from cluster.twinstore import plan_start
 
 
 class FakeLease:
@@ -47,6 +56,7 @@ class FakeCoordination:
     earlier_session_records: int = 0  # register() answers False this many times
     epoch: int = 0
     failing: bool = False
+    stores: list[StoreRecord] = field(default_factory=list)  # describe_store's records
 
     def lease(self, _store: str, _node: str, _purpose: Purpose) -> FakeLease:
         return self.lease_
@@ -68,8 +78,8 @@ class FakeCoordination:
         self.epoch += 1
         return self.epoch
 
-    def describe_store(self, _store: str, _record: object) -> None:
-        pass
+    def describe_store(self, _store: str, record: StoreRecord) -> None:
+        self.stores.append(record)
 
     def members(self) -> dict[str, MemberRecord]:
         return {}  # no peer to send refused jobs to
@@ -108,6 +118,7 @@ class FakeLauncher:
     def __init__(self) -> None:
         self.restore_checks: list[bool] = []  # answers of the hang watch during a restore
         self.started: list[str] = []
+        self.wrote: list[Endpoint] = []  # the store of each start
         self.proc: FakeGearmand | None = None
         self.health: list[Health] = []  # answers of check(), then SERVING
         self.writes = True
@@ -115,12 +126,13 @@ class FakeLauncher:
         self.fenced = False
         self.killed = 0
 
-    def start(self, prefix: str) -> FakeGearmand | None:
+    def start(self, prefix: str, store: Endpoint) -> FakeGearmand | None:
         if self.fenced:
             return None
         if self.fail_start:
             raise LaunchError("gearmand exited at once (status 1)")
         self.started.append(prefix)
+        self.wrote.append(store)
         self.proc = FakeGearmand(1000 + len(self.started))
         return self.proc
 
@@ -151,10 +163,10 @@ class FakeLauncher:
 
 
 class FakeStore:
-    def __init__(self) -> None:
-        self.items: int | Exception = 3
+    def __init__(self, items: int = 3, pid: int = 500) -> None:
+        self.items: int | Exception = items
         self.answers: list[bool] = []  # does it answer `stats`? then True
-        self.pid = 500  # memcached's
+        self.pid = pid  # memcached's
 
     def curr_items(self) -> int:
         if isinstance(self.items, Exception):
@@ -194,9 +206,10 @@ class Node:
         """Put the agent in `state` as if it got there by the diagram."""
         self.agent.state = state
         self.agent.registered = True
-        self.agent.expected = 3
+        self.agent.to_restore = {self.agent.config.store: 3}
+        self.agent.start_plan = plan_start((self.agent.config.store,), (3,))
         if state in (State.RESTORING, State.SERVING, State.STORE_LOST):
-            self.agent.proc = self.launcher.start("g1_")
+            self.agent.proc = self.launcher.start("g1_", self.agent.config.store)
         if state is State.FENCED:
             self.agent.fence("test")
             self.agent.unfence(session_was_lost=False)  # the step starts over
@@ -209,13 +222,14 @@ def full_restore(_store: object, _target: object, *, expected: int, **_kw: Any) 
     return RestoreReport(expected=expected, moved=expected)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Node:
+def build_node(tmp_path: Path, twin: FakeStore | None = None) -> Node:
+    """An agent on fakes: one store, or twin stores (127.0.0.1:11211, `twin` on :11212)."""
+    stores = {"address": "127.0.0.1:11211"} | ({"twin": "127.0.0.1:11212"} if twin else {})
     config = parse_config(
         {
             "node": {"name": "n1", "cluster": "t"},
             "gearmand": {"listen": "127.0.0.1:4730"},
-            "store": {"address": "127.0.0.1:11211"},
+            "store": stores,
             "zookeeper": {"hosts": "127.0.0.1:2181"},
             "paths": {"run_dir": str(tmp_path)},
         }
@@ -232,6 +246,7 @@ def node(tmp_path: Path) -> Node:
         coord,
         launcher,
         store,
+        twin=twin,
         metrics=AgentMetrics("n1", config.gearman, config.store),
         known_functions=lambda: {"resize"},
         publish_functions=lambda names: (published.append(names), Counter())[1],
@@ -239,6 +254,11 @@ def node(tmp_path: Path) -> Node:
         clock=clock,  # type: ignore[arg-type]
     )
     return Node(agent, coord, launcher, store, clock, restores, published)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return build_node(tmp_path)
 
 
 def run_until(node: Node, state: State, limit: int = 20) -> list[State]:
@@ -265,6 +285,7 @@ def arrange(node: Node, source: State, target: State) -> None:
         node.coord.lease_.failing = node.coord.failing = True  # owning, waiting, launching
         node.restores.append(_raise(failure))  # restoring, and serving's retry of deferred jobs
         node.agent.record = node.agent.record.with_changes(deferred_jobs=1)
+        node.agent.waiting = {node.agent.config.store: (1, 0)}
         node.launcher.writes_store = _raise(failure)  # type: ignore[method-assign]
     elif edge == (State.OWNING, State.WAITING):
         node.coord.lease_.holder = Owner("n2", Purpose.DRAIN, 7)
@@ -539,3 +560,139 @@ def test_a_gearmand_hung_during_the_restore_is_killed_and_restarted(node: Node) 
     assert node.cycle() is State.RESTARTING
     assert node.launcher.killed == 1
     assert "serving" not in node.coord.states
+
+
+# -- twin stores ---------------------------------------------------------------------------------
+
+A = Endpoint("127.0.0.1", 11211)  # config.store
+B = Endpoint("127.0.0.1", 11212)  # config.twin
+
+
+@dataclass
+class Twins:
+    """An agent with twin stores; its restorer moves jobs as gearmand would: out of the store it
+    reads, into the twin the running gearmand writes (`lose_after`: gearmand dies after that
+    many jobs of the next restore)."""
+
+    node: Node
+    stores: dict[Endpoint, FakeStore]
+    calls: list[tuple[Endpoint, int, str]] = field(default_factory=list)  # store, expected, keep
+    lose_after: int | None = None
+
+    def restorer(self, source: FakeStore, _target: object, *, expected: int, keep_prefix: str,
+                 **_kw: Any) -> RestoreReport:  # fmt: skip
+        address = next(a for a, s in self.stores.items() if s is source)
+        self.calls.append((address, expected, keep_prefix))
+        moving = expected if self.lose_after is None else min(expected, self.lose_after)
+        assert isinstance(source.items, int)
+        source.items -= moving
+        written = self.stores[self.node.launcher.wrote[-1]]
+        assert isinstance(written.items, int)
+        written.items += moving
+        if moving < expected:
+            self.lose_after = None
+            assert self.node.launcher.proc is not None
+            self.node.launcher.proc.returncode = -9
+            raise RestoreIncomplete(
+                "gearmand closed the connection", RestoreReport(expected, moving)
+            )
+        return RestoreReport(expected=expected, moved=expected)
+
+    @property
+    def items(self) -> tuple[int | Exception, int | Exception]:
+        return self.stores[A].items, self.stores[B].items
+
+
+@pytest.fixture
+def twins(tmp_path: Path) -> Twins:
+    node = build_node(tmp_path, twin=FakeStore(items=0, pid=600))
+    node.store.items = 100
+    twins = Twins(node, {A: node.store, B: node.agent.stores[B]})
+    node.agent.restorer = twins.restorer
+    return twins
+
+
+def crash_and_serve_again(node: Node) -> None:
+    node.launcher.health = [Health.GONE]
+    assert node.cycle() is State.RESTARTING
+    run_until(node, State.SERVING)
+
+
+def test_twins_the_empty_twin_serves_and_the_full_one_is_restored(twins: Twins) -> None:
+    node = twins.node
+    run_until(node, State.SERVING)
+    assert node.launcher.wrote == [B]
+    assert twins.calls == [(A, 100, "g1_")]
+    assert twins.items == (0, 100)
+    assert node.coord.stores[-1].addresses == (str(B), str(A))  # address = B, twin = A
+    assert node.coord.written[-1].store == str(B)  # the member record: the twin written now
+    crash_and_serve_again(node)  # the next gearmand takes the other twin, now empty
+    assert node.launcher.wrote == [B, A]
+    assert twins.calls[-1] == (B, 100, "g2_")
+    assert twins.items == (100, 0)
+    assert (node.coord.stores[-1].address, node.coord.stores[-1].twin) == (str(A), str(B))
+
+
+def test_twins_a_crash_mid_restore_leaves_jobs_in_both_and_the_next_start_restores_all(
+    twins: Twins,
+) -> None:
+    node = twins.node
+    twins.lose_after = 40
+    run_until(node, State.RESTORING)
+    assert node.cycle() is State.RESTARTING  # gearmand died after 40 of the 100 jobs
+    assert twins.items == (60, 40)
+    run_until(node, State.SERVING)
+    # the smaller twin (B: it walks 40 items) serves; both are restored, the other one first
+    assert node.launcher.wrote == [B, B]
+    assert twins.calls[1:] == [(A, 60, "g2_"), (B, 40, "g2_")]
+    assert twins.items == (0, 100)
+    assert node.agent.record.state == NodeState.SERVING
+
+
+def test_twins_an_unreachable_twin_starts_no_gearmand(twins: Twins) -> None:
+    node = twins.node
+    twins.stores[B].items = StoreError("store 127.0.0.1:11212: connection refused")
+    run_until(node, State.STORE_UNREACHABLE)
+    assert node.launcher.started == []  # one count alone cannot make the restore exact
+    assert "127.0.0.1:11212" in node.agent.reason
+    twins.stores[B].items = 0
+    run_until(node, State.SERVING)
+    assert twins.calls == [(A, 100, "g1_")]
+
+
+def test_twins_the_store_checks_follow_the_twin_gearmand_writes(twins: Twins) -> None:
+    node = twins.node
+    run_until(node, State.SERVING)  # gearmand writes B (memcached pid 600)
+    twins.stores[A].answers = [False] * 10  # the idle twin down: nothing to do with gearmand
+    node.launcher.health = [Health.SERVING] * 3 + [Health.GONE]
+    assert node.cycle() is State.RESTARTING  # not store-lost
+    twins.stores[A].answers = []
+    run_until(node, State.SERVING)  # now on A (pid 500): not taken for a restarted memcached
+    node.launcher.health = [Health.SERVING] * 3 + [Health.GONE]
+    assert node.cycle() is State.RESTARTING
+    run_until(node, State.SERVING)  # on B again
+    twins.stores[B].answers = [False]
+    assert node.cycle() is State.STORE_LOST
+    assert "store-lost" in node.coord.states
+
+
+def test_twins_deferred_jobs_are_retried_from_the_twin_that_holds_them(twins: Twins) -> None:
+    node = twins.node
+    tried: list[tuple[Endpoint, int]] = []
+
+    def defers_two(source: FakeStore, _t: object, *, expected: int, **_kw: Any) -> RestoreReport:
+        tried.append((A if source is twins.stores[A] else B, expected))
+        return RestoreReport(expected=expected, moved=expected - 2, deferred=2)
+
+    def moves_them(source: FakeStore, _t: object, *, expected: int, **_kw: Any) -> RestoreReport:
+        tried.append((A if source is twins.stores[A] else B, expected))
+        return RestoreReport(expected=expected, moved=expected)
+
+    node.agent.restorer = defers_two
+    run_until(node, State.SERVING)
+    assert node.coord.written[-2].deferred_jobs == 2
+    node.agent.restorer = moves_them
+    node.launcher.health = [Health.SERVING] * 2 + [Health.GONE]
+    assert node.cycle() is State.RESTARTING
+    assert tried == [(A, 100), (A, 2)]  # the two waited in A, not in the twin gearmand writes
+    assert any(r.deferred_jobs == 0 and r.state == "serving" for r in node.coord.written[-3:])

@@ -43,6 +43,34 @@ def test_valid_config_loads_with_defaults(tmp_path: Path) -> None:
     assert config.expected_queue_depth == 200_000
 
 
+def with_twin(twin: str) -> str:
+    return VALID.replace("[zookeeper]", f"twin = {twin!r}\n[zookeeper]".replace("'", '"'))
+
+
+def test_twin_store_is_optional_and_renders_back(tmp_path: Path) -> None:
+    one = load_config(write(tmp_path, VALID))
+    assert one.twin is None and one.stores == (Endpoint("127.0.0.1", 11211),)
+    twins = load_config(write(tmp_path, with_twin("127.0.0.1:11212")))
+    assert twins.stores == (Endpoint("127.0.0.1", 11211), Endpoint("127.0.0.1", 11212))
+    text = render_config(node="n", cluster="c", gearman="127.0.0.1:4730", store=twins.store,
+                         twin=twins.twin, zookeeper="127.0.0.1:2181", run_dir=tmp_path)  # fmt: skip
+    assert load_config(write(tmp_path, text)).stores == twins.stores
+    no_twin = render_config(node="n", cluster="c", gearman="127.0.0.1:4730", store=twins.store,
+                            zookeeper="127.0.0.1:2181", run_dir=tmp_path)  # fmt: skip
+    assert "twin =" not in no_twin and load_config(write(tmp_path, no_twin)).twin is None
+
+
+@pytest.mark.parametrize("twin", ["127.0.0.1:11211", "127.0.0.1"])  # 11211: the default port
+def test_a_twin_equal_to_the_store_is_refused(tmp_path: Path, twin: str) -> None:
+    with pytest.raises(ConfigError, match=r"store\.twin .* is store\.address"):
+        load_config(write(tmp_path, with_twin(twin)))
+
+
+def test_a_bad_twin_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"store\.twin"):
+        load_config(write(tmp_path, with_twin("127.0.0.1:x")))
+
+
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [

@@ -156,7 +156,7 @@ def test_netns_drill_tears_everything_down_when_the_fault_fails(
     monkeypatch.setitem(SCENARIOS, "broken", Scenario("broken", "a fault that fails", broken))
     with pytest.raises(GearctlError, match="on purpose"):
         run("broken", 100, print, hosts="netns")
-    assert len(started) == 3 + 3 + 1 + 3  # agents, stores, ZooKeeper, gearmands
+    assert len(started) == 3 + 3 + 3 + 1 + 3  # agents, stores, twin stores, ZooKeeper, gearmands
     assert [pid for pid in started if psutil.pid_exists(pid)] == []
     assert netns.leftovers() == ([], [])
 

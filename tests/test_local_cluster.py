@@ -63,7 +63,9 @@ def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path)
             "gearmand_started",
             "zk_session",
             "zk_session_state",
+            "twin",
         }
+        assert node["twin"] and node["twin"] != node["store"]
         assert alive(node["agent_pid"]) and alive(node["gearmand_pid"])
         assert node["zk_session"].startswith("0x") and node["zk_session_state"] == "live"
         assert node["gearmand_started"] > 0
@@ -89,7 +91,7 @@ def test_up_serves_jobs_on_every_node_and_down_leaves_nothing(cluster_dir: Path)
                 worker.wait()
 
     pids = cluster_pids(cluster_dir)
-    assert len(pids) == 1 + 3 + 3 + 3  # ZooKeeper, stores, agents, gearmands
+    assert len(pids) == 1 + 3 + 3 + 3 + 3  # ZooKeeper, stores, twin stores, agents, gearmands
     result = gearctl("cluster", "down", "--dir", str(cluster_dir))
     assert result.returncode == 0, result.stderr
     assert [pid for pid in pids if alive(pid)] == []

@@ -23,7 +23,7 @@ from cluster.coord import MemberRecord, Outcome
 from cluster.drill.workload import Job, numbered_jobs, submit
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
-from cluster.local.cluster import LocalCluster, write_agent_config
+from cluster.local.cluster import PORT_BLOCK, LocalCluster, write_agent_config
 from cluster.logsetup import JsonFormatter, configure
 from cluster.metrics import AgentMetrics
 from cluster.process import free_port
@@ -256,6 +256,28 @@ def test_plan_without_metrics_writes_no_metrics_section(tmp_path: Path) -> None:
     old = LocalCluster.plan(tmp_path, 1, 0, 4.0, 1)
     old.nodes[0].metrics = None  # a cluster.json written before metrics existed
     assert load_config(write_agent_config(old, old.nodes[0])).metrics is None
+
+
+def test_local_cluster_gives_every_node_twin_stores(tmp_path: Path) -> None:
+    standard = LocalCluster.plan(tmp_path, 2, 0, 4.0, 1)
+    assert [n.stores for n in standard.nodes] == [
+        {"store": f"127.0.0.1:{11211 + i}", "twin": f"127.0.0.1:{11311 + i}"} for i in range(2)
+    ]
+    based = LocalCluster.plan(tmp_path, 2, 20000, 4.0, 1)
+    assert [n.twin for n in based.nodes] == ["127.0.0.1:20310", "127.0.0.1:20311"]
+    assert max(int(n.twin.split(":")[1]) for n in based.nodes) < 20000 + PORT_BLOCK
+    config = load_config(write_agent_config(based, based.nodes[1]))
+    assert config.stores == (Endpoint("127.0.0.1", 20111), Endpoint("127.0.0.1", 20311))
+
+
+def test_plan_saved_before_twin_stores_keeps_one_store(tmp_path: Path) -> None:
+    old = LocalCluster.plan(tmp_path, 1, 0, 4.0, 1)
+    old.nodes[0].twin = None  # a cluster.json written before twin stores existed
+    old.save()
+    assert "twin" not in (tmp_path / "cluster.json").read_text()
+    loaded = LocalCluster.load(tmp_path)
+    assert loaded is not None and loaded.nodes[0].stores == {"store": "127.0.0.1:11211"}
+    assert load_config(write_agent_config(loaded, loaded.nodes[0])).twin is None
 
 
 def exposed_names(metrics: AgentMetrics) -> set[str]:

@@ -31,8 +31,16 @@ def test_after_a_crash_mid_restore_the_smaller_twin_serves_and_both_are_restored
     assert (start.expected, start.walk) == (100_000, 40_000)
 
 
+def test_a_single_store_serves_every_start_and_is_restored_from() -> None:
+    start = plan_start((A,), (5,))
+    assert (start.serve, start.restore_from, start.expected, start.walk) == (A, (A,), 5, 5)
+    assert plan_start((A,), (0,)).restore_from == ()
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(GearctlError, match="two memcached instances"):
         plan_start((A, A), (0, 0))
     with pytest.raises(GearctlError, match="negative"):
         plan_start((A, B), (-1, 0))
+    with pytest.raises(GearctlError, match="one or two stores"):
+        plan_start((A, B), (1,))

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from cluster.config import AgentConfig
+from cluster.endpoint import Endpoint
 from cluster.gearman.admin import AdminClient, is_serving
 from cluster.gearmand_server import GearmandLaunch, hashtable_buckets, io_threads, start_gearmand
 from cluster.health import Check, HangWatch, check_gearmand
@@ -37,13 +38,14 @@ class GearmandLauncher:
     def pid_path(self) -> Path:
         return self.config.run_dir / "gearmand.pid"
 
-    def start(self, prefix: str) -> subprocess.Popen[bytes] | None:
-        """Start gearmand with key prefix `prefix` and wait until it serves; None while fenced.
+    def start(self, prefix: str, store: Endpoint) -> subprocess.Popen[bytes] | None:
+        """Start gearmand with key prefix `prefix`, writing memcached `store` (one of the node's
+        stores), and wait until it serves; None while fenced.
         LaunchError (nothing left running) when it does not come up. Call it from the agent's
         main thread: gearmand dies with the thread that started it (cluster.gearmand_server)."""
         launch = GearmandLaunch(
             endpoint=self.config.gearman,
-            store=self.config.store,
+            store=store,
             prefix=prefix,
             log_path=self.config.log_dir / "gearmand.log",
             pid_path=self.pid_path,

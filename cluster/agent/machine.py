@@ -1,6 +1,10 @@
 """The node agent as a state machine: keeps one gearmand serving the node's store, and only
 while it owns the store (states and diagram: cluster.agent.states, docs/architecture.md).
 
+With twin stores (`[store] twin`) the node has two memcached instances: each gearmand start goes
+to the twin holding fewer items (cluster.twinstore), and the restore reads every twin that holds
+jobs, the other one first. Health checks of the store follow the twin the gearmand writes.
+
 The main loop repeats `run_cycle`: run the current state's step, which returns the next state,
 and `transition` to it. Only the main loop changes the state and writes the member record.
 Other threads only signal: the session guard calls `fence` (it kills gearmand at once, since a
@@ -33,8 +37,9 @@ from cluster.errors import GearctlError, LaunchError
 from cluster.health import Check, HangWatch, Health
 from cluster.metrics import AgentMetrics
 from cluster.process import log_tail
-from cluster.restore import RestoreIncomplete, RestoreReport, restore
+from cluster.restore import Copies, RestoreIncomplete, RestoreReport, restore
 from cluster.store import StoreIdentity
+from cluster.twinstore import TwinStart, plan_start
 
 log = logging.getLogger("gearctl.agent")
 
@@ -58,7 +63,7 @@ class Gearmand(Protocol):
 class Launcher(Protocol):
     """Starts, checks, stops and fences the node's gearmand (cluster.agent.gearmand)."""
 
-    def start(self, prefix: str) -> Gearmand | None: ...
+    def start(self, prefix: str, store: Endpoint) -> Gearmand | None: ...
     def check(self, proc: Any) -> Check: ...
     def hang_watch(self, proc: Any) -> HangWatch: ...
     def writes_store(self) -> bool: ...
@@ -83,8 +88,9 @@ class AgentMachine:
         config: AgentConfig,
         coord: Any,  # cluster.coord.Coordination, or a fake
         launcher: Launcher,
-        store: Any,  # cluster.store.Store (curr_items, identity), or a fake
+        store: Any,  # cluster.store.Store (curr_items, identity) of config.store, or a fake
         *,
+        twin: Any = None,  # the same for config.twin (twin stores), None without one
         metrics: AgentMetrics,
         known_functions: Callable[[], set[str]],
         publish_functions: Callable[[tuple[str, ...]], Counter[str]],
@@ -94,7 +100,11 @@ class AgentMachine:
         self.config = config
         self.coord = coord
         self.launcher = launcher
-        self.store = store
+        self.stores: dict[Endpoint, Any] = {config.store: store}
+        if config.twin is not None:
+            assert twin is not None, "a twin store in the config needs its store"
+            self.stores[config.twin] = twin
+        self.writes_to = config.store  # the store the current (or last) gearmand writes
         self.metrics = metrics
         self.known_functions = known_functions
         self.publish_functions = publish_functions
@@ -122,7 +132,11 @@ class AgentMachine:
         self.proc: Gearmand | None = None
         self.store_identity: StoreIdentity | None = None  # memcached's, at the last check
         self.prefix = ""
-        self.expected = 0  # jobs under older prefixes, counted while gearmand was down
+        self.start_plan: TwinStart | None = None  # the next gearmand's store and restore
+        # Per store, jobs under older prefixes still to restore (counted while gearmand was
+        # down), in restore order; and the jobs a restore left waiting (deferred, refused).
+        self.to_restore: dict[Endpoint, int] = {}
+        self.waiting: dict[Endpoint, tuple[int, int]] = {}
         self.reason = ""  # why the last step failed (logged on entering FAILED & co.)
         self.names_warned_at = float("-inf")
         self.steps: dict[State, Callable[[], State]] = {
@@ -214,7 +228,8 @@ class AgentMachine:
         changes: dict[str, Any] = {"state": PUBLISHED[target]}
         if target is State.RESTORING:
             assert self.proc is not None
-            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0, "refused_jobs": 0}
+            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0, "refused_jobs": 0,
+                        "store": str(self.writes_to)}  # fmt: skip
         elif target is State.RESTARTING:
             changes |= {"gearmand_pid": None, "restarts": self.record.restarts + 1}
         elif target in (State.FAILED, State.STORE_UNREACHABLE):
@@ -281,13 +296,26 @@ class AgentMachine:
             return State.COUNTING
         return self._interrupted_state()
 
+    @property
+    def store(self) -> Any:
+        """The store the current (or last) gearmand writes."""
+        return self.stores[self.writes_to]
+
     def _count(self) -> State:
-        try:
-            self.expected = self.store.curr_items()
-        except GearctlError as exc:
-            self.metrics.count_error(exc)
-            self.reason = f"store {self.config.store} unreachable: {exc}"
-            return State.STORE_UNREACHABLE
+        """Count every store's items (no gearmand runs) and plan the start: both twins must
+        answer, a count of one alone would leave the other's jobs out of an exact restore."""
+        counts = []
+        for address, store in self.stores.items():
+            try:
+                counts.append(store.curr_items())
+            except GearctlError as exc:
+                self.metrics.count_error(exc)
+                self.reason = f"store {address} unreachable: {exc}"
+                return State.STORE_UNREACHABLE
+        self.start_plan = plan_start(self.config.stores, tuple(counts))
+        counted = dict(zip(self.config.stores, counts, strict=True))
+        self.to_restore = {address: counted[address] for address in self.start_plan.restore_from}
+        self.waiting = {}  # counted again: what waited is in the counts
         return State.LAUNCHING
 
     def _retry_later(self) -> State:
@@ -296,66 +324,80 @@ class AgentMachine:
         return State.OWNING
 
     def _launch(self) -> State:
+        plan = self.start_plan
+        assert plan is not None
         epoch = self.coord.next_epoch(self.config.node)
         self.prefix = f"g{epoch}_"
+        if plan.walk and self.config.twin is not None:
+            log.warning("both twin stores hold jobs (a restore was interrupted): gearmand walks "
+                        "the %d items of %s before it serves", plan.walk, plan.serve)  # fmt: skip
         try:
-            proc = self.launcher.start(self.prefix)
+            proc = self.launcher.start(self.prefix, plan.serve)
         except LaunchError as exc:
             self.reason = str(exc)
             return State.FAILED
         if proc is None:
             return self._interrupted_state()  # fenced while starting
         self.proc = proc
-        record = StoreRecord.here(str(self.config.store), str(self.config.gearman), proc.pid)
+        if plan.serve != self.writes_to:
+            self.writes_to, self.store_identity = plan.serve, None  # another memcached
+        others = [str(address) for address in self.config.stores if address != plan.serve]
+        record = StoreRecord.here(str(plan.serve), str(self.config.gearman), proc.pid,
+                                  twin=others[0] if others else None)  # fmt: skip
         self.coord.describe_store(self.config.node, record)
         return State.RESTORING
 
     def _restore(self) -> State:
-        """Restore until every old job is back (but deferred ones)."""
+        """Restore from each store holding old jobs, in turn, until every old job is back (but
+        deferred and refused ones)."""
         assert self.proc is not None
         watch = self.launcher.hang_watch(self.proc)  # gearmand is checked while it restores too
-        expected = self.expected
-        while expected:
-            log.info("restoring %d stored jobs", expected)
-            try:
-                report = self.restorer(
-                    self.store,
-                    self.config.gearman,
-                    expected=expected,
-                    keep_prefix=self.prefix,
-                    known_functions=self.known_functions(),
-                    progress=_log_progress,
-                    should_continue=lambda: not self.interrupted and watch.ok(),
-                    overflow=self._peers_serving,
-                )
-            except RestoreIncomplete as exc:
-                log.error("%s", exc)
-                if self.proc.poll() is not None:
-                    return self._gearmand_gone(f"died (status {self.proc.returncode})")
-                if self.interrupted:
-                    return self._interrupted_state()
-                if not watch.ok():
-                    return self._gearmand_gone(
-                        f"is {watch.last.value} during the restore after {watch.failures} "
-                        "checks; killing it"
+        copies = Copies()  # a job in both twins (a crash mid-restore left it there) moves once
+        for address in self.to_restore:
+            while self.to_restore[address]:
+                expected = self.to_restore[address]
+                log.info("restoring %d stored jobs from %s", expected, address)
+                try:
+                    report = self.restorer(
+                        self.stores[address],
+                        self.config.gearman,
+                        expected=expected,
+                        keep_prefix=self.prefix,
+                        known_functions=self.known_functions(),
+                        progress=_log_progress,
+                        should_continue=lambda: not self.interrupted and watch.ok(),
+                        overflow=self._peers_serving,
+                        copies=copies,
                     )
-                expected = exc.report.left_in_store
-                self.metrics.moved(exc.report.moved)
-                self._wait(RESTORE_RETRY_AFTER)
-                continue
-            log.info(
-                "restored %d jobs in %.2fs (%d skipped, %d deferred, %d refused, %d to other "
-                "nodes)",
-                report.moved,
-                report.seconds,
-                len(report.skipped),
-                report.deferred,
-                len(report.refused),
-                report.overflowed,
-            )
-            self.metrics.restored(report)
-            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
-            break
+                except RestoreIncomplete as exc:
+                    log.error("%s", exc)
+                    if self.proc.poll() is not None:
+                        return self._gearmand_gone(f"died (status {self.proc.returncode})")
+                    if self.interrupted:
+                        return self._interrupted_state()
+                    if not watch.ok():
+                        return self._gearmand_gone(
+                            f"is {watch.last.value} during the restore after {watch.failures} "
+                            "checks; killing it"
+                        )
+                    self.to_restore[address] = exc.report.left_in_store
+                    self.metrics.moved(exc.report.moved)
+                    self._wait(RESTORE_RETRY_AFTER)
+                    continue
+                log.info(
+                    "restored %d jobs from %s in %.2fs (%d skipped, %d deferred, %d refused, "
+                    "%d to other nodes)",
+                    report.moved,
+                    address,
+                    report.seconds,
+                    len(report.skipped),
+                    report.deferred,
+                    len(report.refused),
+                    report.overflowed,
+                )
+                self.metrics.restored(report)
+                self.to_restore[address] = 0
+                self._left_waiting(address, report)
         return State.SERVING
 
     def _serve(self) -> State:
@@ -372,7 +414,7 @@ class AgentMachine:
                 log.error(
                     "store %s %s: gearmand keeps its queued jobs in memory but cannot "
                     "persist new ones; waiting for the store",
-                    self.config.store,
+                    self.writes_to,
                     why,
                 )
                 self.metrics.store_lost(how)
@@ -400,7 +442,7 @@ class AgentMachine:
             if self._store_lost() is None and self.launcher.writes_store():
                 log.warning(
                     "store %s is back (empty if it was restarted): gearmand writes to it again",
-                    self.config.store,
+                    self.writes_to,
                 )
                 return State.SERVING
             self._wait(self.config.check_interval)
@@ -481,29 +523,43 @@ class AgentMachine:
     # -- helpers ----------------------------------------------------------------------------
 
     def _restore_deferred(self) -> None:
-        """Try the deferred and refused jobs again: function names may have become known
-        since, and the store or a peer may have room now."""
-        try:
-            report = self.restorer(
-                self.store,
-                self.config.gearman,
-                expected=self.record.deferred_jobs + self.record.refused_jobs,
-                keep_prefix=self.prefix,
-                known_functions=self.known_functions(),
-                overflow=self._peers_serving,
-            )
-        except RestoreIncomplete as exc:
-            log.warning("deferred or refused jobs: %s", exc)
-            return
-        if report.moved:
-            log.info(
-                "restored %d waiting jobs; %d still wait for their function name, %d are refused",
-                report.moved,
-                report.deferred,
-                len(report.refused),
-            )
-            self.metrics.moved(report.moved)
-            self._update(deferred_jobs=report.deferred, refused_jobs=len(report.refused))
+        """Try the deferred and refused jobs again, in every store that holds some: function
+        names may have become known since, and the store or a peer may have room now."""
+        for address, (deferred, refused) in list(self.waiting.items()):
+            if not deferred + refused:
+                continue
+            try:
+                report = self.restorer(
+                    self.stores[address],
+                    self.config.gearman,
+                    expected=deferred + refused,
+                    keep_prefix=self.prefix,
+                    known_functions=self.known_functions(),
+                    overflow=self._peers_serving,
+                )
+            except RestoreIncomplete as exc:
+                log.warning("deferred or refused jobs in %s: %s", address, exc)
+                continue
+            if report.moved:
+                log.info(
+                    "restored %d waiting jobs from %s; %d still wait for their function name, "
+                    "%d are refused",
+                    report.moved,
+                    address,
+                    report.deferred,
+                    len(report.refused),
+                )
+                self.metrics.moved(report.moved)
+                self._left_waiting(address, report)
+
+    def _left_waiting(self, address: Endpoint, report: RestoreReport) -> None:
+        """Note the jobs a restore of `address` left in it (deferred, refused) and publish the
+        node's totals."""
+        self.waiting[address] = (report.deferred, len(report.refused))
+        self._update(
+            deferred_jobs=sum(deferred for deferred, _ in self.waiting.values()),
+            refused_jobs=sum(refused for _, refused in self.waiting.values()),
+        )
 
     def _peers_serving(self) -> list[Endpoint]:
         """Other members' gearmands that serve: where jobs our own store cannot hold go."""

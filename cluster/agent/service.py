@@ -29,7 +29,9 @@ log = logging.getLogger("gearctl.agent")
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.metrics = AgentMetrics(config.node, config.gearman, config.store, config.check_timeout)
+        self.metrics = AgentMetrics(
+            config.node, config.gearman, config.store, config.check_timeout, twin=config.twin
+        )
         self.coord = Coordination.new(
             config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
         )
@@ -41,6 +43,7 @@ class Agent:
             self.coord,
             self.launcher,
             Store(config.store, timeout=config.check_timeout * 2),
+            twin=Store(config.twin, timeout=config.check_timeout * 2) if config.twin else None,
             metrics=self.metrics,
             known_functions=lambda: known_in_cluster(
                 functions, config.gearman, config.check_timeout

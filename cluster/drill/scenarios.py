@@ -119,6 +119,14 @@ class DrillContext:
     def node(self, name: str) -> dict[str, Any]:
         return next(n for n in self.status()["nodes"] if n["name"] == name)
 
+    def written_store(self, name: str) -> tuple[str, Endpoint]:
+        """(`cluster up` process key, address) of the memcached node `name`'s gearmand writes:
+        with twin stores, the one its store record names."""
+        record = next(s for s in self.status()["stores"] if s["store"] == name)
+        plan = next(n for n in self.cluster().nodes if n.name == name)
+        kind = next((k for k, a in plan.stores.items() if a == record["address"]), "store")
+        return f"{kind}:{name}", Endpoint.parse(plan.stores[kind])
+
     def wait(self, what: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -215,7 +223,8 @@ def store_lost(ctx: DrillContext) -> None:
     node = ctx.node("node1")
     gearmand_pid, restarts = node["gearmand_pid"], node["restarts"]
     lost_at = time.monotonic()
-    ctx.kill(ctx.cluster().processes["store:node1"].pid, what="node1 memcached")
+    key, address = ctx.written_store("node1")
+    ctx.kill(ctx.cluster().processes[key].pid, what=f"node1 memcached {address}")
     ctx.wait("node1's agent reporting its store lost",
              lambda s: s["nodes"][0]["state"] == "store-lost", STORE_LOST_TIMEOUT)  # fmt: skip
     still = ctx.node("node1")
@@ -251,7 +260,7 @@ def store_full(ctx: DrillContext) -> None:
     jobs and goes on, and each refused submit counts as refused, never acknowledged. node1's
     gearmand is then killed: its agent restores into the full store, and the jobs it cannot
     hold there go to the other nodes (every job once)."""
-    store = Store(Endpoint.parse(ctx.cluster().nodes[0].store))
+    store = Store(ctx.written_store("node1")[1])
     fillers = 0
     with contextlib.suppress(StoreError):  # memcached -M: out of memory, nothing evicted
         while True:

@@ -4,7 +4,7 @@ Layout of `--dir` (default `.gearctl`):
     cluster.json            the plan (addresses) and the PIDs of every process `up` started
     zookeeper/              data, zoo-<myid>.cfg and logs of ZooKeeper (1 or 3 members)
     <node>/agent.toml       the node agent's configuration
-    <node>/log/             agent, gearmand and memcached logs
+    <node>/log/             agent, gearmand and memcached logs (memcached-twin.log: the twin store)
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ STANDARD_PORTS = {
     "gearman": 4730,
     "store": 11211,
     "metrics": 9400,
+    "twin": 11311,  # node i's twin store: 11311 + i (11211 + i are the first stores)
 }
 PORT_OFFSETS = {
     "zookeeper": 0,
@@ -69,6 +70,7 @@ PORT_OFFSETS = {
     "gearman": 10,
     "store": 110,
     "metrics": 210,
+    "twin": 310,
 }
 PORT_BLOCK = max(PORT_OFFSETS.values()) + 100  # ports a `--port-base` cluster may use (100 nodes)
 
@@ -82,6 +84,12 @@ class NodePlan:
     store: str
     netns: str | None = None  # network namespace its agent (and so its gearmand) runs in
     metrics: str | None = None  # the agent's Prometheus endpoint (None in plans made before it)
+    twin: str | None = None  # its twin store (None in plans made before twin stores)
+
+    @property
+    def stores(self) -> dict[str, str]:
+        """Its memcached stores by process key kind: `store`, and `twin` when it has one."""
+        return {"store": self.store} | ({"twin": self.twin} if self.twin else {})
 
     def as_dict(self) -> dict[str, str]:
         """Its `cluster.json` entry (`netns` only when set, so plans stay as they were)."""
@@ -119,6 +127,7 @@ class LocalCluster:
     zookeeper_ensemble: tuple[ZooKeeperMember, ...] = ()  # empty: one standalone server
     processes: dict[str, ProcessRef] = field(default_factory=dict)
     spread: bool = False  # agents' [takeover] spread (`cluster up --spread`)
+    store_mb: int = DEFAULT_MEMORY_MB  # each memcached's -m (a twin must hold the whole queue)
 
     @property
     def state_file(self) -> Path:
@@ -136,6 +145,7 @@ class LocalCluster:
             "zookeeper_ensemble": [asdict(m) for m in self.zookeeper_ensemble],
             "processes": {k: asdict(ref) for k, ref in self.processes.items()},
             "spread": self.spread,
+            "store_mb": self.store_mb,
         }
         with tempfile.NamedTemporaryFile("w", dir=self.dir, delete=False) as tmp:
             json.dump(data, tmp, indent=2)
@@ -159,6 +169,7 @@ class LocalCluster:
                 ),
                 processes={k: ProcessRef(**v) for k, v in data.get("processes", {}).items()},
                 spread=bool(data.get("spread", False)),
+                store_mb=int(data.get("store_mb", DEFAULT_MEMORY_MB)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GearctlError(f"{path} is damaged ({exc}); remove it to start afresh") from None
@@ -192,6 +203,7 @@ class LocalCluster:
                     store=f"{services}:{port('store', i)}",
                     netns=placement.netns(i),
                     metrics=f"{placement.node_host(i)}:{port('metrics', i)}",
+                    twin=f"{services}:{port('twin', i)}",
                 )
                 for i in range(nodes)
             ],
@@ -252,8 +264,10 @@ def up(
     zookeeper_members: int = 1,
     placement: Placement = Placement(),
     spread: bool = False,
+    serving_timeout: float = SERVING_TIMEOUT,
 ) -> LocalCluster:
-    """Start whatever part of the cluster is not running; return once every node serves.
+    """Start whatever part of the cluster is not running; return once every node serves
+    (within `serving_timeout`: a node restoring a large store takes longer).
 
     The plan (ports, session timeout, placement, spread take-over) is fixed by the first `up`
     of a directory."""
@@ -282,7 +296,7 @@ def up(
     started: list[str] = []
     try:
         _start_missing(cluster, started, progress)
-        wait_serving(cluster, progress)
+        wait_serving(cluster, progress, serving_timeout)
     except BaseException:
         progress("start-up failed; stopping what this run started")
         for key in reversed(started):
@@ -352,15 +366,18 @@ def _start_missing(cluster: LocalCluster, started: list[str], progress: Progress
         wait_zookeeper(launch, proc)
     for node in cluster.nodes:
         node_dir = cluster.node_dir(node.name)
-        if not cluster.running(f"store:{node.name}"):
-            progress(f"{node.name}: starting memcached store on {node.store}")
-            proc = start_memcached(
-                Endpoint.parse(node.store),
-                memory_mb=DEFAULT_MEMORY_MB,
-                log_path=node_dir / "log" / "memcached.log",
-                pid_path=node_dir / "memcached.pid",
-            )
-            record(f"store:{node.name}", proc.pid)
+        for kind, address in node.stores.items():
+            if not cluster.running(f"{kind}:{node.name}"):
+                what = "twin store" if kind == "twin" else "store"
+                progress(f"{node.name}: starting memcached {what} on {address}")
+                name = "memcached" if kind == "store" else "memcached-twin"
+                proc = start_memcached(
+                    Endpoint.parse(address),
+                    memory_mb=cluster.store_mb,
+                    log_path=node_dir / "log" / f"{name}.log",
+                    pid_path=node_dir / f"{name}.pid",
+                )
+                record(f"{kind}:{node.name}", proc.pid)
         key = f"agent:{node.name}"
         # An agent that just died leaves its supervisor for a moment: wait for it to follow.
         wait_until(lambda key=key, name=node.name: (
@@ -416,7 +433,7 @@ def zookeeper_launches(cluster: LocalCluster) -> list[ZooKeeperLaunch]:
 
 
 def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
-    """The node's agent.toml (no [metrics] for plans made before metrics existed)."""
+    """The node's agent.toml (no [metrics] nor twin for plans made before they existed)."""
     path = cluster.node_dir(node.name) / "agent.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -425,6 +442,7 @@ def write_agent_config(cluster: LocalCluster, node: NodePlan) -> Path:
             cluster=cluster.cluster,
             gearman=node.gearman,
             store=node.store,
+            twin=node.twin,
             zookeeper=cluster.zookeeper,
             session_timeout=cluster.session_timeout,
             run_dir=cluster.node_dir(node.name).resolve(),
@@ -449,7 +467,9 @@ def down(directory: Path, progress: Progress) -> LocalCluster | None:
             progress(f"stopping {node.name} gearmand pid {pid} (its agent was gone)")
             stop_pid(pid)
     for node in cluster.nodes:
-        cluster.stop(f"store:{node.name}", progress, f"{node.name} memcached")
+        for kind in node.stores:
+            what = "memcached" if kind == "store" else "twin memcached"
+            cluster.stop(f"{kind}:{node.name}", progress, f"{node.name} {what}")
     for launch in zookeeper_launches(cluster):
         cluster.stop(f"zookeeper:{launch.myid}", progress, f"ZooKeeper member {launch.myid}")
     cluster.save()

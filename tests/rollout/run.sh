@@ -17,8 +17,8 @@
 # under deploy/gearctl-runner (no systemd here).
 # Env: KEEP=1 keeps $WORK (logs) after the run; ROLLING=0 skips the rolling-restart step;
 # LINT=0 skips ansible-lint; IDEMPOTENT=0 skips the second and the --check run; DRILL_JOBS (2000)
-# sizes the failover drill; TWIN=1 gives every node twin stores (gearctl_store_twin; the agent
-# must read `[store] twin`) and checks the firewall on the twin port (11212) too.
+# sizes the failover drill; TWIN=1 (the default) gives every node twin stores (gearctl_store_twin)
+# and checks the firewall on the twin port (11212) too; TWIN=0 rolls out one store per node.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PREFIX=gcr
@@ -231,7 +231,7 @@ all:
     zookeeper_tick_ms: 500
     zookeeper_heap_mb: 128
     memcached_memory_mb: 64
-    gearctl_store_twin: $([ "${TWIN:-0}" = 1 ] && echo true || echo false)
+    gearctl_store_twin: $([ "${TWIN:-1}" = 1 ] && echo true || echo false)
     gearctl_expected_queue_depth: 10000
     gearctl_hang_checks: 3
     firewall_client_networks: [$SUBNET.1]
@@ -383,7 +383,7 @@ talk() {  # talk NS ADDR PORT REQUEST: send REQUEST from namespace NS (root name
 }
 outsider=$PREFIX-h$OUTSIDER
 STORE_PORTS=(11211)
-[ "${TWIN:-0}" = 1 ] && STORE_PORTS+=(11212)  # each node's twin store: store port + 1
+[ "${TWIN:-1}" = 1 ] && STORE_PORTS+=(11212)  # each node's twin store: store port + 1
 checks=("$SUBNET.11 2181 srvr ZooKeeper" "$SUBNET.11 9400 GET /metrics HTTP/1.0\r\n\r\n metrics"
         "$SUBNET.11 4730 status\r\n gearmand")
 for port in "${STORE_PORTS[@]}"; do checks+=("$SUBNET.12 $port flush_all\r\nquit\r\n store"); done
