@@ -169,7 +169,7 @@ def load_jobs(node: AgentNode, count: int = JOBS) -> None:
     node.wait_functions_published()
 
 
-def assert_every_job_once(node: AgentNode, count: int = JOBS) -> None:
+def assert_every_job_once(node: AgentNode, count: int = JOBS, fifo: bool = True) -> None:
     assert queued_by_function(node.gearman) == expected_by_function(count)
     keys = [parse_job_key(item.key, FUNCTIONS) for item in Store(node.store).snapshot()]
     assert len(keys) == count
@@ -179,7 +179,8 @@ def assert_every_job_once(node: AgentNode, count: int = JOBS) -> None:
     assert result.duplicates() == 0
     jobs = {job.unique: job for job in numbered_jobs(count)}
     assert all(result.payloads[u] == jobs[u].payload for u in result.counts)
-    assert_priority_then_fifo(result.order, jobs)
+    if fifo:
+        assert_priority_then_fifo(result.order, jobs)
 
 
 def assert_priority_then_fifo(order: list[tuple[str, str, str]], jobs: dict) -> None:
@@ -221,7 +222,9 @@ def test_kill_agent_during_restore_loses_and_doubles_nothing(node: AgentNode) ->
     node.proc.wait()
     node.start()
     node.wait_serving(agent_pid=node.proc.pid)
-    assert_every_job_once(node)
+    # FIFO does not hold across an interrupted restore (docs/architecture.md, "Restore"): the
+    # jobs moved before the kill were stored again after the ones left behind
+    assert_every_job_once(node, fifo=False)
 
 
 def test_twin_stores_kill_gearmand_restores_every_job_once_into_the_other_twin(

@@ -62,10 +62,16 @@ def small_store(tmp_path: Path) -> Iterator[Callable[[], Endpoint]]:
         stop_pid(pid)
 
 
-def fill_for_large(endpoint: Endpoint) -> int:
+def fill_for_large(endpoint: Endpoint, small_pages: bool = False) -> int:
     """Fill the store with 50 kB items until memcached refuses one; small items still fit in the
-    slab pages already given to them. Returns how many fillers it took."""
+    slab pages already given to them (`small_pages`: first give small items pages in a store
+    that has none, e.g. an empty twin). Returns how many fillers it took."""
     store = Store(endpoint)
+    if small_pages:
+        for n in range(SMALL):
+            store.set(f"small-{n:05d}", b"small %d" % n, 1)
+        for n in range(SMALL):
+            store.delete(f"small-{n:05d}")  # memcached keeps the pages for their slab class
     count = 0
     try:
         while True:
@@ -277,15 +283,17 @@ def test_keys_deleted_by_someone_else_after_the_count_are_counted_out_for_the_re
 
 
 def test_a_refusal_that_repeats_is_a_reported_state_not_a_restore_loop(tmp_path: Path) -> None:
-    """One node. A big job is acknowledged, then its store fills up for large items and its
-    gearmand dies: the restore cannot put the job's new copy next to the old one, and no peer
-    can take it. The node serves; status and metrics say one job is refused; it stays stored."""
+    """One node. A big job is acknowledged, then both its twin stores fill up for large items
+    and its gearmand dies: the restore cannot put the job's new copy in the other twin, and no
+    peer can take it. The node serves; status and metrics say one job is refused; it stays
+    stored."""
     with local_cluster(tmp_path / "c", nodes=1) as directory:
         first = node(status_json(directory), "node1")
         endpoint, store = Endpoint.parse(first["gearman"]), Endpoint.parse(first["store"])
         with GearmanConnection(endpoint) as conn:
             conn.submit_background_many([(f, u, p, "normal") for f, p, u in mixed_jobs("agent")])
         fill_for_large(store)
+        fill_for_large(Endpoint.parse(first["twin"]), small_pages=True)
         kill_pid(first["gearmand_pid"])
         back = node(wait_status(directory, lambda s: node(s, "node1")["restarts"] == 1
                                 and node(s, "node1")["state"] == "serving"), "node1")  # fmt: skip

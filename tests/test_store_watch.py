@@ -23,6 +23,8 @@ from cluster.process import wait_until as wait_for
 from cluster.store import Store, StoreIdentity
 from tests.clusterctl import gearman, local_cluster, node, status_json, wait_until
 
+STORE = Endpoint("127.0.0.1", 1)
+
 
 def test_a_store_that_answers_as_another_memcached_is_lost() -> None:
     identities = [StoreIdentity(100, 1000.0), StoreIdentity(100, 1000.5),
@@ -32,7 +34,8 @@ def test_a_store_that_answers_as_another_memcached_is_lost() -> None:
         return identities.pop(0)
 
     agent = AgentMachine.__new__(AgentMachine)  # only the store check: no ZooKeeper, gearmand
-    agent.store, agent.store_identity = SimpleNamespace(identity=identity), None
+    agent.writes_to, agent.store_identity = STORE, None
+    agent.stores = {STORE: SimpleNamespace(identity=identity)}
     assert agent._store_lost() is None  # the first look
     assert agent._store_lost() is None  # `uptime` has whole seconds: not a restart
     assert agent._store_lost() == (
@@ -46,7 +49,7 @@ def test_a_store_that_answers_as_another_memcached_is_lost() -> None:
     def down() -> StoreIdentity:
         raise StoreError("memcached 127.0.0.1:1: connection refused")
 
-    agent.store = SimpleNamespace(identity=down)
+    agent.stores[STORE] = SimpleNamespace(identity=down)
     assert agent._store_lost() == ("down", "lost (memcached 127.0.0.1:1: connection refused)")
 
 
