@@ -12,6 +12,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
@@ -53,6 +54,9 @@ class Coordination:
         self.paths = ClusterPaths(cluster)
         self.hosts = hosts
         self._read_timeout_ms: float | None = None
+        # one kazoo watcher per (store, callback): kazoo keeps a set, so a scan that asks
+        # again every second adds nothing
+        self._plan_watchers: dict[tuple[str, Callable[[], None]], Callable[[Any], None]] = {}
         self._record_negotiated_timeout()
 
     @classmethod
@@ -272,9 +276,7 @@ class Coordination:
         """The store's spread plan; None when there is none (or one this version cannot read)."""
         try:
             return SpreadPlan.decode(self.zk.get(self.paths.store_spread(store))[0])
-        except NoNodeError:
-            return None
-        except (ValueError, KeyError, TypeError):
+        except (NoNodeError, ValueError, KeyError, TypeError):
             return None
 
     @translated
@@ -290,7 +292,8 @@ class Coordination:
     def on_spread_planned(self, store: str, callback: Callable[[], None]) -> None:
         """`callback()` (kazoo's thread) once the store's plan is written or removed, or now
         if it exists already: a survivor that lost the claim waits for the parts."""
-        if self.zk.exists(self.paths.store_spread(store), watch=lambda _event: callback()):
+        watcher = self._plan_watchers.setdefault((store, callback), lambda _event: callback())
+        if self.zk.exists(self.paths.store_spread(store), watch=watcher):
             callback()
 
     @translated

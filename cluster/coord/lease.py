@@ -27,7 +27,6 @@ class StoreLease:
         self.coord = coord
         self.zk = coord.zk
         self.hosts = coord.hosts
-        self.store = store
         whole = part is None
         self.path = coord.paths.store_owner(store) if whole else coord.paths.store_part_owner(
             store, part)  # fmt: skip

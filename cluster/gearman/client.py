@@ -320,8 +320,8 @@ class Client:
 
         def run() -> None:
             try:
-                kwargs = {"unique": unique, "priority": priority, "timeout": timeout}
-                result = self.submit(function, payload, on_update=updates.put, **kwargs)
+                result = self.submit(function, payload, unique=unique, priority=priority,
+                                     timeout=timeout, on_update=updates.put)  # fmt: skip
                 updates.put(JobUpdate("complete", b"", result))
             except BaseException as exc:  # handed to the iterating thread
                 updates.put(exc)

@@ -51,7 +51,15 @@ from typing import TYPE_CHECKING, Any
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError, ProtocolError
 from cluster.gearman.discovery import ServerSource, server_source
-from cluster.gearman.protocol import RECV_SIZE, Packet, PacketType, decode, encode, request
+from cluster.gearman.protocol import (
+    RECV_SIZE,
+    Packet,
+    PacketType,
+    as_payload,
+    decode,
+    encode,
+    request,
+)
 
 if TYPE_CHECKING:
     from cluster.gearman.client import Client
@@ -805,13 +813,7 @@ def _dead_letter_payload(job: WorkerJob, attempts: int, error: str) -> bytes:
 
 
 def _result(value: bytes | str | None) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"a handler returns bytes, str or None, not {type(value).__name__}")
+    return b"" if value is None else as_payload(value)
 
 
 def _text(value: str) -> bytes:
