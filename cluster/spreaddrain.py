@@ -18,7 +18,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 
 from cluster.coord import (
-    LIVE_STATES,
     Coordination,
     PartRecord,
     PlanEnded,
@@ -38,7 +37,7 @@ PART_WAIT = 0.2  # seconds between the claimer's looks at parts others drain
 
 def survivors(coord: Coordination, store: str, by: str) -> tuple[str, ...]:
     """The plan's survivors: every live member but the dead node, and the claimer itself."""
-    live = {name for name, m in coord.members().items() if m.state in LIVE_STATES}
+    live = {name for name, m in coord.members().items() if m.live}
     return tuple(sorted((live - {store}) | {by}))
 
 

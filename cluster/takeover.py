@@ -147,8 +147,10 @@ class TakeoverWatcher:
 
     def _drain_parts(self, store: str) -> None:
         """Help another claimer's spread drain: the plan's free parts, this node's first."""
+        if store == self.node:
+            return
         plan = self.coord.spread_plan(store)
-        if store == self.node or plan is None:
+        if plan is None:
             return
         spreaddrain.drain_parts(
             self.coord, store, plan, self.target, by=self.node, known=self._known(),
