@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from cluster.endpoint import Endpoint
 from cluster.gearman.admin import is_serving
 from cluster.gearmand_server import GearmandLaunch, start_gearmand
-from cluster.local.memcached_server import start_memcached
+from cluster.local.memcached_server import DEFAULT_MEMORY_MB, start_memcached
 from cluster.local.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 from cluster.process import free_port, free_port_block, stop_pid, wait_until
 
@@ -19,28 +20,37 @@ HOST = "127.0.0.1"
 __all__ = ["HOST", "free_port_block"]
 
 
-def _memcached(tmp_path: Path, name: str) -> Iterator[Endpoint]:
+@contextmanager
+def running_memcached(
+    tmp_path: Path, name: str, memory_mb: int = DEFAULT_MEMORY_MB
+) -> Iterator[Endpoint]:
+    """A memcached (`-M -m memory_mb`) on a free loopback port, its log and PID file named after
+    `name` in `tmp_path`; stopped by its PID at the end of the block."""
     endpoint = Endpoint(HOST, free_port())
     proc = start_memcached(
         endpoint,
-        memory_mb=256,
+        memory_mb=memory_mb,
         log_path=tmp_path / f"{name}.log",
         pid_path=tmp_path / f"{name}.pid",
     )
-    yield endpoint
-    stop_pid(proc.pid)
-    proc.wait()
+    try:
+        yield endpoint
+    finally:
+        stop_pid(proc.pid)
+        proc.wait()
 
 
 @pytest.fixture
 def memcached(tmp_path: Path) -> Iterator[Endpoint]:
-    yield from _memcached(tmp_path, "memcached")
+    with running_memcached(tmp_path, "memcached") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
 def twin_memcached(tmp_path: Path) -> Iterator[Endpoint]:
     """A second memcached: the twin store of `memcached` (twin stores, issue 18)."""
-    yield from _memcached(tmp_path, "memcached-twin")
+    with running_memcached(tmp_path, "memcached-twin") as endpoint:
+        yield endpoint
 
 
 @dataclass

@@ -30,9 +30,9 @@ from cluster.process import free_port
 from cluster.restore import RestoreReport
 from tests.clusterctl import kill_node, local_cluster, status_json, wait_until
 from tests.clusterctl import node as cluster_node
-from tests.conftest import HOST, RunningGearmand
+from tests.conftest import HOST, RunningGearmand, running_memcached
 from tests.test_agent import AgentNode, make_node
-from tests.twinstores import memcached, persist
+from tests.twinstores import persist
 
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -152,7 +152,7 @@ def test_scrape_reads_queued_jobs_per_function_and_store_stats(gearmand: Running
 def test_scrape_reads_both_twin_stores(gearmand: RunningGearmand, tmp_path: Path) -> None:
     """Per-store series for each twin; a job waiting in the twin counts for the oldest age."""
     older, newer = numbered_jobs(7, prefix="old"), numbered_jobs(30)
-    with memcached(tmp_path, "twin") as twin:
+    with running_memcached(tmp_path, "twin") as twin:
         persist(twin, "g0_", older, tmp_path)
         assert submit(gearmand.endpoint, newer) == len(newer)
         found = scrape(AgentMetrics("n1", gearmand.endpoint, gearmand.store, twin=twin))

@@ -14,12 +14,10 @@ from cluster.drill.workload import FUNCTIONS, Job, drain
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.jobkey import job_key
-from cluster.local.memcached_server import start_memcached
-from cluster.process import free_port, stop_pid
 from cluster.restore import RestoreReport, restore
 from cluster.spread import PartStore, first_part, part_counts, part_of
 from cluster.store import Store
-from tests.conftest import HOST
+from tests.conftest import HOST, running_memcached
 from tests.test_restore import queued, started_gearmand, stored  # noqa: F401
 
 
@@ -47,12 +45,8 @@ def test_first_part_is_the_rank_among_the_plans_survivors() -> None:
 @pytest.fixture
 def other_store(tmp_path: Path) -> Iterator[Endpoint]:
     """The second survivor's own store."""
-    endpoint = Endpoint(HOST, free_port())
-    proc = start_memcached(endpoint, memory_mb=256, log_path=tmp_path / "other.log",
-                           pid_path=tmp_path / "other.pid")  # fmt: skip
-    yield endpoint
-    stop_pid(proc.pid)
-    proc.wait()
+    with running_memcached(tmp_path, "other") as endpoint:
+        yield endpoint
 
 
 @pytest.mark.integration

@@ -27,9 +27,10 @@ from cluster.endpoint import Endpoint
 from cluster.process import kill_pid, wait_until
 from cluster.restore import BATCH
 from cluster.store import Store
+from tests.conftest import running_memcached
 from tests.test_restore import queued, started_gearmand
 from tests.test_takeover_twins import uniques_in
-from tests.twinstores import memcached, persist
+from tests.twinstores import persist
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +52,13 @@ class Scene:
 def scene(tmp_path: Path) -> Iterator[Scene]:
     jobs = numbered_jobs(2 * HALF, prefix="spread")
     with ExitStack() as stack:
-        twin = stack.enter_context(memcached(tmp_path, "twin"))
-        store = stack.enter_context(memcached(tmp_path, "store"))
+        twin = stack.enter_context(running_memcached(tmp_path, "twin"))
+        store = stack.enter_context(running_memcached(tmp_path, "store"))
         persist(twin, "g1_", jobs[:HALF], tmp_path)
         dead = persist(store, "g2_", jobs[HALF:], tmp_path)
         targets, stores = {}, {}
         for node in ("node1", "node3"):
-            stores[node] = stack.enter_context(memcached(tmp_path, f"{node}-store"))
+            stores[node] = stack.enter_context(running_memcached(tmp_path, f"{node}-store"))
             directory = tmp_path / node
             directory.mkdir()
             targets[node], _ = stack.enter_context(

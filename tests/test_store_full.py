@@ -9,9 +9,11 @@ drain), and the refused one stays in the store and is reported.
 
 from __future__ import annotations
 
+import itertools
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -24,14 +26,13 @@ from cluster.gearman.admin import STATUS_NAMES_BYTES, AdminClient
 from cluster.gearman.client import Client
 from cluster.gearman.protocol import GearmanConnection, PacketType, request
 from cluster.health import Health, check_gearmand
-from cluster.local.memcached_server import start_memcached
 from cluster.namebound import PER_MINUTE
-from cluster.process import free_port, kill_pid, stop_pid
+from cluster.process import kill_pid
 from cluster.restore import RestoreIncomplete, restore
 from cluster.store import Store
 from tests.clusterctl import local_cluster, node, status_json
 from tests.clusterctl import wait_until as wait_status
-from tests.conftest import HOST, RunningGearmand
+from tests.conftest import RunningGearmand, running_memcached
 from tests.test_restore import queued, started_gearmand
 
 pytestmark = pytest.mark.integration
@@ -44,22 +45,11 @@ FUNCTION = "img-resize"
 @pytest.fixture
 def small_store(tmp_path: Path) -> Iterator[Callable[[], Endpoint]]:
     """Start memcached stores of 3 MB (`-M`: a full store refuses, never evicts)."""
-    pids: list[int] = []
-
-    def start() -> Endpoint:
-        endpoint = Endpoint(HOST, free_port())
-        proc = start_memcached(
-            endpoint,
-            memory_mb=3,
-            log_path=tmp_path / f"memcached-{endpoint.port}.log",
-            pid_path=tmp_path / f"memcached-{endpoint.port}.pid",
+    numbers = itertools.count(1)
+    with ExitStack() as stores:
+        yield lambda: stores.enter_context(
+            running_memcached(tmp_path, f"small-store-{next(numbers)}", memory_mb=3)
         )
-        pids.append(proc.pid)
-        return endpoint
-
-    yield start
-    for pid in pids:
-        stop_pid(pid)
 
 
 def fill_for_large(endpoint: Endpoint, small_pages: bool = False) -> int:

@@ -19,9 +19,9 @@ from cluster.endpoint import Endpoint
 from cluster.jobkey import parse_job_key
 from cluster.restore import CHUNK, Progress
 from cluster.store import Store
-from tests.conftest import RunningGearmand
+from tests.conftest import RunningGearmand, running_memcached
 from tests.test_restore import check_drained
-from tests.twinstores import memcached, persist
+from tests.twinstores import persist
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def twins(tmp_path: Path) -> Iterator[tuple[StoreRecord, list[Job]]]:
     """A dead node's store record with a twin: the twin holds the older jobs (`g1_`), the store
     its last gearmand wrote the newer ones (`g2_`)."""
     jobs = numbered_jobs(OLDER + NEWER, prefix="twin")
-    with memcached(tmp_path, "twin") as twin, memcached(tmp_path, "store") as store:
+    with running_memcached(tmp_path, "twin") as twin, running_memcached(tmp_path, "store") as store:
         persist(twin, "g1_", jobs[:OLDER], tmp_path)
         dead = persist(store, "g2_", jobs[OLDER:], tmp_path)
         yield StoreRecord(str(store), str(dead), "h", None, twin=str(twin)), jobs
@@ -120,7 +120,7 @@ def copied(tmp_path: Path) -> Iterator[tuple[StoreRecord, list[Job], int]]:
     first `COPIED` older jobs are in the twin (`g1_`) and, re-persisted, in the store (`g2_`)."""
     jobs = numbered_jobs(OLDER + NEWER, prefix="copy")
     copied = CHUNK // 2
-    with memcached(tmp_path, "twin") as twin, memcached(tmp_path, "store") as store:
+    with running_memcached(tmp_path, "twin") as twin, running_memcached(tmp_path, "store") as store:
         persist(twin, "g1_", jobs[:OLDER], tmp_path)
         dead = persist(store, "g2_", jobs[:copied] + jobs[OLDER:], tmp_path)
         yield StoreRecord(str(store), str(dead), "h", None, twin=str(twin)), jobs, copied

@@ -20,7 +20,8 @@ from cluster.endpoint import Endpoint
 from cluster.storeview import inspect_in_cluster
 from cluster.target import Target
 from tests.clusterctl import gearctl
-from tests.twinstores import memcached, persist
+from tests.conftest import running_memcached
+from tests.twinstores import persist
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +34,9 @@ def cluster(zookeeper: Endpoint, tmp_path: Path) -> Iterator[tuple[Target, Endpo
     (target, node2's store, node2's twin)."""
     target = Target(str(zookeeper), f"views-{uuid.uuid4().hex[:8]}")
     with (
-        memcached(tmp_path, "store") as store,
-        memcached(tmp_path, "twin") as twin,
-        memcached(tmp_path, "single") as single,
+        running_memcached(tmp_path, "store") as store,
+        running_memcached(tmp_path, "twin") as twin,
+        running_memcached(tmp_path, "single") as single,
     ):
         persist(twin, "g1_", numbered_jobs(OLDER, prefix="old"), tmp_path)
         dead = persist(store, "g2_", numbered_jobs(NEWER, prefix="new"), tmp_path)
