@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster import coord
-from cluster.claim import Drained, claim_and_drain, drain_order
+from cluster.claim import Drained, claim_and_drain
 from cluster.coord import Outcome, StoreRecord
 from cluster.drill.workload import FUNCTIONS, Job, drain, numbered_jobs
 from cluster.endpoint import Endpoint
@@ -57,12 +57,6 @@ def take_over(
     """Dead node2's stores drained into `target` for node `by`."""
     return claim_and_drain(session, "node2", record, target, by=by, progress=progress,
                            known=lambda: set(FUNCTIONS), keep_going=keep_going)  # fmt: skip
-
-
-def test_the_twin_is_drained_first_then_the_store_the_dead_gearmand_wrote() -> None:
-    record = StoreRecord("h:1", "h:2", "h", None, twin="h:3")
-    assert drain_order(record) == ("h:3", "h:1")
-    assert drain_order(StoreRecord("h:1", "h:2", "h", None)) == ("h:1",)
 
 
 def test_both_twins_are_drained_exactly_once_under_one_claim(

@@ -1,9 +1,12 @@
-"""The twin-store rule (pure logic): which twin a new gearmand gets, what its restore reads."""
+"""The twin-store rule (pure logic): which twin a new gearmand gets, what its restore reads, in
+which order a take-over drains a dead node's twins."""
 
 from __future__ import annotations
 
 import pytest
 
+from cluster.claim import drain_order
+from cluster.coord import StoreRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.twinstore import plan_start
@@ -44,3 +47,9 @@ def test_bad_input_is_refused() -> None:
         plan_start((A, B), (-1, 0))
     with pytest.raises(GearctlError, match="one or two stores"):
         plan_start((A, B), (1,))
+
+
+def test_the_twin_is_drained_first_then_the_store_the_dead_gearmand_wrote() -> None:
+    record = StoreRecord("h:1", "h:2", "h", None, twin="h:3")
+    assert drain_order(record) == ("h:3", "h:1")
+    assert drain_order(StoreRecord("h:1", "h:2", "h", None)) == ("h:1",)
