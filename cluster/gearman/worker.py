@@ -536,18 +536,18 @@ class Worker:
     ) -> None:
         server.grabs = max(0, server.grabs - 1)
         assert server.sock is not None and self._pool is not None
+
+        def report(packet: Packet) -> None:  # `run` is bound below, before the handler runs
+            self._report(run, packet)
+
+        job = WorkerJob(handle, function, unique, payload, server.endpoint, report)
         with self._lock:
             registration = self._handlers.get(function)
-        job = WorkerJob(handle, function, unique, payload, server.endpoint)
-        timeout = (
-            registration.timeout if registration and registration.timeout else self.job_timeout
-        )
-        deadline = time.monotonic() + timeout if timeout else None
-        run = _Run(job, server, server.sock, registration, deadline)
-        run.job = WorkerJob(
-            handle, function, unique, payload, server.endpoint, lambda p: self._report(run, p)
-        )
-        with self._lock:
+            timeout = (
+                registration.timeout if registration and registration.timeout else self.job_timeout
+            )
+            deadline = time.monotonic() + timeout if timeout else None
+            run = _Run(job, server, server.sock, registration, deadline)
             self._runs.add(run)
         if registration is None:
             log.warning("job %r for unregistered function %r: failing it", handle, function)
