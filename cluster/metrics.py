@@ -67,11 +67,12 @@ class AgentMetrics:
         self,
         node: str,
         gearman: Endpoint,
-        store: Endpoint,
+        stores: tuple[Endpoint, ...],
         timeout: float = 1.0,
-        twin: Endpoint | None = None,
     ) -> None:
-        """`twin`: the node's second store when it has twin stores (both are read)."""
+        """`stores`: the node's stores (`AgentConfig.stores`: one, or two twins; all are read)."""
+        if not stores:
+            raise ValueError(f"agent metrics of node {node} need at least one store")
         self.node = node
         self.gearman = gearman
         self.timeout = timeout
@@ -199,8 +200,7 @@ class AgentMetrics:
         for how in ("down", "restarted"):
             self.store_losses.labels(node, how)
         self.agent_state.state(NodeState.STARTING)
-        self.live = LiveCollector(node, gearman, (store,) if twin is None else (store, twin),
-                                  timeout)  # fmt: skip
+        self.live = LiveCollector(node, gearman, stores, timeout)
         r.register(self.live)
 
     # -- the HTTP endpoint --------------------------------------------------------------------

@@ -247,7 +247,7 @@ def build_node(tmp_path: Path, twin: FakeStore | None = None) -> Node:
         launcher,
         store,
         twin=twin,
-        metrics=AgentMetrics("n1", config.gearman, config.store),
+        metrics=AgentMetrics("n1", config.gearman, config.stores),
         known_functions=lambda: {"resize"},
         publish_functions=lambda names: (published.append(names), Counter())[1],
         restorer=restorer,

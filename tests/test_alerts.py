@@ -46,5 +46,5 @@ def test_every_alert_is_unit_tested_and_queries_only_exposed_metrics() -> None:
     assert len(alerts) >= 10
     assert alerts <= set(tested)
     used = set(re.findall(r"\bgearctl_[a-z_]+", rules))  # every such word is a metric name
-    available = exposed_names(AgentMetrics("n1", nowhere(), nowhere(), timeout=0.2))
+    available = exposed_names(AgentMetrics("n1", nowhere(), (nowhere(),), timeout=0.2))
     assert used <= available, f"unknown metrics: {sorted(used - available)}"

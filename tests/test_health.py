@@ -21,7 +21,7 @@ from tests.healthnodes import get, health_nodes
 @pytest.fixture
 def served(gearmand: RunningGearmand) -> Iterator[tuple[AgentMetrics, Endpoint]]:
     """Hooks of an agent whose gearmand is the real `gearmand` fixture, served over HTTP."""
-    metrics = AgentMetrics("n1", gearmand.endpoint, gearmand.store, timeout=0.5)
+    metrics = AgentMetrics("n1", gearmand.endpoint, (gearmand.store,), timeout=0.5)
     endpoint = Endpoint(HOST, free_port())
     assert metrics.serve(endpoint)
     yield metrics, endpoint
@@ -53,7 +53,7 @@ def test_health_follows_the_agent_state(served: tuple[AgentMetrics, Endpoint]) -
 
 
 def test_health_without_gearmand_is_503_and_metrics_still_served() -> None:
-    metrics = AgentMetrics("n1", Endpoint(HOST, free_port()), Endpoint(HOST, free_port()), 0.2)
+    metrics = AgentMetrics("n1", Endpoint(HOST, free_port()), (Endpoint(HOST, free_port()),), 0.2)
     metrics.record(MemberRecord("n1", "g:1", "s:1", agent_pid=1, gearmand_pid=2, state="serving"))
     endpoint = Endpoint(HOST, free_port())
     assert metrics.serve(endpoint)

@@ -62,8 +62,13 @@ def nowhere() -> Endpoint:
 # -- hooks ------------------------------------------------------------------------------------
 
 
+def test_metrics_need_a_store() -> None:
+    with pytest.raises(ValueError, match="at least one store"):
+        AgentMetrics("n1", nowhere(), ())
+
+
 def test_hooks_count_what_the_agent_reports() -> None:
-    metrics = AgentMetrics("n1", nowhere(), nowhere())
+    metrics = AgentMetrics("n1", nowhere(), (nowhere(),))
     record = MemberRecord("n1", "g", "s", agent_pid=1, gearmand_pid=2, state="serving")
     metrics.record(record)
     metrics.record(record.with_changes(state="restarting", restarts=2, deferred_jobs=3))
@@ -99,7 +104,7 @@ def test_hooks_count_what_the_agent_reports() -> None:
 
 
 def test_takeover_duration_build_info_and_process_metrics() -> None:
-    metrics = AgentMetrics("n1", nowhere(), nowhere())
+    metrics = AgentMetrics("n1", nowhere(), (nowhere(),))
     metrics.takeover_started()
     assert (value(scrape(metrics), "gearctl_takeover_start_time_seconds", node="n1") or 0) > 0
     metrics.takeover_finished(Outcome.DONE, 4)
@@ -115,14 +120,17 @@ def test_takeover_duration_build_info_and_process_metrics() -> None:
 
 def test_scrape_reports_gearmand_and_store_down_when_nothing_answers() -> None:
     store = nowhere()
-    found = scrape(AgentMetrics("n1", nowhere(), store, timeout=0.5))
+    found = scrape(AgentMetrics("n1", nowhere(), (store,), timeout=0.5))
     assert value(found, "gearctl_gearmand_up", node="n1") == 0
     assert value(found, "gearctl_store_up", node="n1", store=str(store)) == 0
     assert value(found, "gearctl_store_items", node="n1", store=str(store)) is None
 
 
 def test_agents_in_one_process_keep_separate_registries() -> None:
-    first, second = AgentMetrics("a", nowhere(), nowhere()), AgentMetrics("b", nowhere(), nowhere())
+    first, second = (
+        AgentMetrics("a", nowhere(), (nowhere(),)),
+        AgentMetrics("b", nowhere(), (nowhere(),)),
+    )
     first.fenced()
     assert value(scrape(first), "gearctl_fence_events_total", node="a") == 1
     assert value(scrape(second), "gearctl_fence_events_total", node="b") == 0
@@ -132,7 +140,7 @@ def test_agents_in_one_process_keep_separate_registries() -> None:
 def test_scrape_reads_queued_jobs_per_function_and_store_stats(gearmand: RunningGearmand) -> None:
     jobs = numbered_jobs(30)
     assert submit(gearmand.endpoint, jobs) == len(jobs)
-    found = scrape(AgentMetrics("n1", gearmand.endpoint, gearmand.store))
+    found = scrape(AgentMetrics("n1", gearmand.endpoint, (gearmand.store,)))
     store = {"node": "n1", "store": str(gearmand.store)}
     assert value(found, "gearctl_gearmand_up", node="n1") == 1
     assert value(found, "gearctl_store_up", **store) == 1
@@ -155,9 +163,9 @@ def test_scrape_reads_both_twin_stores(gearmand: RunningGearmand, tmp_path: Path
     with running_memcached(tmp_path, "twin") as twin:
         persist(twin, "g0_", older, tmp_path)
         assert submit(gearmand.endpoint, newer) == len(newer)
-        found = scrape(AgentMetrics("n1", gearmand.endpoint, gearmand.store, twin=twin))
+        found = scrape(AgentMetrics("n1", gearmand.endpoint, (gearmand.store, twin)))
         silent = nowhere()
-        lost = scrape(AgentMetrics("n1", gearmand.endpoint, gearmand.store, 0.5, silent))
+        lost = scrape(AgentMetrics("n1", gearmand.endpoint, (gearmand.store, silent), 0.5))
     for address, count in ((gearmand.store, len(newer)), (twin, len(older))):
         assert value(found, "gearctl_store_up", node="n1", store=str(address)) == 1
         assert value(found, "gearctl_store_items", node="n1", store=str(address)) == count
@@ -172,7 +180,7 @@ def test_scrape_reads_both_twin_stores(gearmand: RunningGearmand, tmp_path: Path
 
 
 def test_serves_metrics_over_http_until_stopped() -> None:
-    metrics = AgentMetrics("n1", nowhere(), nowhere())
+    metrics = AgentMetrics("n1", nowhere(), (nowhere(),))
     endpoint = nowhere()
     assert metrics.serve(endpoint)
     try:
@@ -189,12 +197,12 @@ def test_port_in_use_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> N
         taken.bind((HOST, 0))
         taken.listen()
         endpoint = Endpoint(HOST, taken.getsockname()[1])
-        metrics = AgentMetrics("n1", nowhere(), nowhere())
+        metrics = AgentMetrics("n1", nowhere(), (nowhere(),))
         with caplog.at_level(logging.ERROR, logger="gearctl.metrics"):
             assert not metrics.serve(endpoint)
     assert f"metrics: cannot listen on {endpoint}" in caplog.text
     assert "running without metrics" in caplog.text
-    assert not AgentMetrics("n1", nowhere(), nowhere()).serve(None)  # metrics off
+    assert not AgentMetrics("n1", nowhere(), (nowhere(),)).serve(None)  # metrics off
 
 
 # -- JSON logs --------------------------------------------------------------------------------
@@ -295,7 +303,7 @@ def test_dashboard_is_valid_json_using_only_exposed_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     used = {name for expr in exprs for name in re.findall(r"\b(?:gearctl|process)_[a-z_]+", expr)}
-    available = exposed_names(AgentMetrics("n1", nowhere(), nowhere(), timeout=0.2))
+    available = exposed_names(AgentMetrics("n1", nowhere(), (nowhere(),), timeout=0.2))
     assert used, "the dashboard queries no gearctl metric"
     assert used <= available, f"unknown metrics: {sorted(used - available)}"
     wanted = {"gearctl_gearmand_up", "gearctl_gearmand_restarts_total", "gearctl_queued_jobs",

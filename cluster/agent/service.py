@@ -30,7 +30,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.metrics = AgentMetrics(
-            config.node, config.gearman, config.store, config.check_timeout, twin=config.twin
+            config.node, config.gearman, config.stores, config.check_timeout
         )
         self.coord = Coordination.new(
             config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
