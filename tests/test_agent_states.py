@@ -17,6 +17,7 @@ from cluster.agent.states import TRANSITIONS, IllegalTransition, State
 from cluster.config import parse_config
 from cluster.coord import (
     CoordinationError,
+    CoordinationTimeout,
     MemberRecord,
     NodeState,
     Owner,
@@ -502,6 +503,21 @@ def test_a_fence_does_not_wait_for_a_record_write_in_flight(node: Node) -> None:
     assert returned, "fence() waited for the record write's lock"
     assert node.launcher.fenced
     assert node.cycle() is State.FENCED
+
+
+def test_deferred_jobs_wait_while_zookeeper_does_not_answer_and_gearmand_serves_on(
+    node: Node,
+) -> None:
+    """Their retry needs the cluster's function names: a bounded read that times out (a cut
+    from ZooKeeper) leaves them waiting; it is no reason to restart gearmand."""
+    run_until(node, State.SERVING)
+    node.agent.waiting = {node.agent.config.store: (1, 0)}
+    node.agent.record = node.agent.record.with_changes(deferred_jobs=1)
+    node.agent.known_functions = _raise(CoordinationTimeout("ZooKeeper did not answer in 2s"))
+    node.restores.append(_raise(AssertionError("no restore without function names")))
+    node.launcher.health = [Health.SERVING] * 3 + [Health.GONE]
+    assert node.cycle() is State.RESTARTING  # served until gearmand died, not RECOVERING
+    assert node.launcher.killed == 1 and node.restores  # killed once, by the death
 
 
 def test_a_second_fence_while_fenced_waits_for_its_own_unfence(node: Node) -> None:

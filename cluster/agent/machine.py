@@ -10,8 +10,9 @@ and `transition` to it. Only the main loop changes the state and writes the memb
 Other threads only signal: the session guard calls `fence` (it kills gearmand at once, since a
 step may block for seconds, and marks the agent fenced) and `unfence`; SIGTERM calls `stop`.
 A record write checks the fence under `lock`, so none starts once fenced. `fence` never waits
-for a write in flight: while ZooKeeper is cut off a write waits as long as the cut lasts, and
-the guard must go on (ping the watchdog, see the session come back). Such a write can land only
+for a write in flight: while ZooKeeper is cut off a write waits up to the main loop's request
+bound (`Coordination.bounded`: half a session timeout), and the guard must go on (ping the
+watchdog, see the session come back). Such a write, even one that timed out, can land only
 while the session it was sent on lives, so before any peer may own the store.
 
 Every dependency is passed in (coordination, gearmand launcher, store, restore, clock), so the
@@ -525,6 +526,11 @@ class AgentMachine:
     def _restore_deferred(self) -> None:
         """Try the deferred and refused jobs again, in every store that holds some: function
         names may have become known since, and the store or a peer may have room now."""
+        try:
+            known = self.known_functions()
+        except GearctlError as exc:  # ZooKeeper cut off: gearmand serves on, they wait
+            log.warning("deferred or refused jobs wait: no function names (%s)", exc)
+            return
         for address, (deferred, refused) in list(self.waiting.items()):
             if not deferred + refused:
                 continue
@@ -534,7 +540,7 @@ class AgentMachine:
                     self.config.gearman,
                     expected=deferred + refused,
                     keep_prefix=self.prefix,
-                    known_functions=self.known_functions(),
+                    known_functions=known,
                     overflow=self._peers_serving,
                 )
             except RestoreIncomplete as exc:

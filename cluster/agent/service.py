@@ -35,12 +35,16 @@ class Agent:
         self.coord = Coordination.new(
             config.zookeeper_hosts, config.cluster, config.session_timeout, config.zookeeper_auth
         )
-        self.metrics.watch_coordination(self.coord)
+        # The main loop's (and a scrape's) ZooKeeper requests wait at most half a session
+        # timeout: kazoo would hold them as long as a partition lasts. The guard and take-overs
+        # use the session as is.
+        main_loop = self.coord.bounded(config.session_timeout / 2)
+        self.metrics.watch_coordination(main_loop)
         self.launcher = GearmandLauncher(config)
-        functions = FunctionRegistry(self.coord)
+        functions = FunctionRegistry(main_loop)
         self.machine = AgentMachine(
             config,
-            self.coord,
+            main_loop,
             self.launcher,
             Store(config.store, timeout=config.check_timeout * 2),
             twin=Store(config.twin, timeout=config.check_timeout * 2) if config.twin else None,

@@ -2,7 +2,12 @@
 writes. Only this package and cluster.zkclient (which builds the clients) import kazoo."""
 
 from cluster.coord.coordination import Coordination, SessionState, connect, session
-from cluster.coord.errors import CoordinationError, CoordinationRefused, PlanEnded
+from cluster.coord.errors import (
+    CoordinationError,
+    CoordinationRefused,
+    CoordinationTimeout,
+    PlanEnded,
+)
 from cluster.coord.lease import StoreLease
 from cluster.coord.members import MemberFollower
 from cluster.coord.paths import ClusterPaths
@@ -30,6 +35,7 @@ __all__ = [
     "Coordination",
     "CoordinationError",
     "CoordinationRefused",
+    "CoordinationTimeout",
     "MemberEntry",
     "MemberFollower",
     "MemberRecord",

@@ -4,23 +4,45 @@ Which process writes which znode is the core safety argument of the system; it i
 (and tabled in docs/architecture.md). Callers get typed records (cluster.coord.records) and
 `CoordinationError` (a GearctlError) instead of kazoo's exceptions; kazoo's callbacks run on
 its own thread, so every callback given here must only record or signal, never block.
+
+kazoo queues a request made while it reconnects and sends it once a connection is back: a
+plain kazoo call can wait as long as a partition lasts. A `bounded` view of a session waits at
+most its `request_timeout` for the requests it makes (the agent's main loop: member record,
+registration, store record, epoch, function names, its own store's lease; the metrics' pause
+flag) and raises CoordinationTimeout after that. The request itself stays queued: a timed-out
+write is not assumed failed, it may land later, but only on the same session (after an expiry
+kazoo fails it). Every bounded write is one that may land late: records are rewritten whole and
+a session's requests land in order, so the last write wins (but a create whose parent is
+missing is retried behind what was sent meanwhile: only a fresh cluster's first member); a
+member record or lease znode held by our own session is ours (`register`,
+`StoreLease.try_acquire`); an epoch skipped is harmless; function names are only ever added.
+Take-over records and spread plans (sequence znodes, transactions) stay unbounded: a late one
+would be an orphan.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.interfaces import IAsyncResult
 from kazoo.recipe.watchers import ChildrenWatch
 from kazoo.security import ACL, Permissions
 
-from cluster.coord.errors import CoordinationError, CoordinationRefused, translated
+from cluster.coord.errors import (
+    CoordinationError,
+    CoordinationRefused,
+    CoordinationTimeout,
+    translated,
+)
 from cluster.coord.lease import StoreLease
 from cluster.coord.members import MemberFollower
 from cluster.coord.paths import ROOT, ClusterPaths
@@ -46,6 +68,13 @@ class SessionState(enum.StrEnum):
     LOST = "LOST"
 
 
+@dataclass
+class _Granted:
+    """What the server granted the session, shared by the session's bounded views."""
+
+    read_timeout_ms: float | None = None
+
+
 class Coordination:
     """One ZooKeeper session and the znodes of one cluster."""
 
@@ -53,7 +82,8 @@ class Coordination:
         self.zk = zk
         self.paths = ClusterPaths(cluster)
         self.hosts = hosts
-        self._read_timeout_ms: float | None = None
+        self.request_timeout: float | None = None  # None: wait as long as kazoo does
+        self._granted = _Granted()
         # one kazoo watcher per (store, callback): kazoo keeps a set, so a scan that asks
         # again every second adds nothing
         self._plan_watchers: dict[tuple[str, Callable[[], None]], Callable[[Any], None]] = {}
@@ -102,7 +132,7 @@ class Coordination:
 
         def recording(*args: object) -> tuple[float, float]:
             read_timeout, connect_timeout = connect(*args)
-            self._read_timeout_ms = read_timeout
+            self._granted.read_timeout_ms = read_timeout
             return read_timeout, connect_timeout
 
         connection._connect = recording
@@ -110,7 +140,27 @@ class Coordination:
     @property
     def negotiated_timeout(self) -> float | None:
         """The session timeout ZooKeeper granted, in seconds (None before the first session)."""
-        return None if self._read_timeout_ms is None else self._read_timeout_ms * 1.5 / 1000
+        read_timeout = self._granted.read_timeout_ms
+        return None if read_timeout is None else read_timeout * 1.5 / 1000
+
+    def bounded(self, request_timeout: float) -> Coordination:
+        """This session, with every request made through the view (reads and writes named in
+        the module docstring) waiting at most `request_timeout` seconds for its answer."""
+        if request_timeout <= 0:
+            raise ValueError(f"request_timeout must be positive, not {request_timeout}")
+        view = copy.copy(self)
+        view.request_timeout = request_timeout
+        return view
+
+    def answer(self, request: IAsyncResult) -> Any:
+        """The result of a kazoo `*_async` request, waited for at most `request_timeout`;
+        CoordinationTimeout after that (the request stays queued: see the module docstring)."""
+        try:
+            return request.get(timeout=self.request_timeout)
+        except self.zk.handler.timeout_exception:
+            raise CoordinationTimeout(
+                f"ZooKeeper {self.hosts} did not answer within {self.request_timeout}s"
+            ) from None
 
     @property
     def session_id(self) -> int:
@@ -130,18 +180,23 @@ class Coordination:
 
     @translated
     def register(self, record: MemberRecord) -> bool:
-        """Create our member record; False while an earlier session's record still exists."""
+        """Create our member record; False while an earlier session's record still exists.
+        A record our own session holds (a create that timed out landed after all) is ours:
+        it is rewritten with `record`."""
+        path = self.paths.member(record.node)
         try:
-            self.zk.create(
-                self.paths.member(record.node), record.encode(), ephemeral=True, makepath=True
-            )
+            self.answer(self.zk.create_async(path, record.encode(), ephemeral=True, makepath=True))
             return True
         except NodeExistsError:
-            return False
+            entry = self.member_entry(record.node)
+            if entry is None or entry.session != self.session_id:
+                return False
+        self.update_member(record)
+        return True
 
     @translated
     def update_member(self, record: MemberRecord) -> None:
-        self.zk.set(self.paths.member(record.node), record.encode())
+        self.answer(self.zk.set_async(self.paths.member(record.node), record.encode()))
 
     def members(self) -> dict[str, MemberRecord]:
         """Every member record now in ZooKeeper, by node name (unreadable ones are left out)."""
@@ -161,7 +216,7 @@ class Coordination:
     def member_entry(self, node: str) -> MemberEntry | None:
         """`node`'s member record and session; None if it has none (or one we cannot read)."""
         try:
-            data, stat = self.zk.get(self.paths.member(node))
+            data, stat = self.answer(self.zk.get_async(self.paths.member(node)))
             return MemberEntry(MemberRecord.decode(data), stat.ephemeralOwner, stat.ctime / 1000)
         except (NoNodeError, ValueError, TypeError):
             return None  # the member left while we looked, or wrote a record we cannot read
@@ -192,8 +247,8 @@ class Coordination:
 
     @translated
     def describe_store(self, store: str, record: StoreRecord) -> None:
-        self.zk.ensure_path(self.paths.store(store))
-        self.zk.set(self.paths.store(store), record.encode())
+        self.answer(self.zk.ensure_path_async(self.paths.store(store)))
+        self.answer(self.zk.set_async(self.paths.store(store), record.encode()))
 
     @translated
     def stores(self) -> list[str]:
@@ -204,7 +259,7 @@ class Coordination:
     def store_record(self, store: str) -> StoreRecord | None:
         """None when the store is not in the cluster; ValueError/KeyError if never described."""
         try:
-            return StoreRecord.decode(self.zk.get(self.paths.store(store))[0])
+            return StoreRecord.decode(self.answer(self.zk.get_async(self.paths.store(store)))[0])
         except NoNodeError:
             return None
 
@@ -214,16 +269,16 @@ class Coordination:
         path = self.paths.store_epoch(store)
         while True:
             try:
-                data, stat = self.zk.get(path)
+                data, stat = self.answer(self.zk.get_async(path))
             except NoNodeError:
                 try:
-                    self.zk.create(path, b"1", makepath=True)
+                    self.answer(self.zk.create_async(path, b"1", makepath=True))
                     return 1
                 except NodeExistsError:
                     continue
             epoch = int(data or b"0") + 1
             try:
-                self.zk.set(path, str(epoch).encode(), version=stat.version)
+                self.answer(self.zk.set_async(path, str(epoch).encode(), version=stat.version))
                 return epoch
             except BadVersionError:
                 time.sleep(0.01)
@@ -232,7 +287,7 @@ class Coordination:
     def epoch(self, store: str) -> tuple[int, float] | None:
         """(epoch, when it was last set, epoch seconds), or None before the first start."""
         try:
-            data, stat = self.zk.get(self.paths.store_epoch(store))
+            data, stat = self.answer(self.zk.get_async(self.paths.store_epoch(store)))
             return int(data or b"0"), stat.mtime / 1000
         except (NoNodeError, ValueError):
             return None
@@ -258,7 +313,7 @@ class Coordination:
     def owner_at(self, path: str) -> Owner | None:
         """The holder of the lease znode `path` (a store's or a spread part's)."""
         try:
-            data, stat = self.zk.get(path)
+            data, stat = self.answer(self.zk.get_async(path))
         except NoNodeError:
             return None
         try:
@@ -345,7 +400,8 @@ class Coordination:
     @translated
     def add_function(self, name: str) -> None:
         with contextlib.suppress(NodeExistsError):
-            self.zk.create(f"{self.paths.functions}/{quote(name, safe='')}", makepath=True)
+            path = f"{self.paths.functions}/{quote(name, safe='')}"
+            self.answer(self.zk.create_async(path, makepath=True))
 
     # -- takeovers/t-<seq> (a drainer: survivor or `store drain`) -------------------------
 
@@ -376,7 +432,7 @@ class Coordination:
     @translated
     def takeover_paused(self) -> bool:
         """Is automatic take-over paused (`gearctl takeover pause`)? Manual drains still run."""
-        return self.zk.exists(self.paths.takeover_paused) is not None
+        return self.answer(self.zk.exists_async(self.paths.takeover_paused)) is not None
 
     @translated
     def pause_takeover(self, record: PauseRecord) -> bool:
@@ -398,7 +454,7 @@ class Coordination:
 
     def _children(self, path: str) -> list[str]:
         try:
-            return list(self.zk.get_children(path))
+            return list(self.answer(self.zk.get_children_async(path)))
         except NoNodeError:
             return []
 

@@ -22,6 +22,12 @@ class CoordinationRefused(CoordinationError):
     """ZooKeeper refused a change: ACLs are on and this session lacks the credentials."""
 
 
+class CoordinationTimeout(CoordinationError):
+    """ZooKeeper did not answer a request within its bound (`Coordination.bounded`). Not a
+    failure: kazoo keeps the request queued and sends it once the connection is back, so a
+    write may still land, but only while the session it was sent on lives."""
+
+
 class PlanEnded(CoordinationError):
     """A spread drain's part was asked for after its plan ended (every part done)."""
 

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 
 class StoreLease:
-    """Ownership of one store by this session: the store's ephemeral owner znode."""
+    """Ownership of one store by this session: the store's ephemeral owner znode. Its requests
+    wait as long as its coordination's `request_timeout` (the owner znode of a timed-out
+    create, landed later, is held by our session: `try_acquire` takes it as ours)."""
 
     def __init__(
         self, coord: Coordination, store: str, node: str, purpose: Purpose, part: int | None = None
@@ -46,7 +48,10 @@ class StoreLease:
         """Take the lease if it is free or already ours; otherwise return who holds it."""
         me = Owner(self.node, self.purpose, self.coord.session_id)
         try:
-            self.zk.create(self.path, me.encode(), ephemeral=True, makepath=self.makepath)
+            created = self.zk.create_async(
+                self.path, me.encode(), ephemeral=True, makepath=self.makepath
+            )
+            self.coord.answer(created)
             return None
         except NoNodeError:
             raise PlanEnded(f"part lease {self.path}: its spread plan ended") from None
@@ -63,7 +68,8 @@ class StoreLease:
             if self.try_acquire() is None:
                 return True
             released = threading.Event()
-            if self.zk.exists(self.path, watch=_setter(released)) is None:
+            watched = self.zk.exists_async(self.path, watch=_setter(released))
+            if self.coord.answer(watched) is None:
                 continue
             released.wait(1.0)
         return False
@@ -72,9 +78,9 @@ class StoreLease:
     def release(self) -> None:
         """Delete the lease if this session holds it."""
         try:
-            _, stat = self.zk.get(self.path)
+            _, stat = self.coord.answer(self.zk.get_async(self.path))
             if stat.ephemeralOwner == self.coord.session_id:
-                self.zk.delete(self.path, version=stat.version)
+                self.coord.answer(self.zk.delete_async(self.path, version=stat.version))
         except NoNodeError:
             pass
 
