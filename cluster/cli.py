@@ -326,8 +326,9 @@ def _print_ledger(result: DrillResult) -> None:
     fg = result.foreground
     if fg is not None:
         typer.echo(f"     foreground: attempted {fg.attempted}, acknowledged {fg.acknowledged}, "
-                   f"executed {fg.executed}, lost {fg.lost}, duplicated {fg.duplicated}, "
-                   f"unexpected {fg.unexpected}, failed {fg.failed}")  # fmt: skip
+                   f"executed {fg.executed}, lost {fg.lost}, duplicated {fg.duplicated}, re-run "
+                   f"{fg.reruns} (failovers {fg.failovers}), unexpected {fg.unexpected}, "
+                   f"failed {fg.failed}")  # fmt: skip
 
 
 store_app = typer.Typer(help="Look into memcached stores.", no_args_is_help=True)

@@ -188,11 +188,14 @@ def test_foreground_job_is_rerun_when_its_server_dies(fakes: list[FakeGearmand])
     fakes.append(
         FakeGearmand(foreground(lambda p: answer(PacketType.WORK_COMPLETE, b"H:1", b"done")))
     )
-    with Client(servers=[f.endpoint for f in fakes], retry_timeout=5) as client:
+    failed_over: list[Endpoint] = []
+    servers = [f.endpoint for f in fakes]
+    with Client(servers=servers, retry_timeout=5, on_failover=failed_over.append) as client:
         assert [client.submit("f", b"x", timeout=5) for _ in range(4)] == [b"done"] * 4
     first = [p.args[1] for p in fakes[0].received if p.type is PacketType.SUBMIT_JOB]
     second = [p.args[1] for p in fakes[1].received if p.type is PacketType.SUBMIT_JOB]
     assert set(first) <= set(second)  # the re-run kept its unique
+    assert failed_over == [fakes[0].endpoint] * len(first)  # each failover was told
 
 
 def test_batch_resends_exactly_the_refused_job(fakes: list[FakeGearmand]) -> None:

@@ -22,6 +22,7 @@ import pytest
 from cluster import coord
 from cluster.drill.scenarios import (
     FOREGROUND_DUPLICATE_BOUND,
+    FOREGROUND_RERUN_BOUND,
     SCENARIOS,
     DrillContext,
     DrillResult,
@@ -56,6 +57,7 @@ def check(result: DrillResult, scenario: str) -> None:
     assert (fg.lost, fg.unexpected, fg.failed) == (0, 0, 0)
     assert fg.acknowledged == fg.attempted
     assert fg.duplicated <= FOREGROUND_DUPLICATE_BOUND
+    assert fg.reruns <= min(fg.failovers, FOREGROUND_RERUN_BOUND)  # one per failover at most
     assert not result.violations
     assert result.passed
 

@@ -68,9 +68,11 @@ RECOVERY_TIMEOUT = 180.0
 HOSTS = ("local", "netns")  # every node in this namespace, or each in a namespace of its own
 NODES = 3
 # A foreground job whose server dies (or is cut off) after a worker ran it, before its result
-# reached the client, is submitted again by the Client: at most one per client per gearmand
-# lost, and no drill loses more than the cluster's three gearmands.
-FOREGROUND_DUPLICATE_BOUND = FOREGROUND_CLIENTS * NODES
+# reached the client, is submitted again by the Client and runs again (a re-run, not a
+# duplicate): at most one per client per gearmand lost, and no drill loses more than the
+# cluster's three gearmands. Any other second run is a duplicate, and none is admitted.
+FOREGROUND_RERUN_BOUND = FOREGROUND_CLIENTS * NODES
+FOREGROUND_DUPLICATE_BOUND = 0
 
 
 @dataclass
@@ -704,6 +706,7 @@ class DrillResult:
             and (ledger.duplicated <= self.duplicate_bound)
             and (fg is None or (fg.lost, fg.unexpected, fg.failed) == (0, 0, 0))
             and (fg is None or fg.duplicated <= FOREGROUND_DUPLICATE_BOUND)
+            and (fg is None or fg.reruns <= FOREGROUND_RERUN_BOUND)
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -719,7 +722,11 @@ class DrillResult:
             "hosts": self.hosts,
             "foreground": None
             if self.foreground is None
-            else {**asdict(self.foreground), "duplicate_bound": FOREGROUND_DUPLICATE_BOUND},
+            else {
+                **asdict(self.foreground),
+                "duplicate_bound": FOREGROUND_DUPLICATE_BOUND,
+                "rerun_bound": FOREGROUND_RERUN_BOUND,
+            },
         }
 
 

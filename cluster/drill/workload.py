@@ -253,9 +253,40 @@ class ForegroundLedger:
     acknowledged: int  # submits that returned the expected result
     executed: int
     lost: int  # submits that neither returned nor raised (still hanging at the end)
-    duplicated: int
+    duplicated: int  # extra executions, but the re-runs below
     unexpected: int  # wrong results, and executions of uniques never submitted
     failed: int
+    # Extra executions of a job whose submit failed over from a server (it may have run there,
+    # its result lost with the connection: at least once, as Client.submit says): at most one
+    # per failover.
+    reruns: int = 0
+    failovers: int = 0  # attempts that failed on a server and went on to another: the bound
+
+    @classmethod
+    def count(
+        cls,
+        attempted: set[str],
+        answered: set[str],
+        wrong: list[str],
+        failed: int,
+        executions: Counter[str],
+        failovers: Counter[str],
+    ) -> ForegroundLedger:
+        """The ledger of submits (`attempted` uniques; `answered` right, `wrong`, `failed`
+        raised), the worker's `executions` and each submit's `failovers`, by unique."""
+        extra = {unique: n - 1 for unique, n in executions.items() if n > 1}
+        reruns = sum(min(n, failovers[unique]) for unique, n in extra.items())
+        return cls(
+            attempted=len(attempted),
+            acknowledged=len(answered),
+            executed=sum(executions.values()),
+            lost=len(attempted) - len(answered) - len(wrong) - failed,
+            duplicated=sum(extra.values()) - reruns,
+            unexpected=len(wrong) + len(set(executions) - attempted),
+            failed=failed,
+            reruns=reruns,
+            failovers=sum(failovers.values()),
+        )
 
     def __str__(self) -> str:
         return " ".join(f"{name}={value}" for name, value in self.__dict__.items())
@@ -270,9 +301,12 @@ class ForegroundLoad:
     context manager: `start()` on enter, `stop()` on exit."""
 
     def __init__(self, zookeeper: str, cluster: str, prefix: str) -> None:
-        self._client_factory = lambda: Client(zookeeper=zookeeper, cluster=cluster)
+        self._client_factory = lambda on_failover: Client(
+            zookeeper=zookeeper, cluster=cluster, on_failover=on_failover
+        )
         self.prefix = prefix
         self.executions: Counter[str] = Counter()
+        self.failovers: Counter[str] = Counter()  # by unique: servers its submit left
         self.attempted: set[str] = set()
         self.answered: set[str] = set()
         self.wrong: list[str] = []
@@ -311,10 +345,16 @@ class ForegroundLoad:
         return foreground_result(job.unique, job.payload)
 
     def _submit_loop(self, client_index: int) -> None:
-        with self._client_factory() as client:
+        submitting = [""]  # the unique this thread's client submits now
+
+        def failed_over(_server: Endpoint) -> None:
+            with self._lock:
+                self.failovers[submitting[0]] += 1
+
+        with self._client_factory(failed_over) as client:
             n = 0
             while not self._stopping.is_set():
-                unique = f"{self.prefix}-fg{client_index}-{n}"
+                unique = submitting[0] = f"{self.prefix}-fg{client_index}-{n}"
                 payload = f"fg {n} ".encode() * (1 + n % 4)
                 with self._lock:
                     self.attempted.add(unique)
@@ -344,14 +384,11 @@ class ForegroundLoad:
 
     def ledger(self) -> ForegroundLedger:
         with self._lock:
-            attempted = len(self.attempted)
-            ended = len(self.answered) + len(self.wrong) + len(self.failures)
-            return ForegroundLedger(
-                attempted=attempted,
-                acknowledged=len(self.answered),
-                executed=sum(self.executions.values()),
-                lost=attempted - ended,
-                duplicated=sum(n - 1 for n in self.executions.values() if n > 1),
-                unexpected=len(self.wrong) + len(set(self.executions) - self.attempted),
-                failed=len(self.failures),
+            return ForegroundLedger.count(
+                self.attempted,
+                self.answered,
+                self.wrong,
+                len(self.failures),
+                self.executions,
+                self.failovers,
             )

@@ -165,6 +165,9 @@ class Client:
     per server (making one when none is idle) and puts it back when its answer was read, so
     threads never share a connection and a pool holds as many connections per server as
     threads submitted at the same time. A `source` given is not closed by `close()`.
+    `on_failover(endpoint)` is called on the submitting thread each time an attempt on a server
+    failed and the call goes on to another: a foreground job may have run there already (the
+    drills count its second run as a re-run, not a duplicate).
     """
 
     def __init__(
@@ -178,8 +181,10 @@ class Client:
         retry_timeout: float = 15.0,
         down_for: float = 1.0,
         source: ServerSource | None = None,
+        on_failover: Callable[[Endpoint], object] | None = None,
     ) -> None:
         self._owns_source = source is None
+        self.on_failover = on_failover
         self.source = source or server_source(servers, zookeeper, cluster)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -521,6 +526,8 @@ class Client:
     def _mark_down(self, endpoint: Endpoint) -> None:
         log.info("gearmand %s failed; trying another server", endpoint)
         self._down_until[endpoint] = time.monotonic() + self.down_for
+        if self.on_failover is not None:
+            self.on_failover(endpoint)
 
     def _ask_status(self, conn: GearmanConnection, key: bytes | str) -> JobStatus:
         conn.read_timeout = self.read_timeout
