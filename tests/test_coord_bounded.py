@@ -17,7 +17,14 @@ from kazoo.exceptions import NodeExistsError
 from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.handlers.utils import AsyncResult
 
-from cluster.coord import Coordination, CoordinationTimeout, MemberRecord, NodeState, session
+from cluster.coord import (
+    Coordination,
+    CoordinationTimeout,
+    MemberRecord,
+    NodeState,
+    Purpose,
+    session,
+)
 from cluster.endpoint import Endpoint
 from cluster.local.zookeeper_server import ZooKeeperLaunch, start_zookeeper
 from cluster.process import free_port, stop_pid, wait_until
@@ -67,7 +74,7 @@ def test_a_bounded_request_zookeeper_does_not_answer_times_out() -> None:
     with pytest.raises(CoordinationTimeout, match=r"did not answer within 0.05s"):
         view.update_member(RECORD)
     with pytest.raises(CoordinationTimeout):
-        view.lease("n1", "n1", "serve").try_acquire()  # type: ignore[arg-type]
+        view.lease("n1", "n1", Purpose.SERVE).try_acquire()
     assert base.request_timeout is None  # the session itself still waits as kazoo does
 
 

@@ -188,6 +188,8 @@ def test_drill_cli_json_is_a_ledger_and_exit_status_follows_it() -> None:
     foreground = report["foreground"]
     assert foreground["attempted"] == foreground["acknowledged"] > 0
     assert (foreground["lost"], foreground["failed"], foreground["unexpected"]) == (0, 0, 0)
+    assert (foreground["duplicated"], foreground["duplicate_bound"]) == (0, 0)
+    assert foreground["reruns"] <= min(foreground["failovers"], foreground["rerun_bound"])
 
 
 def test_drill_cli_rejects_unknown_scenario() -> None:
