@@ -55,13 +55,13 @@ PRIORITIES = ("high", "normal", "low")
 Job = tuple[str, str, bytes, str]  # function, unique, payload, priority
 
 
-def jobs(count: int, tag: str = "job") -> list[Job]:
-    """`count` background jobs: 64-byte payloads, dashed functions, all three priorities."""
+def jobs(count: int, tag: str = "job", payload_bytes: int = PAYLOAD_BYTES) -> list[Job]:
+    """`count` background jobs: `payload_bytes` payloads, dashed functions, all three priorities."""
     return [
         (
             FUNCTIONS[n % len(FUNCTIONS)],
             f"{tag}-{n}",
-            f"{n:08d}".encode().ljust(PAYLOAD_BYTES, b"."),
+            f"{n:08d}".encode().ljust(payload_bytes, b"."),
             PRIORITIES[(n // len(FUNCTIONS)) % len(PRIORITIES)],
         )
         for n in range(count)
@@ -132,6 +132,9 @@ class Services:
         self.close()
 
     def memcached(self, memory_mb: int = 1024) -> Endpoint:
+        return self._memcached(memory_mb)[0]
+
+    def _memcached(self, memory_mb: int) -> tuple[Endpoint, subprocess.Popen[bytes]]:
         endpoint = Endpoint(HOST, free_port())
         name = f"memcached-{endpoint.port}"
         proc = start_memcached(
@@ -141,7 +144,22 @@ class Services:
             pid_path=self.dir / f"{name}.pid",
         )
         self.procs.append(proc)
-        return endpoint
+        return endpoint, proc
+
+    def submit_ceiling(self, count: int, payload_bytes: int = PAYLOAD_BYTES) -> float:
+        """The ceiling of a restore of `count` jobs, in jobs/s: their pipelined submit into a
+        fresh gearmand (the agent's flags) on a fresh, empty memcached, which persists every job
+        before JOB_CREATED as a restore's target does. Both are stopped afterwards, so a bench
+        can measure it in every round, next to the restores it is the ceiling of."""
+        batch = jobs(count, "ceiling", payload_bytes)
+        store, store_proc = self._memcached(1024)
+        gearmand, gearmand_proc = self.gearmand(store, "g1_")
+        try:
+            return count / submit(gearmand, batch)
+        finally:
+            for proc in (gearmand_proc, store_proc):
+                self.kill9(proc)
+                self.procs.remove(proc)
 
     def gearmand(
         self, store: Endpoint, prefix: str | None

@@ -100,15 +100,12 @@ def metadump_refused(store: Endpoint) -> bool:
     return not reply.startswith(b"key=") and reply != b"END\r\n"
 
 
-def restore_vs_submit(services: Services, count: int) -> dict[str, float]:
+def restore_vs_submit(services: Services, count: int, payload: int) -> dict[str, float]:
     """Twin stores: restore N from the full twin into the gearmand on the empty one, against a
     pipelined submit of the same N into a fresh gearmand on its own store, in the same run."""
-    ceiling_store, _ = start_store(services)
-    ceiling_gearmand, ceiling_proc = services.gearmand(ceiling_store, "g1_")
-    submit_s = common.submit(ceiling_gearmand, common.jobs(count))
-    services.kill9(ceiling_proc)
+    ceiling = services.submit_ceiling(count, payload)
     full, _ = start_store(services)
-    common.fill_store(full, count, common.PAYLOAD_BYTES)
+    common.fill_store(full, count, payload)
     empty, _ = start_store(services)
     target, _proc = services.gearmand(empty, "g2_")
     source = Store(full, timeout=30)
@@ -120,8 +117,8 @@ def restore_vs_submit(services: Services, count: int) -> dict[str, float]:
     assert report.moved == count, report
     queued = common.queued_total(target, timeout=10)
     assert queued == count, queued
-    return {"submit_per_s": count / submit_s, "restore_per_s": count / report.seconds,
-            "ratio": submit_s / report.seconds}  # fmt: skip
+    rate = count / report.seconds
+    return {"submit_per_s": ceiling, "restore_per_s": rate, "ratio": rate / ceiling}
 
 
 def main() -> int:
@@ -188,7 +185,8 @@ def main() -> int:
             for proc in (full_proc, nodump_proc, empty_proc):
                 services.kill9(proc)
             if 0 < size <= args.restore_max:
-                pairs = [restore_vs_submit(services, size) for _ in range(args.restore_repeats)]
+                pairs = [restore_vs_submit(services, size, args.payload)
+                         for _ in range(args.restore_repeats)]  # fmt: skip
                 row["restore_pairs"] = pairs
                 row["ratio"] = median([pair["ratio"] for pair in pairs])
             rows.append(row)
