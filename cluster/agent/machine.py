@@ -386,7 +386,7 @@ class AgentMachine:
                     self._wait(RESTORE_RETRY_AFTER)
                     continue
                 log.info(
-                    "restored %d jobs from %s in %.2fs (%d skipped, %d deferred, %d refused, "
+                    "restored %d jobs from %s in %.3fs (%d skipped, %d deferred, %d refused, "
                     "%d to other nodes)",
                     report.moved,
                     address,
