@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from pymemcache.client.base import Client
@@ -40,8 +40,10 @@ BUSY_TRIES = 100
 MAX_PASSES = 200
 STALE_PASSES = 8
 _METADUMP_LINE = re.compile(
-    rb"key=(\S+) (?:exp=\S+ )?(?:la=(\d+) )?(?:\S+ )*?cas=(\d+) (?:\S+ )*?size=(\d+)"
+    rb"^key=(\S+) (?:exp=\S+ )?(?:la=(\d+) )?(?:\S+ )*?cas=(\d+) (?:\S+ )*?size=(\d+)", re.M
 )
+_METADUMP_ERROR = re.compile(rb"^(?:ERROR|CLIENT_ERROR|SERVER_ERROR)[^\n]*", re.M)
+METADUMP_READ = 256 * 1024  # bytes read from a metadump at a time
 _ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
 _PLAIN_KEY = re.compile(rb"[\x21-\x7e\x80-\xff]{1,250}")
 
@@ -50,8 +52,9 @@ class StoreClosed(StoreError):
     """memcached closed the connection before its answer was complete."""
 
 
-@dataclass(frozen=True)
-class StoredItem:
+class StoredItem(NamedTuple):
+    """One listed key. A tuple: a listing makes one per key, 3x faster than a dataclass."""
+
     key: str
     cas: int  # memcached's store order: sorting by it restores FIFO order
     size: int  # bytes memcached uses for the item (key, value and header)
@@ -68,14 +71,27 @@ def decode_key(raw: bytes) -> str:
 
 def parse_metadump_line(line: bytes) -> StoredItem | None:
     """One `key=<url-encoded> ... cas=N ... size=N` line; None (logged) when it does not parse."""
-    match = _METADUMP_LINE.match(line)
-    if match is None:
-        log.warning("skipping unreadable metadump line %r", line[:200])
-        return None
-    key, last_access, cas, size = match.groups()
-    if b"%" in key:
-        key = unquote_to_bytes(key)
-    return StoredItem(decode_key(key), int(cas), int(size), int(last_access or 0) or None)
+    items = parse_metadump(line + b"\n")
+    return items[0] if items else None
+
+
+def parse_metadump(lines: bytes) -> list[StoredItem]:
+    """The items of whole metadump lines (each ended by \\n), parsed in one regex pass: a listing
+    of 10k keys takes a few ms instead of tens. Lines that do not parse are logged and skipped."""
+    found = _METADUMP_LINE.findall(lines)
+    if len(found) != lines.count(b"\n"):
+        for line in lines.splitlines():
+            if not _METADUMP_LINE.match(line):
+                log.warning("skipping unreadable metadump line %r", line[:200])
+    return [
+        StoredItem(
+            decode_key(unquote_to_bytes(key) if b"%" in key else key),
+            int(cas),
+            int(size),
+            int(last_access or 0) or None,
+        )
+        for key, last_access, cas, size in found
+    ]
 
 
 class _ValueAndFlags:
@@ -214,21 +230,27 @@ class Store:
                 time.sleep(BUSY_WAIT)  # another lru_crawler job runs: try again shortly
             else:
                 raise StoreError(f"memcached store {self.endpoint}: lru_crawler stayed busy")
+            if line == b"END":
+                return []
             items: list[StoredItem] = []
-            append, readline = items.append, conn.reader.readline
-            while line != b"END":
-                if line.startswith(_ERRORS):
-                    raise StoreError(f"memcached store {self.endpoint}: metadump: {line!r}")
-                item = parse_metadump_line(line)
-                if item is not None:
-                    append(item)
-                raw = readline()
-                if not raw.endswith(b"\n"):
+            data, read = line + b"\n", conn.reader.read1
+            while True:
+                cut = data.rfind(b"\n") + 1  # parse whole lines; keep the cut-off one for later
+                lines, data = data[:cut], data[cut:]
+                end = lines.endswith(b"END\r\n") and (len(lines) == 5 or lines[-6:-5] == b"\n")
+                if end:
+                    lines = lines[:-5]
+                if error := _METADUMP_ERROR.search(lines):
+                    raise StoreError(f"memcached store {self.endpoint}: metadump: {error[0]!r}")
+                items += parse_metadump(lines)
+                if end:
+                    return items
+                more = read(METADUMP_READ)
+                if not more:
                     raise StoreClosed(
                         f"memcached store {self.endpoint} closed the connection during metadump"
                     )
-                line = raw.rstrip(b"\r\n")
-        return items
+                data += more
 
     def snapshot(
         self,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cluster import store as store_module
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
 from cluster.jobkey import AmbiguousKeyError, SplitMethod, parse_job_key
@@ -153,6 +155,47 @@ def test_snapshot_returns_every_key_in_set_order(memcached: Endpoint) -> None:
     assert [item.key for item in items] == keys
     assert len({item.key for item in items}) == store.curr_items() == 10_000
     assert [item.cas for item in items] == sorted(item.cas for item in items)
+
+
+@integration
+@pytest.mark.parametrize("read_size", [1, 7, 100])
+def test_metadump_read_in_pieces_lists_every_key_once(
+    memcached: Endpoint, read_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines (and the closing END) cut anywhere between two reads are put back together."""
+    store = Store(memcached)
+    keys = fill(store, 500)
+    whole = store.items()
+    monkeypatch.setattr(store_module, "METADUMP_READ", read_size)
+    pieces = store.items()  # the LRU maintainer may have moved items between passes: sort
+    assert sorted(pieces) == sorted(whole)
+    assert sorted(item.key for item in pieces) == sorted(keys)
+
+
+def serve_once(reply: bytes) -> Endpoint:
+    """A one-connection fake memcached that sends `reply` to the first request, then hangs up."""
+    listener = socket.create_server((HOST, 0))
+
+    def answer() -> None:
+        with listener, listener.accept()[0] as conn:
+            conn.recv(4096)
+            conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return Endpoint(HOST, listener.getsockname()[1])
+
+
+LINE = b"key=g1_f-%d exp=-1 la=1 cas=%d fetch=no cls=1 size=70\n"
+
+
+def test_metadump_cut_off_or_failing_midway_raises() -> None:
+    lines = b"".join(LINE % (n, n) for n in range(3000))
+    with pytest.raises(StoreClosed):
+        Store(serve_once(lines + b"key=g1_f-x exp"), timeout=5).items()
+    with pytest.raises(StoreError, match="SERVER_ERROR out of memory"):
+        Store(serve_once(lines + b"SERVER_ERROR out of memory\r\n"), timeout=5).items()
+    assert len(Store(serve_once(lines + b"END\r\n"), timeout=5).items()) == 3000
+    assert Store(serve_once(b"END\r\n"), timeout=5).items() == []
 
 
 @integration
