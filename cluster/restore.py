@@ -39,7 +39,7 @@ caller reports it (log, metric, node status) and tries again later.
 The moving is pipelined, so gearmand is never idle while the store is read or written: keys go in
 chunks of `CHUNK`, all submitted in cas order on one gearmand connection by the calling thread,
 while one helper thread with a store connection of its own first deletes the previous chunk (whose
-jobs gearmand has acknowledged) and then reads and parses the next chunk. Before a chunk is
+jobs gearmand has acknowledged) and then reads, parses and encodes the next chunk. Before a chunk is
 submitted, the delete of the chunk two back has finished, so at most two chunks (`BATCH` jobs) are
 acknowledged but not yet deleted at any moment: what a crash of the restoring process can leave
 queued twice. `should_continue` is asked before each chunk; counts of a chunk go into the report
@@ -63,6 +63,7 @@ from cluster.gearman.protocol import (
     BatchSubmitError,
     GearmanConnection,
     Priority,
+    encode_background,
 )
 from cluster.jobkey import (
     MAX_KEY_BYTES,
@@ -230,6 +231,7 @@ class _Chunk:
 
     jobs: list[Job] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # the store key of each job, in order
+    packets: list[bytes] = field(default_factory=list)  # the jobs' submits, encoded
     vanished: int = 0
     skipped: list[str] = field(default_factory=list)
     deferred: int = 0
@@ -398,8 +400,8 @@ class _Mover:
         their keys stay, and a retry's copy coalesces by unique or runs twice, within BATCH)."""
         broken: BatchConnectionError | None = None
         try:
-            if chunk.jobs:
-                gearman.submit_background_many(chunk.jobs)
+            if chunk.packets:
+                gearman.submit_packets(chunk.packets)
             return chunk.keys, None
         except BatchSubmitError as exc:
             refusals, handles = exc.refusals, exc.handles
@@ -411,7 +413,7 @@ class _Mover:
         return [key for key, handle in zip(chunk.keys, handles, strict=False) if handle], broken
 
     def _read(self, items: list[StoredItem]) -> _Chunk:
-        """Helper thread: read and parse one chunk (a key gone meanwhile counts as vanished)."""
+        """Helper thread: read, parse and encode one chunk (a key gone meanwhile: vanished)."""
         values = self.store.get_many([item.key for item in items])
         chunk = _Chunk()
         job_of = self.reader.job
@@ -431,6 +433,8 @@ class _Mover:
                     continue
             chunk.jobs.append(job)
             chunk.keys.append(key)
+        # encoded here, so the submitting thread only sends and reads answers
+        chunk.packets = encode_background(((f, p, u, pr) for f, u, p, pr in chunk.jobs), iter(()))
         return chunk
 
     def _settle_copies(self, chunk: _Chunk, acknowledged: list[str]) -> list[str]:
