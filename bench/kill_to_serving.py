@@ -13,12 +13,12 @@ every `--interval` from the instant of the kill:
   the new gearmand pid, i.e. the restore of the store has ended. The queue is then checked.
 
 Restore rate = jobs / the restore routine's own seconds (the agent logs both). Its ceiling is
-measured in every round (one run of each layout) at every size, right before the round's runs:
-the pipelined submit rate of the same number of jobs, same payload size, into a fresh gearmand on
-a fresh, empty memcached (`Services.submit_ceiling`; every restored job is re-persisted, as every
-submitted one is). Each run's ratio is its restore rate over its round's ceiling; the summary
-gives their medians. The wall rate, jobs / (restored - serving), adds the agent's steps around
-the restore.
+measured in every run, right before the kill (the machine's load moves from one minute to the
+next): the pipelined submit rate of the same number of jobs, same payload size, into a fresh
+gearmand on a fresh, empty memcached (`Services.submit_ceiling`; every restored job is
+re-persisted, as every submitted one is). Each run's ratio is its restore rate over its own
+ceiling; the summary gives their medians. The wall rate, jobs / (restored - serving), adds the
+agent's steps around the restore.
 
     .venv/bin/python bench/kill_to_serving.py [--quick] [--sizes 0,10000,100000,1000000]
 """
@@ -89,8 +89,11 @@ def new_gearmand_pid(endpoint: Endpoint, old: int) -> bool:
     return pid != old and is_serving(endpoint, 0.25)
 
 
-def one_run(node: Node, jobs: int, interval: float) -> dict[str, float | int | None]:
+def one_run(
+    services: Services, node: Node, jobs: int, interval: float
+) -> dict[str, float | int | None]:
     before = node.fresh_agent()
+    ceiling = services.submit_ceiling(jobs) if jobs else None
     queued_before = common.queued_total(node.gearman, timeout=30.0)
     old = before.gearmand_pid
     assert old is not None
@@ -107,8 +110,10 @@ def one_run(node: Node, jobs: int, interval: float) -> dict[str, float | int | N
         restored = time.perf_counter() - started
     queued_after = common.queued_total(node.gearman, timeout=30.0)
     moved, seconds = restores_logged(node.agent_log, log_offset)
+    rate = moved / seconds if seconds else None
     return {"jobs": jobs, "serving_s": serving, "restored_s": restored,
-            "restore_jobs_per_s": moved / seconds if seconds else None,
+            "restore_jobs_per_s": rate, "ceiling_jobs_per_s": ceiling,
+            "restore_to_ceiling": rate / ceiling if rate and ceiling else None,
             "restore_wall_jobs_per_s": jobs / (restored - serving) if restored else None,
             "queued_before": queued_before, "queued_after": queued_after}  # fmt: skip
 
@@ -139,7 +144,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 runs, 0 and 1,000 jobs")
     parser.add_argument("--sizes", default="0,10000,100000,1000000", help="jobs stored, by size")
     parser.add_argument("--runs", type=int, default=5, help="runs per layout up to 10k jobs")
-    parser.add_argument("--large-runs", type=int, default=3, help="runs per layout above 10k")
+    parser.add_argument("--large-runs", type=int, default=5, help="runs per layout above 10k")
     parser.add_argument("--store-mb", type=int, default=1024, help="each memcached's -m")
     parser.add_argument("--interval", type=float, default=0.002, help="poll interval (s)")
     args = parser.parse_args()
@@ -168,12 +173,10 @@ def main() -> int:
                         print(f"{layout}: {more} jobs submitted at {more / seconds:,.0f} jobs/s",
                               flush=True)  # fmt: skip
                 for run in range(runs_at(size, args)):
-                    ceiling = services.submit_ceiling(size) if size else None
                     for layout, node in nodes.items():
-                        result = {"layout": layout, **one_run(node, size, args.interval)}
-                        rate = result["restore_jobs_per_s"]
-                        result["ceiling_jobs_per_s"] = ceiling
-                        result["restore_to_ceiling"] = rate / ceiling if rate and ceiling else None
+                        result = {"layout": layout,
+                                  **one_run(services, node, size, args.interval)}  # fmt: skip
+                        rate, ceiling = result["restore_jobs_per_s"], result["ceiling_jobs_per_s"]
                         results.append(result)
                         print(f"{layout:>11}, {size:>7} stored, run {run + 1}: serving after "
                               f"{result['serving_s']:.3f}s"
