@@ -19,7 +19,7 @@ from cluster.gearmand_server import GearmandLaunch, start_gearmand
 from cluster.jobkey import job_key
 from cluster.process import free_port, kill_pid, stop_pid, wait_until
 from cluster.restore import BATCH, CHUNK, RestoreIncomplete, restore
-from cluster.store import Store
+from cluster.store import Store, StoredItem
 from tests.conftest import HOST, RunningGearmand
 
 pytestmark = pytest.mark.integration
@@ -123,6 +123,30 @@ def test_restore_moves_every_job_once_in_order(
         assert queued(target) == expected_per_function(jobs)
         assert old_keys_present(store, jobs) == 0
         assert store.curr_items() == TOTAL  # each job once, under g2_
+        check_drained(target, jobs, fifo=True)
+    store.close()
+
+
+class NewestFirstStore(Store):
+    """A store whose metadump lists the newest keys first: the listing is not store order
+    (memcached's interleaves the LRU segments, newest and oldest keys alternating)."""
+
+    def items(self) -> list[StoredItem]:
+        return sorted(super().items(), key=lambda item: item.cas, reverse=True)
+
+
+def test_restore_goes_by_store_order_not_listing_order(
+    stored: tuple[Endpoint, list[Job]], tmp_path: Path
+) -> None:
+    """Fails if the restore submits keys as they are listed (streamed) instead of in cas order:
+    FIFO per function and priority breaks, or a job is lost or doubled."""
+    store_endpoint, jobs = stored
+    store = NewestFirstStore(store_endpoint, timeout=10.0)
+    with started_gearmand(store_endpoint, "g2_", tmp_path) as (target, _):
+        report = restore(store, target, expected=TOTAL, keep_prefix="g2_",
+                         known_functions=set(FUNCTIONS), read_timeout=30.0)  # fmt: skip
+        assert (report.moved, report.remaining) == (TOTAL, 0)
+        assert old_keys_present(store, jobs) == 0
         check_drained(target, jobs, fifo=True)
     store.close()
 
