@@ -147,6 +147,7 @@ def main() -> int:
     parser.add_argument("--large-runs", type=int, default=5, help="runs per layout above 10k")
     parser.add_argument("--store-mb", type=int, default=1024, help="each memcached's -m")
     parser.add_argument("--interval", type=float, default=0.002, help="poll interval (s)")
+    parser.add_argument("--name", default="kill_to_serving", help="bench/results/<name>.json")
     args = parser.parse_args()
     sizes = [0, 1000] if args.quick else [int(n) for n in args.sizes.split(",")]
     if args.quick:
@@ -184,10 +185,16 @@ def main() -> int:
                                  f"{rate:,.0f} jobs/s, ceiling {ceiling:,.0f} jobs/s"
                                  if result["restored_s"] and rate and ceiling else "")
                               + f", queued {result['queued_after']}", flush=True)  # fmt: skip
+                # saved after each size: a later size that fails keeps what was measured
+                report(args, sizes[: sizes.index(size) + 1], results)
         finally:
             for node in nodes.values():
                 node.close()
+    return 0
 
+
+def report(args: argparse.Namespace, sizes: list[int], results: list[dict[str, object]]) -> None:
+    """Print the summary of the sizes measured so far and save it with every run."""
     summary = []
     for size in sizes:
         for layout in LAYOUTS:
@@ -228,11 +235,10 @@ def main() -> int:
          for s in summary],
     ))  # fmt: skip
     common.save(
-        "kill_to_serving",
+        args.name,
         {"quick": args.quick, "goal_s": GOAL_S, "goal_ratio": GOAL_RATIO,
          "interval_s": args.interval, "summary": summary, "runs": results},
     )  # fmt: skip
-    return 0
 
 
 def _or_dash(value: object) -> object:
