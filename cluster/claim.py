@@ -231,9 +231,13 @@ def _spread(
     record (jobs: every part's and the sweep's) and the plan removed."""
     takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
 
+    listed: spreaddrain.PlanListing | None = None  # this claimer's plan listing, if it made one
+
     def make() -> SpreadPlan:
+        nonlocal listed
         ranked = spreaddrain.survivors(coord, store, by)
-        counts = spreaddrain.plan_counts(addresses, len(ranked))
+        listed = spreaddrain.plan_listing(addresses, len(ranked))
+        counts = spreaddrain.plan_counts(listed)
         log.warning("taking over store %s: %s; spreading %d jobs over %s (per part: %s)",
                     store, how, sum(map(sum, counts)), ", ".join(ranked),
                     [sum(c[i] for c in counts) for i in range(len(ranked))])  # fmt: skip
@@ -251,7 +255,8 @@ def _spread(
     def drain_free_parts() -> object:
         return spreaddrain.drain_parts(coord, store, plan, target, by=by, known=known,
                                        keep_going=keep_going,
-                                       overflow=lambda: other_serving(coord, target))  # fmt: skip
+                                       overflow=lambda: other_serving(coord, target),
+                                       listed=listed)  # fmt: skip
 
     try:
         parts = spreaddrain.wait_parts(coord, store, plan, drain_free_parts, keep_going)

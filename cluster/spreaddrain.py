@@ -27,12 +27,15 @@ from cluster.coord import (
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.restore import BATCH, Copies, RestoreIncomplete, restore
-from cluster.spread import PartStore, part_counts, part_order, resumed_expected
-from cluster.store import Store
+from cluster.spread import PartStore, part_order, resumed_expected, split_parts
+from cluster.store import Store, StoredItem
 
 log = logging.getLogger("gearctl.takeover")
 
 PART_WAIT = 0.2  # seconds between the claimer's looks at parts others drain
+
+PlanListing = list[list[list[StoredItem]]]
+"""Per store of a plan, per part: the part's keys in cas order (the claimer's plan listing)."""
 
 
 def survivors(coord: Coordination, store: str, by: str) -> tuple[str, ...]:
@@ -58,17 +61,21 @@ def start_or_keep(
     return plan, False
 
 
-def plan_counts(addresses: Sequence[str], parts: int) -> tuple[tuple[int, ...], ...]:
-    """Per store, the jobs of each part: the stores listed once, whole, while quiescent."""
-    counts = []
+def plan_listing(addresses: Sequence[str], parts: int) -> PlanListing:
+    """Per store, the keys of each part: the stores listed once, whole, while quiescent."""
+    listing = []
     for address in addresses:
         source = Store(Endpoint.parse(address), timeout=30.0)
         try:
-            keys = (item.key for item in source.snapshot(expected=None))
-            counts.append(tuple(part_counts(keys, parts)))
+            listing.append(split_parts(source.snapshot(expected=None), parts))
         finally:
             source.close()
-    return tuple(counts)
+    return listing
+
+
+def plan_counts(listing: PlanListing) -> tuple[tuple[int, ...], ...]:
+    """Per store, the jobs of each part: the plan's expected counts."""
+    return tuple(tuple(map(len, part)) for part in listing)
 
 
 def drain_owned(coord: Coordination, store: str) -> bool:
@@ -87,14 +94,18 @@ def drain_parts(
     known: Collection[str],
     keep_going: Callable[[], bool],
     overflow: Callable[[], Sequence[Endpoint]] | None = None,
+    listed: PlanListing | None = None,
 ) -> int:
-    """Drain every part of `plan` that is free and not done, `by`'s own first; the jobs moved."""
+    """Drain every part of `plan` that is free and not done, `by`'s own first; the jobs moved.
+    `listed`: the claimer's plan listing, read instead of listing the store again for a part
+    nobody has started."""
     moved = 0
     for index in part_order(plan.survivors, by):
         if not (keep_going() and drain_owned(coord, store)):
             break
         moved += _drain_part(coord, store, plan, index, target, by=by, known=known,
-                             keep_going=keep_going, overflow=overflow)  # fmt: skip
+                             keep_going=keep_going, overflow=overflow,
+                             listed=listed)  # fmt: skip
     return moved
 
 
@@ -109,6 +120,7 @@ def _drain_part(
     known: Collection[str],
     keep_going: Callable[[], bool],
     overflow: Callable[[], Sequence[Endpoint]] | None,
+    listed: PlanListing | None,
 ) -> int:
     """Part `index` of every store of the node, under the part's lease; the jobs moved."""
     record = coord.spread_part(store, index)
@@ -128,8 +140,10 @@ def _drain_part(
         resumed = bool(record.drainers)
         record = replace(record, drainers=(*record.drainers, by))
         coord.update_part(store, index, record)
+        fresh = listed is not None and not resumed  # nobody deleted a key of the part yet
         after = f" (resumed after {', '.join(record.drainers[:-1])})" if resumed else ""
-        log.info("store %s: draining part %d of %d%s", store, index, plan.parts, after)
+        how = " from the plan's listing" if fresh else ""
+        log.info("store %s: draining part %d of %d%s%s", store, index, plan.parts, after, how)
         copies = Copies()  # a job in both twins is in the same part of each: it moves once
         began = time.monotonic()
 
@@ -147,9 +161,10 @@ def _drain_part(
                 record = replace(record, moved=tuple(moves))
                 coord.update_part(store, index, record)
 
+            keys = listed[position][index] if listed is not None and fresh else None
+            source = PartStore(Endpoint.parse(address), index, plan.parts, listed=keys)
             try:
-                report = restore(PartStore(Endpoint.parse(address), index, plan.parts),
-                                 target, expected=expected, keep_prefix=None,
+                report = restore(source, target, expected=expected, keep_prefix=None,
                                  known_functions=known, progress=lambda r: recorded(r.moved),
                                  should_continue=going, overflow=overflow,
                                  copies=copies)  # fmt: skip

@@ -82,8 +82,9 @@ def stored_uniques(scene: Scene) -> Counter[str]:
 
 
 def test_two_survivors_drain_their_parts_each_job_once_evenly(
-    scene: Scene, zookeeper: Endpoint
+    scene: Scene, zookeeper: Endpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "gearctl.takeover")
     with (
         coord.session(str(zookeeper), scene.cluster) as node1,
         coord.session(str(zookeeper), scene.cluster) as node3,
@@ -109,6 +110,8 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
     per_survivor = [sum(queued(scene.targets[n]).values()) for n in ("node1", "node3")]
     assert sum(per_survivor) == len(scene.jobs)
     assert max(per_survivor) <= 1.1 * len(scene.jobs) / 2, per_survivor  # within 10% of even
+    # The claimer drains its part from its plan listing, the other survivor lists the stores.
+    assert "draining part 0 of 2 from the plan's listing" in caplog.text
 
 
 def test_a_killed_part_drainer_leaves_its_part_to_the_other(
@@ -117,8 +120,10 @@ def test_a_killed_part_drainer_leaves_its_part_to_the_other(
     caplog.set_level(logging.INFO, "gearctl.takeover")
     argv = [sys.executable, "-m", "tests.spread_drainer", str(zookeeper), scene.cluster,
             str(scene.targets["node3"]), "30"]  # fmt: skip
-    drainer = subprocess.Popen(argv, cwd=Path(__file__).parent.parent, env=os.environ.copy())
+    drainer = subprocess.Popen(argv, cwd=Path(__file__).parent.parent, env=os.environ.copy(),
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
+        assert drainer.stdout is not None and drainer.stdout.readline() == "ready\n"
         with coord.session(str(zookeeper), scene.cluster) as node1:
             result: list[Drained] = []
             claimer = threading.Thread(target=lambda: result.append(claim(node1, scene)))
