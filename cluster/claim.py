@@ -234,15 +234,11 @@ def _spread(
     listed: spreaddrain.PlanListing | None = None  # this claimer's plan listing, if it made one
 
     def make() -> SpreadPlan:
-        nonlocal listed
         ranked = spreaddrain.survivors(coord, store, by)
-        listed = spreaddrain.plan_listing(addresses, len(ranked))
-        counts = spreaddrain.plan_counts(listed)
-        log.warning("taking over store %s: %s; spreading %d jobs over %s (per part: %s)",
-                    store, how, sum(map(sum, counts)), ", ".join(ranked),
-                    [sum(c[i] for c in counts) for i in range(len(ranked))])  # fmt: skip
+        log.warning("taking over store %s: %s; spreading its jobs over %s", store, how,
+                    ", ".join(ranked))  # fmt: skip
         path = coord.record_takeover(takeover)
-        return SpreadPlan(ranked, addresses, counts, None, path, takeover.started)
+        return SpreadPlan(ranked, addresses, (), None, path, takeover.started)  # counts: step two
 
     plan, kept = spreaddrain.start_or_keep(coord, store, addresses, make)
     if kept:
@@ -259,6 +255,12 @@ def _spread(
                                        listed=listed)  # fmt: skip
 
     try:
+        if not kept:  # step two: every survivor lists the stores meanwhile
+            listed = spreaddrain.plan_listing(addresses, plan.parts)
+            plan = spreaddrain.count(coord, store, plan, listed)
+            log.warning("store %s: %d jobs to spread (per part: %s)", store,
+                        sum(map(sum, plan.counts)),
+                        [sum(c[i] for c in plan.counts) for i in range(plan.parts)])  # fmt: skip
         parts = spreaddrain.wait_parts(coord, store, plan, drain_free_parts, keep_going)
         sources = [Store(Endpoint.parse(address)) for address in addresses]
         left = [source.curr_items() for source in sources]  # quiescent: every part is done

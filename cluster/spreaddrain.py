@@ -2,8 +2,10 @@
 parts (the part rule and `PartStore` are cluster/spread.py; the znodes cluster/coord).
 
 The claimer holds the store's owner znode (purpose drain) from the claim to the end, as a single
-drain does: it writes the plan once (`start_or_keep`), drains parts like every survivor, waits
-until every part is done, then sweeps. A part is drained by whoever holds its lease, only while
+drain does: it writes the plan (`start_or_keep`) without counts, lists the stores and writes the
+counts (`count`) while every other survivor lists them too (`counted`: no survivor waits for the
+claimer's listing to start its own), drains parts like every survivor, waits until every part is
+done, then sweeps. A part is drained by whoever holds its lease, only while
 some claimer holds the store's owner znode as a drain (`drain_owned`): a claimer that died
 leaves no part drained until the next claimer keeps the plan, and a returning node, which takes
 its store for serving only when no drain owns it, never restores next to a part drainer (but
@@ -51,11 +53,15 @@ def start_or_keep(
     same counts), else a new one from `make()`. True when it was kept."""
     plan = coord.spread_plan(store)
     epoch = coord.epoch(store)
-    if plan is not None and plan.epoch == (epoch and epoch[0]) and plan.stores == tuple(addresses):
-        return plan, True
     if plan is not None:
-        log.warning("store %s: dropping the spread plan of another incarnation", store)
-    coord.end_spread(store)  # a stale plan, or the leftovers of one
+        same = plan.epoch == (epoch and epoch[0]) and plan.stores == tuple(addresses)
+        if same and plan.counted:
+            return plan, True
+        if not same:
+            log.warning("store %s: dropping the spread plan of another incarnation", store)
+    # A stale plan, the leftovers of one, or a plan whose claimer stopped before counting (no
+    # part was drained: parts wait for the counts).
+    coord.end_spread(store)
     plan = replace(make(), epoch=epoch and epoch[0])
     coord.start_spread(store, plan)
     return plan, False
@@ -73,9 +79,31 @@ def plan_listing(addresses: Sequence[str], parts: int) -> PlanListing:
     return listing
 
 
-def plan_counts(listing: PlanListing) -> tuple[tuple[int, ...], ...]:
-    """Per store, the jobs of each part: the plan's expected counts."""
-    return tuple(tuple(map(len, part)) for part in listing)
+def count(coord: Coordination, store: str, plan: SpreadPlan, listing: PlanListing) -> SpreadPlan:
+    """Step two of the claimer's plan: the counts of its `listing`, written; the counted plan."""
+    counted = replace(plan, counts=tuple(tuple(map(len, part)) for part in listing))
+    coord.count_spread(store, counted)
+    return counted
+
+
+def counted(
+    coord: Coordination, store: str, plan: SpreadPlan, keep_going: Callable[[], bool]
+) -> tuple[SpreadPlan, PlanListing | None] | None:
+    """A survivor's `plan` once its claimer counted it, with the survivor's own listing of the
+    stores when it found the plan uncounted (listed meanwhile: quiescent, since no part is
+    drained before the counts). None when the plan ended, its claimer is gone, or
+    `keep_going()` turned False first."""
+    if plan.counted:
+        return plan, None
+    listing = plan_listing(plan.stores, plan.parts)
+    while keep_going() and drain_owned(coord, store):
+        now = coord.spread_plan(store)
+        if now is None or now.takeover != plan.takeover:
+            return None
+        if now.counted:
+            return now, listing
+        time.sleep(PART_WAIT)
+    return None
 
 
 def drain_owned(coord: Coordination, store: str) -> bool:
@@ -97,8 +125,11 @@ def drain_parts(
     listed: PlanListing | None = None,
 ) -> int:
     """Drain every part of `plan` that is free and not done, `by`'s own first; the jobs moved.
-    `listed`: the claimer's plan listing, read instead of listing the store again for a part
-    nobody has started."""
+    `listed`: the stores listed while the plan was counted, read instead of listing them again
+    for a part nobody has started (where it holds the part's every key). Nothing before the
+    plan is counted."""
+    if not plan.counted:
+        return 0
     moved = 0
     for index in part_order(plan.survivors, by):
         if not (keep_going() and drain_owned(coord, store)):
@@ -142,7 +173,7 @@ def _drain_part(
         coord.update_part(store, index, record)
         fresh = listed is not None and not resumed  # nobody deleted a key of the part yet
         after = f" (resumed after {', '.join(record.drainers[:-1])})" if resumed else ""
-        how = " from the plan's listing" if fresh else ""
+        how = " from its plan-time listing" if fresh else ""
         log.info("store %s: draining part %d of %d%s%s", store, index, plan.parts, after, how)
         copies = Copies()  # a job in both twins is in the same part of each: it moves once
         began = time.monotonic()
@@ -162,6 +193,10 @@ def _drain_part(
                 coord.update_part(store, index, record)
 
             keys = listed[position][index] if listed is not None and fresh else None
+            if keys is not None and len(keys) != planned:  # deletes of other parts cut it short
+                log.info("store %s: part %d: %d of %d keys in the plan-time listing of %s; "
+                         "listing again", store, index, len(keys), planned, address)  # fmt: skip
+                keys = None
             source = PartStore(Endpoint.parse(address), index, plan.parts, listed=keys)
             try:
                 report = restore(source, target, expected=expected, keep_prefix=None,
