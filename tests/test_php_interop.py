@@ -1,7 +1,8 @@
 """Interop with the PHP extension (php-gearman, on libgearman) against a real 3-node local
 cluster: PHP clients to our Worker and our Client to PHP workers while a node's gearmand is
-killed (every acknowledged unique runs once; a job in flight at the kill may run once more), and a foreground round trip each way with
-WORK_DATA and WORK_STATUS. The PHP scripts are in tests/php/.
+killed (every acknowledged unique runs once; a job in flight at the kill may run once more),
+and a foreground round trip each way with WORK_DATA and WORK_STATUS. The PHP scripts are in
+tests/php/.
 """
 
 from __future__ import annotations
