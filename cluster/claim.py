@@ -255,7 +255,7 @@ def _spread(
                                        listed=listed)  # fmt: skip
 
     try:
-        if not kept:  # step two: every survivor lists the stores meanwhile
+        if not plan.counted:  # step two (a kept plan too, if its claimer stopped before it)
             listed = spreaddrain.plan_listing(addresses, plan.parts)
             plan = spreaddrain.count(coord, store, plan, listed)
             log.warning("store %s: %d jobs to spread (per part: %s)", store,

@@ -53,15 +53,11 @@ def start_or_keep(
     same counts), else a new one from `make()`. True when it was kept."""
     plan = coord.spread_plan(store)
     epoch = coord.epoch(store)
+    if plan is not None and plan.epoch == (epoch and epoch[0]) and plan.stores == tuple(addresses):
+        return plan, True  # uncounted, if its claimer stopped before counting: count it then
     if plan is not None:
-        same = plan.epoch == (epoch and epoch[0]) and plan.stores == tuple(addresses)
-        if same and plan.counted:
-            return plan, True
-        if not same:
-            log.warning("store %s: dropping the spread plan of another incarnation", store)
-    # A stale plan, the leftovers of one, or a plan whose claimer stopped before counting (no
-    # part was drained: parts wait for the counts).
-    coord.end_spread(store)
+        log.warning("store %s: dropping the spread plan of another incarnation", store)
+    coord.end_spread(store)  # a stale plan, or the leftovers of one
     plan = replace(make(), epoch=epoch and epoch[0])
     coord.start_spread(store, plan)
     return plan, False

@@ -71,10 +71,10 @@ def test_a_plan_of_another_incarnation_or_other_stores_is_replaced(
     assert fake.parts == {0: PartRecord((0, 0))}
 
 
-def test_a_plan_its_claimer_did_not_count_is_replaced() -> None:
+def test_a_plan_its_claimer_did_not_count_is_kept_for_the_next_to_count() -> None:
     fake = FakeCoord(plan=replace(PLAN, counts=()))
     plan, kept = start_or_keep(fake, "node2", PLAN.stores, fresh)  # type: ignore[arg-type]
-    assert not kept and fake.calls == ["end", "start"] and plan.takeover == "/t-2"
+    assert kept and fake.calls == [] and not plan.counted and plan.takeover == "/t-1"
 
 
 def test_no_part_is_drained_before_the_plan_is_counted() -> None:

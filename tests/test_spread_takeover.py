@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from cluster import coord, spreaddrain
-from cluster.claim import Drained, claim_and_drain
-from cluster.coord import MemberRecord, NodeState, Outcome, StoreRecord
+from cluster.claim import Drained, claim_and_drain, drain_order
+from cluster.coord import MemberRecord, NodeState, Outcome, SpreadPlan, StoreRecord, TakeoverRecord
 from cluster.drill.workload import FUNCTIONS, Job, numbered_jobs
 from cluster.endpoint import Endpoint
 from cluster.process import kill_pid, wait_until
@@ -116,6 +116,24 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
     assert max(per_survivor) <= 1.1 * len(scene.jobs) / 2, per_survivor  # within 10% of even
     # The claimer drains its part from its plan listing, the other survivor lists the stores.
     assert "draining part 0 of 2 from its plan-time listing" in caplog.text
+
+
+def test_a_plan_its_claimer_left_uncounted_is_counted_by_the_next(
+    scene: Scene, zookeeper: Endpoint
+) -> None:
+    with coord.session(str(zookeeper), scene.cluster) as node1:
+        epoch = node1.epoch("node2")
+        path = node1.record_takeover(TakeoverRecord(store="node2", by="node3", started=1.0))
+        left = SpreadPlan(("node1", "node3"), drain_order(scene.record), (), epoch and epoch[0],
+                          path, 1.0)  # fmt: skip
+        node1.zk.ensure_path(f"{node1.paths.stores}/node2")  # as node3's claim made it
+        node1.start_spread("node2", left)  # step one, then node3 died
+        drained = claim(node1, scene)
+        assert node1.spread_plan("node2") is None
+        (history,) = node1.takeover_history()
+    assert drained.takeover.outcome is Outcome.DONE and history.jobs == len(scene.jobs)
+    assert [Store(Endpoint.parse(a)).curr_items() for a in scene.record.addresses] == [0, 0]
+    assert stored_uniques(scene) == Counter(job.unique for job in scene.jobs)  # each once
 
 
 def test_a_killed_part_drainer_leaves_its_part_to_the_other(

@@ -246,9 +246,9 @@ class SpreadPlan:
     """`stores/<node>/spread`: how a dead node's jobs are split among the survivors (issue 18,
     cluster/spread.py), written by the claimer in two steps: without counts (every survivor lists
     the quiescent stores meanwhile, as the claimer does), then with them; kept by every later
-    claimer of the same incarnation once counted. `counts[s][i]`: jobs of part i in `stores[s]`
-    (the node's stores in drain order), counted while the stores were quiescent; empty until
-    then. `survivors[i]` drains part i first."""
+    claimer of the same incarnation (which counts it if its claimer stopped before that).
+    `counts[s][i]`: jobs of part i in `stores[s]` (the node's stores in drain order), counted
+    while the stores were quiescent; empty until then. `survivors[i]` drains part i first."""
 
     survivors: tuple[str, ...]
     stores: tuple[str, ...]
