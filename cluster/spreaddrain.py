@@ -36,8 +36,9 @@ PART_WAIT = 0.2  # seconds between the claimer's looks at parts others drain
 
 
 def survivors(coord: Coordination, store: str, by: str) -> tuple[str, ...]:
-    """The plan's survivors: every live member but the dead node, and the claimer itself."""
-    live = {name for name, m in coord.members().items() if m.live}
+    """The plan's survivors: every live member that drains parts (`MemberRecord.drains_parts`)
+    but the dead node, and the claimer itself (whatever its record says)."""
+    live = {name for name, m in coord.members().items() if m.live and m.drains_parts}
     return tuple(sorted((live - {store}) | {by}))
 
 

@@ -70,7 +70,8 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
 def claim(session: coord.Coordination, scene: Scene) -> Drained:
     """node1 claims dead node2's stores and spreads them (the survivors: node1 and node3)."""
     for node, target in scene.targets.items():
-        session.register(MemberRecord(node, str(target), "s", 1, 2, NodeState.SERVING))
+        session.register(MemberRecord(node, str(target), "s", 1, 2, NodeState.SERVING,
+                                      drains_parts=True))  # fmt: skip
     return claim_and_drain(session, "node2", scene.record, scene.targets["node1"], by="node1",
                            known=lambda: set(FUNCTIONS), keep_going=lambda: True,
                            spread=True)  # fmt: skip

@@ -121,6 +121,7 @@ class AgentMachine:
             agent_pid=os.getpid(),
             gearmand_pid=None,
             state=NodeState.STARTING,
+            drains_parts=config.takeover_spread,
         )
         self.registered = False
         self.stopping = threading.Event()

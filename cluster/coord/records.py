@@ -56,6 +56,10 @@ class MemberRecord:
     restarts: int = 0
     deferred_jobs: int = 0  # stored jobs waiting until their function name is known
     refused_jobs: int = 0  # stored jobs every gearmand refused twice (a full store): they wait
+    # Does the agent drain parts of spread drains (`[takeover] spread`)? A plan ranks only those.
+    # A record without the field (an agent older than it) counts as not draining parts: such an
+    # agent may still help with the parts left free, but is never given one of its own.
+    drains_parts: bool = False
     version: str = __version__
 
     def encode(self) -> bytes:
