@@ -76,8 +76,8 @@ def member(node: str, state: str = NodeState.SERVING, drains: bool = True) -> Me
 def test_the_plan_ranks_only_live_survivors_that_drain_parts_and_the_claimer() -> None:
     old = MemberRecord.decode(member("node6").encode().replace(b'"drains_parts": true, ', b""))
     assert not old.drains_parts  # an agent older than the field: not given a part
-    records = [member("node1", drains=False), member("node2"), member("node3"),
-               member("node4", drains=False), member("node5", NodeState.RESTARTING), old]  # fmt: skip
+    records = [member("node1", drains=False), member("node2"), member("node3"), old,
+               member("node4", drains=False), member("node5", NodeState.RESTARTING)]  # fmt: skip
     fake = FakeCoord(records={r.node: r for r in records})
     ranked = survivors(fake, "node2", "node1")  # type: ignore[arg-type]
     assert ranked == ("node1", "node3")  # node1 claims with spread off in its own record
