@@ -12,7 +12,7 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,13 +76,15 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
         yield Scene(record, jobs, targets, stores, f"spread-{uuid.uuid4().hex[:8]}")
 
 
-def claim(session: coord.Coordination, scene: Scene) -> Drained:
+def claim(
+    session: coord.Coordination, scene: Scene, keep_going: Callable[[], bool] = lambda: True
+) -> Drained:
     """node1 claims dead node2's stores and spreads them (the survivors: node1 and node3)."""
     for node, target in scene.targets.items():
         session.register(MemberRecord(node, str(target), "s", 1, 2, NodeState.SERVING,
                                       drains_parts=True))  # fmt: skip
     return claim_and_drain(session, "node2", scene.record, scene.targets["node1"], by="node1",
-                           known=lambda: set(FUNCTIONS), keep_going=lambda: True,
+                           known=lambda: set(FUNCTIONS), keep_going=keep_going,
                            spread=True)  # fmt: skip
 
 
@@ -138,7 +140,18 @@ def test_a_killed_part_drainer_leaves_its_part_to_the_other(
     try:
         with coord.session(str(zookeeper), scene.cluster) as node1:
             result: list[Drained] = []
-            claimer = threading.Thread(target=lambda: result.append(claim(node1, scene)))
+            part1 = node1.paths.store_part_owner("node2", 1)
+            waited: list[bool] = []
+
+            def after_node3_took_part1() -> bool:  # however slowly the drainer process starts
+                if not waited:
+                    wait_until(lambda: node1.owner_at(part1) is not None, timeout=60,
+                               what="node3 holding part 1")  # fmt: skip
+                    waited.append(True)
+                return True
+
+            claimer = threading.Thread(
+                target=lambda: result.append(claim(node1, scene, after_node3_took_part1)))
             claimer.start()
 
             def part1_moving() -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from cluster.coord import Coordination, PauseRecord
+from cluster.coord import Coordination, PartRecord, PauseRecord
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
@@ -185,6 +185,47 @@ def kill_drainer(ctx: DrillContext) -> None:
     ctx.kill_node("node1")
     status = ctx.wait("a take-over", lambda s: bool(s["takeovers"]))
     ctx.kill_node(status["takeovers"][0]["by"])
+
+
+def kill_part_drainer(ctx: DrillContext) -> None:
+    """A spread take-over of node1: SIGKILL the agent of the survivor that is not the claimer
+    while it drains its part (a chunk in flight), its gearmand left running. Its part lease goes
+    with its session and the claimer resumes the part; the survivor's own store (its gearmand,
+    no longer its agent's) is taken over in turn, its gearmand shut down by the take-over rule."""
+    ctx.kill_node("node1")
+    with _zookeeper(ctx) as zk:
+        plan = _wait_for(lambda: zk.spread_plan("node1"), "a spread plan for node1's store")
+        takeover = _wait_for(lambda: zk.takeover_at(plan.takeover), "its take-over record")
+        others = [name for name in plan.survivors if name != takeover.by]
+        if not others:
+            raise GearctlError(f"drill: the plan gives every part to its claimer {takeover.by} "
+                               f"(survivors {plan.survivors}): is spread on?")  # fmt: skip
+        victim = others[0]
+        index = plan.survivors.index(victim)
+        ctx.event(f"{takeover.by} claimed node1's store and spread it over "
+                  f"{', '.join(plan.survivors)}; {victim} drains part {index}")  # fmt: skip
+        agent_pid = ctx.node(victim)["agent_pid"]  # asked before: a status takes a while
+
+        def draining() -> PartRecord | None:
+            record = zk.spread_part("node1", index)
+            return record if record is not None and victim in record.drainers else None
+
+        part = _wait_for(draining, f"{victim} draining part {index}")
+        ctx.kill(agent_pid, what=f"{victim} agent")
+        after = zk.spread_part("node1", index)
+        when = "after its part was done" if after is None or after.done else "mid-part"
+        ctx.event(f"{victim}'s agent killed {when} ({sum(part.moved)} jobs of part {index} "
+                  f"recorded moved when it was seen draining)")  # fmt: skip
+
+
+def _wait_for(find: Callable[[], Any], what: str) -> Any:
+    """`find()`'s first truthy answer, asked every 10 ms for FAULT_TIMEOUT seconds."""
+    deadline = time.monotonic() + FAULT_TIMEOUT
+    while not (found := find()):
+        if time.monotonic() > deadline:
+            raise GearctlError(f"drill: {what} not seen within {FAULT_TIMEOUT:.0f}s")
+        time.sleep(0.01)
+    return found
 
 
 def restart_all_agents(ctx: DrillContext) -> None:
@@ -648,6 +689,7 @@ class Scenario:
     duplicate_bound: int = 0
     zookeeper_members: int = 1
     isolated_nodes: int = 0  # nodes 1..n each in a network namespace of their own (any hosts)
+    spread: bool = False  # needs spread take-overs (`[takeover] spread`), whatever run() is told
 
 
 SCENARIOS = {
@@ -660,6 +702,9 @@ SCENARIOS = {
                  kill_agent_during_restore, duplicate_bound=BATCH),
         Scenario("kill-drainer", "lose node1, then the survivor draining it",
                  kill_drainer, duplicate_bound=BATCH),
+        Scenario("kill-part-drainer", "spread take-over of node1: kill -9 the agent of the "
+                 "survivor draining a part that is not the claimer", kill_part_drainer,
+                 duplicate_bound=BATCH, spread=True),
         Scenario("restart-all-agents", "kill -9 every agent at once, start them again",
                  restart_all_agents),
         Scenario("zookeeper-member-lost", "kill -9 the ZooKeeper leader of a 3-member ensemble, "
@@ -769,7 +814,7 @@ def run(
             lambda _text: None,
             zookeeper_members=scenario.zookeeper_members,
             placement=placement,
-            spread=spread,
+            spread=spread or scenario.spread,
         )
         stack.callback(localcluster.down, directory, lambda _text: None)
         ctx.event("cluster of 3 nodes serving")
