@@ -100,7 +100,6 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
         coord.session(str(zookeeper), scene.cluster) as node1,
         coord.session(str(zookeeper), scene.cluster) as node3,
     ):
-
         helped: list[int] = []
 
         def help_as_node3() -> None:
@@ -151,7 +150,8 @@ def test_a_killed_part_drainer_leaves_its_part_to_the_other(
                 return True
 
             claimer = threading.Thread(
-                target=lambda: result.append(claim(node1, scene, after_node3_took_part1)))
+                target=lambda: result.append(claim(node1, scene, after_node3_took_part1))
+            )
             claimer.start()
 
             def part1_moving() -> bool:

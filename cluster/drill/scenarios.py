@@ -65,6 +65,7 @@ from cluster.store import Store
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
+FAULT_TIMEOUT = 30.0  # seconds a fault waits for what it brings about
 HOSTS = ("local", "netns")  # every node in this namespace, or each in a namespace of its own
 NODES = 3
 # A foreground job whose server dies (or is cut off) after a worker ran it, before its result
@@ -213,17 +214,27 @@ def kill_part_drainer(ctx: DrillContext) -> None:
         part = _wait_for(draining, f"{victim} draining part {index}")
         ctx.kill(agent_pid, what=f"{victim} agent")
         after = zk.spread_part("node1", index)
-        when = "after its part was done" if after is None or after.done else "mid-part"
-        ctx.event(f"{victim}'s agent killed {when} ({sum(part.moved)} jobs of part {index} "
-                  f"recorded moved when it was seen draining)")  # fmt: skip
+        mid_part = after is not None and not after.done
+        ctx.event(f"{victim}'s agent killed {'mid-part' if mid_part else 'after its part'} "
+                  f"({sum(part.moved)} jobs of part {index} recorded moved when it was seen "
+                  "draining)")  # fmt: skip
+        ended = _wait_for(lambda: (t := zk.takeover_at(plan.takeover)) and t.outcome != "running"
+                          and t, "the end of the spread take-over", RECOVERY_TIMEOUT)  # fmt: skip
+    ctx.event(f"take-over by {ended.by}: {ended.outcome_text}, {ended.jobs} jobs; "
+              + "; ".join(f"part {p.part} by {' then '.join(p.drainers)}: {p.jobs} jobs"
+                          for p in ended.parts))  # fmt: skip
+    resumed = next((p for p in ended.parts if p.part == index), None)
+    if mid_part and (resumed is None or resumed.drainers[-1] == victim or not resumed.done):
+        ctx.violation(f"part {index}, whose drainer {victim} was killed, was not finished by "
+                      f"another survivor: {resumed}")  # fmt: skip
 
 
-def _wait_for(find: Callable[[], Any], what: str) -> Any:
-    """`find()`'s first truthy answer, asked every 10 ms for FAULT_TIMEOUT seconds."""
-    deadline = time.monotonic() + FAULT_TIMEOUT
+def _wait_for(find: Callable[[], Any], what: str, timeout: float = FAULT_TIMEOUT) -> Any:
+    """`find()`'s first truthy answer, asked every 10 ms for `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     while not (found := find()):
         if time.monotonic() > deadline:
-            raise GearctlError(f"drill: {what} not seen within {FAULT_TIMEOUT:.0f}s")
+            raise GearctlError(f"drill: {what} not seen within {timeout:.0f}s")
         time.sleep(0.01)
     return found
 
@@ -520,9 +531,6 @@ def _wait_node1_back(
               + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
 
 
-FAULT_TIMEOUT = 30.0
-
-
 def _node1_host(ctx: DrillContext) -> tuple[HostNetwork, netns.Host]:
     network = ctx.network
     assert network is not None, f"{ctx.scenario} runs on network-namespace hosts"
@@ -776,10 +784,11 @@ class DrillResult:
 
 
 def run(
-    scenario_name: str, jobs: int, progress: Progress, hosts: str = "local", *, spread: bool = False
+    scenario_name: str, jobs: int, progress: Progress, hosts: str = "local", *, spread: bool = True
 ) -> DrillResult:
     """Run one drill on a fresh local cluster, which is stopped again whatever happens.
-    `spread`: its agents spread a take-over over every survivor (`[takeover] spread`).
+    `spread`: its agents spread a take-over over every survivor (`[takeover] spread`, the
+    default; a scenario that needs it, kill-part-drainer, spreads whatever this says).
 
     `hosts` "netns" runs each node (agent and gearmand) in a network namespace of its own on a
     test bridge (cluster.local.netns); ZooKeeper and the stores stay in this namespace, on the
