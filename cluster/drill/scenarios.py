@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -572,7 +573,7 @@ def _takeover_how(ctx: DrillContext, takeover: dict[str, Any]) -> str:
     # The survivor writes the take-over record just before that log line.
     wait_until(lambda: bool(lines()), timeout=10, what=f"the take-over line in "
                f"{takeover['by']}'s log")  # fmt: skip
-    return lines()[-1].split(marker, 1)[1].split("; draining")[0]
+    return re.split("; (?:draining|spreading) ", lines()[-1].split(marker, 1)[1])[0]
 
 
 def host_down(ctx: DrillContext) -> None:
