@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from cluster import spreaddrain
 from cluster.coord import Coordination, PartRecord, PauseRecord
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
@@ -191,9 +192,11 @@ def kill_drainer(ctx: DrillContext) -> None:
 
 def kill_part_drainer(ctx: DrillContext) -> None:
     """A spread take-over of node1: SIGKILL the agent of the survivor that is not the claimer
-    while it drains its part (a chunk in flight), its gearmand left running. Its part lease goes
+    while it drains a part (a chunk in flight), its gearmand left running. Its part lease goes
     with its session and the claimer resumes the part; the survivor's own store (its gearmand,
-    no longer its agent's) is taken over in turn, its gearmand shut down by the take-over rule."""
+    no longer its agent's) is taken over in turn, its gearmand shut down by the take-over rule.
+    Should the claimer drain every part before the survivor starts one (a slow scan), the agent
+    is killed after the take-over, and the timeline says so."""
     ctx.kill_node("node1")
     with _zookeeper(ctx) as zk:
         plan = _wait_for(lambda: zk.spread_plan("node1"), "a spread plan for node1's store")
@@ -203,22 +206,30 @@ def kill_part_drainer(ctx: DrillContext) -> None:
             raise GearctlError(f"drill: the plan gives every part to its claimer {takeover.by} "
                                f"(survivors {plan.survivors}): is spread on?")  # fmt: skip
         victim = others[0]
-        index = plan.survivors.index(victim)
         ctx.event(f"{takeover.by} claimed node1's store and spread it over "
-                  f"{', '.join(plan.survivors)}; {victim} drains part {index}")  # fmt: skip
+                  f"{', '.join(plan.survivors)}; {victim} drains part "
+                  f"{plan.survivors.index(victim)} first")  # fmt: skip
         agent_pid = ctx.node(victim)["agent_pid"]  # asked before: a status takes a while
 
-        def draining() -> PartRecord | None:
-            record = zk.spread_part("node1", index)
-            return record if record is not None and victim in record.drainers else None
+        def victim_draining() -> tuple[int | None, PartRecord | None] | None:
+            """(part, its record) once the victim drains one; (None, None) once the plan ended."""
+            records = spreaddrain.part_records(zk, "node1", plan)
+            if None in records:
+                return None, None
+            return next(((i, r) for i, r in enumerate(records) if r and victim in r.drainers),
+                        None)  # fmt: skip
 
-        part = _wait_for(draining, f"{victim} draining part {index}")
+        index, part = _wait_for(victim_draining, f"{victim} draining a part")
         ctx.kill(agent_pid, what=f"{victim} agent")
-        after = zk.spread_part("node1", index)
+        after = None if index is None else zk.spread_part("node1", index)
         mid_part = after is not None and not after.done
-        ctx.event(f"{victim}'s agent killed {'mid-part' if mid_part else 'after its part'} "
-                  f"({sum(part.moved)} jobs of part {index} recorded moved when it was seen "
-                  "draining)")  # fmt: skip
+        if part is None:
+            ctx.event(f"{victim}'s agent killed after the take-over: the claimer drained every "
+                      "part before it started one")  # fmt: skip
+        else:
+            ctx.event(f"{victim}'s agent killed {'mid-part' if mid_part else 'after its part'} "
+                      f"({sum(part.moved)} jobs of part {index} recorded moved when it was seen "
+                      "draining)")  # fmt: skip
         ended = _wait_for(lambda: (t := zk.takeover_at(plan.takeover)) and t.outcome != "running"
                           and t, "the end of the spread take-over", RECOVERY_TIMEOUT)  # fmt: skip
     ctx.event(f"take-over by {ended.by}: {ended.outcome_text}, {ended.jobs} jobs; "
