@@ -197,6 +197,7 @@ def kill_part_drainer(ctx: DrillContext) -> None:
     no longer its agent's) is taken over in turn, its gearmand shut down by the take-over rule.
     Should the claimer drain every part before the survivor starts one (a slow scan), the agent
     is killed after the take-over, and the timeline says so."""
+    agents = {n["name"]: n["agent_pid"] for n in ctx.status()["nodes"]}  # a status takes long
     ctx.kill_node("node1")
     with _zookeeper(ctx) as zk:
         plan = _wait_for(lambda: zk.spread_plan("node1"), "a spread plan for node1's store")
@@ -209,7 +210,6 @@ def kill_part_drainer(ctx: DrillContext) -> None:
         ctx.event(f"{takeover.by} claimed node1's store and spread it over "
                   f"{', '.join(plan.survivors)}; {victim} drains part "
                   f"{plan.survivors.index(victim)} first")  # fmt: skip
-        agent_pid = ctx.node(victim)["agent_pid"]  # asked before: a status takes a while
 
         def victim_draining() -> tuple[int | None, PartRecord | None] | None:
             """(part, its record) once the victim drains one; (None, None) once the plan ended."""
@@ -220,7 +220,7 @@ def kill_part_drainer(ctx: DrillContext) -> None:
                         None)  # fmt: skip
 
         index, part = _wait_for(victim_draining, f"{victim} draining a part")
-        ctx.kill(agent_pid, what=f"{victim} agent")
+        ctx.kill(agents[victim], what=f"{victim} agent")
         after = None if index is None else zk.spread_part("node1", index)
         mid_part = after is not None and not after.done
         if part is None:
