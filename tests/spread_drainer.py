@@ -1,8 +1,7 @@
 """A spread drain's part drainer in a process of its own, that the integration test kills
 mid-part (tests/test_spread_takeover.py): node3 waits for node2's plan, then drains its parts
 into gearmand TARGET, slowly (DELAY seconds before each chunk but the first), so the test can
-SIGKILL it between chunks with deletes in flight. It prints `ready` once connected, so the test
-starts the claim only then (else a fast claimer takes part 1 itself, before this one looks).
+SIGKILL it between chunks with deletes in flight.
 
     python -m tests.spread_drainer ZOOKEEPER CLUSTER TARGET DELAY
 """
@@ -19,7 +18,6 @@ from cluster.endpoint import Endpoint
 
 def main(zookeeper: str, cluster: str, target: str, delay: float) -> None:
     session = coord.connect(zookeeper, cluster, timeout=5.0, session_timeout=2.0)
-    print("ready", flush=True)
     while (plan := session.spread_plan("node2")) is None or not plan.counted:
         time.sleep(0.01)
     asked: list[bool] = []
