@@ -276,6 +276,8 @@ class Store:
         union.
         """
         seen: dict[str, StoredItem] = {}
+        matching: list[StoredItem] = []  # of `seen`, those `predicate` keeps (asked once a key)
+        keep = predicate or _any
         stale = passes = 0
         while True:
             before = len(seen)
@@ -288,11 +290,14 @@ class Store:
                 log.warning("%s; listing again", exc)
                 listed = []
             for item in listed:
-                seen.setdefault(item.key, item)
+                if item.key not in seen:
+                    seen[item.key] = item
+                    if keep(item):
+                        matching.append(item)
             if expected is None:
                 found, target = len(seen), self.curr_items()
             else:
-                found, target = sum(map(predicate or _any, seen.values())), expected
+                found, target = len(matching), expected
             stale = stale + 1 if len(seen) == before else 0
             if found >= target or stale >= stale_passes or passes >= max_passes:
                 break
@@ -306,7 +311,6 @@ class Store:
             target,
             passes,
         )
-        matching = seen.values() if predicate is None else filter(predicate, seen.values())
         return sorted(matching, key=lambda item: item.cas)
 
     # -- raw text protocol ---------------------------------------------------------------------

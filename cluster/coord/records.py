@@ -56,6 +56,10 @@ class MemberRecord:
     restarts: int = 0
     deferred_jobs: int = 0  # stored jobs waiting until their function name is known
     refused_jobs: int = 0  # stored jobs every gearmand refused twice (a full store): they wait
+    # Does the agent drain parts of spread drains (`[takeover] spread`)? A plan ranks only those.
+    # A record without the field (an agent older than it) counts as not draining parts: such an
+    # agent may still help with the parts left free, but is never given one of its own.
+    drains_parts: bool = False
     version: str = __version__
 
     def encode(self) -> bytes:
@@ -182,6 +186,26 @@ class Outcome(enum.StrEnum):
     REFUSED = "refused"  # not taken over: its old gearmand still answered (fencing failed)
 
 
+@dataclass(frozen=True)
+class PartSummary:
+    """One part of a spread take-over, as its take-over record keeps it: who drained it (in
+    turn), the jobs moved out of the node's stores, and whether it is done."""
+
+    part: int
+    drainers: tuple[str, ...]
+    jobs: int
+    done: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"part": self.part, "drainers": list(self.drainers), "jobs": self.jobs,
+                "done": self.done}  # fmt: skip
+
+    @classmethod
+    def decode(cls, raw: dict[str, Any]) -> PartSummary:
+        return cls(int(raw["part"]), tuple(raw.get("drainers", ())), int(raw.get("jobs", 0)),
+                   bool(raw.get("done", False)))  # fmt: skip
+
+
 @dataclass
 class TakeoverRecord:
     """`takeovers/t-<seq>`: one take-over of a dead node's store, or a manual drain.
@@ -199,6 +223,7 @@ class TakeoverRecord:
     outcome: Outcome = Outcome.RUNNING
     reason: str = ""
     manual: bool = False  # `gearctl store drain`, not a survivor's automatic take-over
+    parts: tuple[PartSummary, ...] = ()  # a spread take-over's parts (its claimer writes them)
 
     @property
     def done(self) -> bool:
@@ -226,6 +251,7 @@ class TakeoverRecord:
             "seconds": self.seconds,
             "outcome": self.outcome_text,
             "manual": self.manual,
+            "parts": [part.as_json() for part in self.parts],
         }
 
     def encode(self) -> bytes:
@@ -236,17 +262,21 @@ class TakeoverRecord:
         raw = json.loads(data.decode())
         text = str(raw.pop("outcome", Outcome.RUNNING.value))
         head, _, reason = text.partition(";" if text.startswith(Outcome.DONE) else ":")
+        parts = tuple(PartSummary.decode(part) for part in raw.pop("parts", ()))
         record = cls(**_known_fields(cls, raw))
         record.outcome, record.reason = Outcome(head.strip()), reason.strip()
+        record.parts = parts
         return record
 
 
 @dataclass(frozen=True)
 class SpreadPlan:
     """`stores/<node>/spread`: how a dead node's jobs are split among the survivors (issue 18,
-    cluster/spread.py), written once by the claimer and kept by every later claimer of the same
-    incarnation. `counts[s][i]`: jobs of part i in `stores[s]` (the node's stores in drain order),
-    counted while the stores were quiescent. `survivors[i]` drains part i first."""
+    cluster/spread.py), written by the claimer in two steps: without counts (every survivor lists
+    the quiescent stores meanwhile, as the claimer does), then with them; kept by every later
+    claimer of the same incarnation (which counts it if its claimer stopped before that).
+    `counts[s][i]`: jobs of part i in `stores[s]` (the node's stores in drain order), counted
+    while the stores were quiescent; empty until then. `survivors[i]` drains part i first."""
 
     survivors: tuple[str, ...]
     stores: tuple[str, ...]
@@ -258,6 +288,11 @@ class SpreadPlan:
     @property
     def parts(self) -> int:
         return len(self.survivors)
+
+    @property
+    def counted(self) -> bool:
+        """Step two is written: parts may be drained."""
+        return bool(self.counts)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -279,6 +314,10 @@ class PartRecord:
     moved: tuple[int, ...]
     done: bool = False
     drainers: tuple[str, ...] = ()  # who drained it, in turn (more than one: it was resumed)
+
+    def summary(self, index: int) -> PartSummary:
+        """What the take-over record keeps of part `index`."""
+        return PartSummary(index, self.drainers, sum(self.moved), self.done)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
