@@ -376,7 +376,8 @@ class LiveCollector(Collector):
 
     def _stats(self, store: Endpoint) -> dict[str, str] | None:
         try:
-            return Store(store, timeout=self.timeout).stats()
+            with Store(store, timeout=self.timeout) as probe:
+                return probe.stats()
         except GearctlError:
             self.store_error()
             return None

@@ -98,7 +98,10 @@ class TakeoverWatcher:
         if record is None:
             return
         try:
-            items = sum(Store(Endpoint.parse(a)).curr_items() for a in record.addresses)
+            items = 0
+            for address in record.addresses:
+                with Store(Endpoint.parse(address)) as source:
+                    items += source.curr_items()
             idle = self.idle.get(store)  # asking the cluster for names costs a round of I/O
             if items == 0 or (idle is not None and idle == (items, len(self._known()))):
                 return
