@@ -16,11 +16,16 @@ drained) exactly once when it answers again; one that comes back restarted lost 
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
+from cluster.coord import StoreRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.store import StoreIdentity
+from cluster.store import Store, StoreIdentity
+
+log = logging.getLogger("gearctl.takeover")
 
 RESTART_SLACK = 2.0  # seconds: memcached's `uptime` is whole seconds, read on its own clock tick
 
@@ -81,3 +86,55 @@ def came_back_restarted(
     if before is not None:
         return now.restarted_since(before)
     return now.started > silent_since + RESTART_SLACK
+
+
+def answering(addresses: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
+    """A dead node's stores (drain order) that a drain reads now, and the twin left pending:
+    the one silent twin when its twin answers. With both answering, or neither (the drain's
+    count then fails as for one store), every address is read and none is pending."""
+    if len(addresses) < 2:
+        return addresses, None
+    up = tuple(address for address in addresses if _answers(address))
+    if len(up) != 1:
+        return addresses, None
+    return up, next(address for address in addresses if address not in up)
+
+
+def still_pending(record: StoreRecord, silent: str | None) -> StoreRecord:
+    """The store record after a claim that found `silent` not answering (None: every twin
+    answers); a pending twin that answers again is checked for a restart (logged LOST)."""
+    if record.pending is not None and record.pending != silent:
+        _report_back(record.pending, record.pending_since)
+    if silent is None:
+        return record.with_pending(None)
+    if record.pending == silent:
+        return record
+    log.error("twin store %s does not answer: draining its twin; it stays pending until it "
+              "answers and the next take-over drains it", silent)  # fmt: skip
+    return record.with_pending(silent, time.time())
+
+
+def _answers(address: str) -> bool:
+    store = Store(Endpoint.parse(address))
+    try:
+        return store.ping()
+    finally:
+        store.close()
+
+
+def _report_back(address: str, since: float | None) -> None:
+    """A pending twin answers again: LOST (logged) if its memcached started since it went
+    silent."""
+    store = Store(Endpoint.parse(address))
+    try:
+        identity = store.identity()
+    except GearctlError:
+        return  # answered the ping, not this: the drain's count tells
+    finally:
+        store.close()
+    if since is not None and came_back_restarted(identity, None, since):
+        log.error("pending twin store %s is LOST: it answers again, but its memcached started "
+                  "%.0f s after it went silent: the jobs it held are gone", address,
+                  identity.started - since)  # fmt: skip
+    else:
+        log.warning("pending twin store %s answers again: draining it", address)
