@@ -4,6 +4,8 @@ for the next claim. Real gearmand, memcached and ZooKeeper."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from cluster.coord import Outcome, StoreRecord
 from cluster.drill.workload import FUNCTIONS, Job, drain, numbered_jobs
 from cluster.endpoint import Endpoint
 from cluster.jobkey import parse_job_key
+from cluster.process import read_pidfile
 from cluster.restore import CHUNK, Progress
 from cluster.store import Store
 from tests.conftest import RunningGearmand, running_memcached
@@ -142,3 +145,37 @@ def test_a_job_in_both_twins_is_queued_once_even_when_a_worker_ran_it_between(
     assert first == Counter(job.unique for job in jobs[:OLDER])
     rest = drain([gearmand.endpoint], FUNCTIONS, NEWER, timeout=60).counts
     assert rest == Counter(job.unique for job in jobs[OLDER:])  # no copy ran a second time
+
+
+def test_a_silent_twin_is_left_pending_and_the_next_claim_drains_it_once_it_answers(
+    tmp_path: Path,
+    twins: tuple[StoreRecord, list[Job]],
+    gearmand: RunningGearmand,
+    zookeeper: Endpoint,
+) -> None:
+    """The twin (older jobs) is stopped: the claim drains the store that answers and records
+    the twin pending; after SIGCONT the next claim drains the twin, each job once."""
+    record, jobs = twins
+    stopped = read_pidfile(tmp_path / "twin.pid")
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        with coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session:
+            first = take_over(session, record, gearmand.endpoint, "node1")
+            described = session.store_record("node2")
+            assert described is not None and described.pending == record.twin
+            os.kill(stopped, signal.SIGCONT)
+            second = take_over(session, described, gearmand.endpoint, "node3")
+            after = session.store_record("node2")
+            history = session.takeover_history()
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert (first.takeover.outcome, first.takeover.jobs) == (Outcome.DONE, NEWER)
+    assert first.takeover.pending == record.twin
+    assert (second.takeover.outcome, second.takeover.jobs) == (Outcome.DONE, OLDER)
+    assert second.takeover.pending is None
+    assert after is not None and after.pending is None
+    assert [h.pending for h in history] == [record.twin, None]
+    assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
+    assert uniques_in(gearmand.store) == Counter(job.unique for job in jobs)
+    check_drained(gearmand.endpoint, jobs, fifo=False)  # the newer jobs were queued first
