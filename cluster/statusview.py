@@ -60,7 +60,9 @@ def takeover_line(takeover: dict[str, Any], now: float | None = None) -> str:
     head = f"{how} of store {takeover['store']} by {takeover['by']}"
     if takeover["outcome"] == "running":
         return f"{head}: running, started {_age(takeover['started'], now or time.time())}"
-    return f"{head}: {takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s"
+    pending = f", twin {takeover['pending']} pending" if takeover.get("pending") else ""
+    return (f"{head}: {takeover['outcome']}, {takeover['jobs']} jobs in "
+            f"{takeover['seconds']:.2f}s{pending}")  # fmt: skip
 
 
 def watch(
@@ -97,10 +99,14 @@ def _text(value: object) -> str:
 
 
 def _stores(node: dict[str, Any], store: str, twin: str) -> str:
-    """The node's store's cell, `store+twin` when it has twin stores (`twin` is set)."""
+    """The node's store's cell, `store+twin` when it has twin stores (`twin` is set); a pending
+    twin's address is marked `(pending)`."""
     if node.get("twin") is None:
         return _text(node[store])
-    return f"{_text(node[store])}+{_text(node.get(twin))}"
+    cells = [_text(node[store]), _text(node.get(twin))]
+    if node.get("pending") in cells:
+        cells[cells.index(node["pending"])] += " (pending)"
+    return "+".join(cells)
 
 
 def _owner(node: str, owner: dict[str, str] | None) -> str:
