@@ -62,7 +62,9 @@ def check(result: DrillResult, scenario: str) -> None:
     assert result.passed
 
 
-@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"store-lost", "store-full"}))
+@pytest.mark.parametrize(
+    "scenario", sorted(set(SCENARIOS) - {"store-lost", "store-full", "twin-silent"})
+)
 def test_drill_loses_and_doubles_nothing(scenario: str) -> None:
     result = run(scenario, DRILL_JOBS, print)
     check(result, scenario)
@@ -114,6 +116,15 @@ def test_store_full_counts_refused_submits_as_refused_and_runs_every_job_once() 
     assert result.ledger.refused > 0  # refused, never acknowledged: `unexpected` if one ran
     assert result.ledger.attempted == result.ledger.acknowledged + result.ledger.refused
     assert any("not job keys gearmand wrote" in e for e in events)  # the fillers: reported
+
+
+def test_twin_silent_serves_from_the_other_twin_and_restores_the_pending_one_once() -> None:
+    result = run("twin-silent", DRILL_JOBS, print)
+    check(result, "twin-silent")
+    events = [event for _, event in result.timeline]
+    assert any(e.startswith("node1 serves on ") and e.endswith(" pending") for e in events)
+    assert any(e.startswith("node1's pending twin restored") for e in events)
+    assert result.ledger.duplicated == 0
 
 
 def node1(directory: Path) -> dict[str, Any]:
