@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,10 +19,12 @@ from cluster.claim import Drained, claim_and_drain
 from cluster.coord import Outcome, StoreRecord
 from cluster.drill.workload import FUNCTIONS, Job, drain, numbered_jobs
 from cluster.endpoint import Endpoint
+from cluster.functions import FunctionRegistry
 from cluster.jobkey import parse_job_key
 from cluster.process import read_pidfile
 from cluster.restore import CHUNK, Progress
 from cluster.store import Store
+from cluster.takeover import TakeoverWatcher
 from tests.conftest import RunningGearmand, running_memcached
 from tests.test_restore import check_drained
 from tests.twinstores import persist
@@ -179,3 +182,41 @@ def test_a_silent_twin_is_left_pending_and_the_next_claim_drains_it_once_it_answ
     assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
     assert uniques_in(gearmand.store) == Counter(job.unique for job in jobs)
     check_drained(gearmand.endpoint, jobs, fifo=False)  # the newer jobs were queued first
+
+
+def test_a_survivor_drains_the_answering_twin_and_later_the_pending_one_once_it_answers(
+    tmp_path: Path,
+    twins: tuple[StoreRecord, list[Job]],
+    gearmand: RunningGearmand,
+    zookeeper: Endpoint,
+) -> None:
+    """The survivor's scan (TakeoverWatcher) with node2's twin stopped: the store that answers
+    is drained at once; while the twin stays silent nothing more happens; once it answers the
+    next scan claims node2 again and drains it, each job once."""
+    record, jobs = twins
+    stopped = read_pidfile(tmp_path / "twin.pid")
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        with coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session:
+            session.describe_store("node2", record)
+            FunctionRegistry(session).publish(FUNCTIONS)
+            watcher = TakeoverWatcher(session, "node1", gearmand.endpoint, lambda: True,
+                                      threading.Event())  # fmt: skip
+            watcher._take_over("node2")
+            watcher._take_over("node2")  # the twin still silent: nothing to claim
+            first = session.takeover_history()
+            os.kill(stopped, signal.SIGCONT)
+            watcher._take_over("node2")
+            history = session.takeover_history()
+            after = session.store_record("node2")
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert [(h.jobs, h.pending) for h in first] == [(NEWER, record.twin)]
+    assert [(h.outcome, h.jobs, h.pending) for h in history] == [
+        (Outcome.DONE, NEWER, record.twin),
+        (Outcome.DONE, OLDER, None),
+    ]
+    assert after is not None and after.pending is None
+    assert uniques_in(gearmand.store) == Counter(job.unique for job in jobs)
+    check_drained(gearmand.endpoint, jobs, fifo=False)
