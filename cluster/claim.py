@@ -121,12 +121,13 @@ def claim_and_drain(
         if not dead:
             message = f"store {store} is not fenced: {how}; nothing was drained"
             raise ClaimRefused(Refusal.NOT_FENCED, message, how)
-        addresses, silent = twinstore.answering(drain_order(record))
+        plan = coord.spread_plan(store)
+        addresses, silent = twinstore.to_drain(drain_order(record), plan and plan.stores)
         if silent is not None or record.pending is not None:
             coord.describe_store(store, twinstore.still_pending(record, silent))
         names = known()
         started()
-        drain = _spread if spread or coord.spread_plan(store) is not None else _drain
+        drain = _spread if spread or plan is not None else _drain
         takeover, report = drain(
             coord,
             store,

@@ -88,6 +88,17 @@ def came_back_restarted(
     return now.started > silent_since + RESTART_SLACK
 
 
+def to_drain(
+    order: tuple[str, ...], planned: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], str | None]:
+    """The stores a claim drains (in `order`) and the twin it leaves pending. A spread plan's
+    stores (`planned`) are kept as they are: its parts may be draining, and other stores would
+    drop the plan (cluster/spreaddrain.py); a twin the plan leaves out is pending."""
+    if planned is not None:
+        return planned, next((address for address in order if address not in planned), None)
+    return answering(order)
+
+
 def answering(addresses: tuple[str, ...]) -> tuple[tuple[str, ...], str | None]:
     """A dead node's stores (drain order) that a drain reads now, and the twin left pending:
     the one silent twin when its twin answers. With both answering, or neither (the drain's

@@ -10,7 +10,7 @@ from cluster.coord import StoreRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.store import StoreIdentity
-from cluster.twinstore import came_back_restarted, plan_start
+from cluster.twinstore import came_back_restarted, plan_start, to_drain
 
 A = Endpoint("10.0.0.1", 11211)
 B = Endpoint("10.0.0.1", 11212)
@@ -77,3 +77,9 @@ def test_the_twin_is_drained_first_then_the_store_the_dead_gearmand_wrote() -> N
     record = StoreRecord("h:1", "h:2", "h", None, twin="h:3")
     assert drain_order(record) == ("h:3", "h:1")
     assert drain_order(StoreRecord("h:1", "h:2", "h", None)) == ("h:1",)
+
+
+def test_a_spread_plan_keeps_its_stores_and_a_twin_it_left_out_is_pending() -> None:
+    assert to_drain(("h:3", "h:1"), ("h:1",)) == (("h:1",), "h:3")
+    assert to_drain(("h:3", "h:1"), ("h:3", "h:1")) == (("h:3", "h:1"), None)
+    assert to_drain(("h:1",), None) == (("h:1",), None)  # one store: asked nothing
