@@ -82,6 +82,9 @@ class FakeCoordination:
     def describe_store(self, _store: str, record: StoreRecord) -> None:
         self.stores.append(record)
 
+    def store_record(self, _store: str) -> StoreRecord | None:
+        return self.stores[-1] if self.stores else None
+
     def members(self) -> dict[str, MemberRecord]:
         return {}  # no peer to send refused jobs to
 
@@ -748,6 +751,21 @@ def test_twins_a_twin_back_restarted_is_logged_lost_and_counted(
         == 1
     )
     assert node.cycle() is State.SERVING
+
+
+def test_twins_a_twin_pending_before_the_agent_restarted_keeps_its_silence_start(
+    twins: Twins, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An earlier agent of the node recorded the twin pending since t=500; this one finds it
+    silent too, and when it answers as a memcached started at t=1000, it restarted meanwhile."""
+    node = twins.node
+    earlier = StoreRecord("127.0.0.1:11212", "127.0.0.1:4730", "h", 99, twin=str(A))
+    node.coord.stores.append(earlier.with_pending(str(A), 500.0))
+    twins.stores[A].silent = 2
+    run_until(node, State.SERVING)
+    assert node.coord.stores[-1].pending_since == 500.0
+    assert node.cycle() is State.RESTORING
+    assert "twin store 127.0.0.1:11211 is LOST" in caplog.text
 
 
 def test_twins_with_neither_twin_answering_no_gearmand_starts(twins: Twins) -> None:

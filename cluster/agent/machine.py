@@ -342,10 +342,22 @@ class AgentMachine:
         if silent is None or self.pending is not None:
             return
         before = self.store_identity if silent == self.writes_to else None
-        self.pending = Pending(silent, time.time(), before)
+        self.pending = Pending(silent, self._silent_since(silent), before)
         self.metrics.twin_pending(silent, True)
         log.error("twin store %s does not answer (%s): gearmand starts on its twin; its jobs "
                   "are restored once it answers", silent, self.reason)  # fmt: skip
+
+    def _silent_since(self, silent: Endpoint) -> float:
+        """When `silent` went silent: now, or when the store record says, if an earlier agent
+        of this node (or a survivor's take-over) found it pending already."""
+        if self.store_record is None:  # this agent wrote none yet: it may have restarted
+            try:
+                record = self.coord.store_record(self.config.node)
+            except (GearctlError, ValueError, KeyError):
+                record = None
+            if record is not None and record.pending == str(silent) and record.pending_since:
+                return record.pending_since
+        return time.time()
 
     def _came_back(self, identity: StoreIdentity) -> None:
         """The pending twin answers again: its jobs are restored now, or were lost with a
