@@ -1,7 +1,8 @@
 """Interop with the PHP extension (php-gearman, on libgearman) against a real 3-node local
 cluster: PHP clients to our Worker and our Client to PHP workers while a node's gearmand is
-killed (every acknowledged unique runs exactly once), and a foreground round trip each way with
-WORK_DATA and WORK_STATUS. The PHP scripts are in tests/php/.
+killed (every acknowledged unique runs once; a job in flight at the kill may run once more),
+and a foreground round trip each way with WORK_DATA and WORK_STATUS. The PHP scripts are in
+tests/php/.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PHP = shutil.which("php")
 SCRIPTS = Path(__file__).parent / "php"
 JOBS = 300
 PRIORITIES = ("high", "normal", "low")
+CONCURRENCY = 4  # jobs our Worker runs at once: as many can be in flight at a kill
 
 
 def php_missing() -> str | None:
@@ -66,7 +68,7 @@ def our_worker(status: dict[str, Any]) -> Worker:
     return Worker(
         zookeeper=status["zookeeper"]["address"],
         cluster=status["cluster"],
-        concurrency=4,
+        concurrency=CONCURRENCY,
         min_backoff=0.05,
         max_backoff=0.5,
     )
@@ -114,12 +116,18 @@ def node_in_use(status: dict[str, Any], pid: int) -> dict[str, Any]:
     return next(n for n in status["nodes"] if int(n["gearman"].rsplit(":", 1)[1]) in ports)
 
 
-def assert_ran_once(acknowledged: set[str], counted: Counter[str]) -> None:
-    """Every acknowledged unique ran, and no unique ran twice."""
+def assert_ran_once(acknowledged: set[str], counted: Counter[str], in_flight: int) -> None:
+    """Every acknowledged unique ran, and none ran twice but the jobs in flight at the kill.
+
+    A job a worker was running when its gearmand died runs again: its WORK_COMPLETE never reached
+    gearmand, so its key was never deleted and the restart restores it (docs/drills.md). The
+    workers hold at most `in_flight` jobs at once (a PHP worker one, our Worker its
+    concurrency), so at most that many re-runs, and none runs a third time."""
     missing = acknowledged - set(counted)
     assert not missing, f"acknowledged but never run: {sorted(missing)}"
-    twice = {u: n for u, n in counted.items() if n > 1}
-    assert not twice, f"ran more than once: {twice}"
+    again = {u: n for u, n in counted.items() if n > 1}
+    assert all(n == 2 for n in again.values()), f"ran more than twice: {again}"
+    assert len(again) <= in_flight, f"more re-runs than jobs in flight at the kill: {again}"
 
 
 def kill_gearmand(node: dict[str, Any]) -> None:
@@ -177,7 +185,7 @@ def test_php_client_to_our_worker_through_a_gearmand_kill(cluster: dict[str, Any
         thread.join(30)
         worker.close()
     assert restarted(cluster, victim)
-    assert_ran_once(acknowledged, counted)
+    assert_ran_once(acknowledged, counted, in_flight=CONCURRENCY)
 
 
 def test_our_client_to_php_workers_through_a_gearmand_kill(
@@ -206,7 +214,7 @@ def test_our_client_to_php_workers_through_a_gearmand_kill(
         stop_procs(workers)
     assert restarted(cluster, victim)
     assert len(acknowledged) == JOBS
-    assert_ran_once(acknowledged, counted)
+    assert_ran_once(acknowledged, counted, in_flight=len(workers))
 
 
 def test_foreground_round_trip_each_way_with_data_and_status(

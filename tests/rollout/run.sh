@@ -483,4 +483,4 @@ if [ "${ROLLING:-1}" = 1 ]; then
 fi
 say "timings: $(IFS=,; echo "${TIMINGS[*]}" | sed 's/,/, /g')"
 timed total "$T0"
-say "PASS: first run ${FIRST}s, second run ${SECOND}s (changed=0), total ${LAST}s"
+say "PASS: first run ${FIRST}s, second run ${SECOND:-skipped (IDEMPOTENT=0)}${SECOND:+s (changed=0)}, total ${LAST}s"
