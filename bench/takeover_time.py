@@ -11,9 +11,9 @@ Goal: session timeout + 1 s + N / restore throughput (the median restore rate of
 bench/results/restore_throughput.json for the nearest size; run restore_throughput.py first).
 
 `--compare-spread` (issue 18) runs every case twice, side by side: one survivor drains the whole
-store (today's take-over), then a cluster started with `--spread`, where the two survivors drain
-a part each; the drain time (the claimer's take-over record: plan, every part, the sweep) of the
-spread over the single one is the ratio (goal <= 0.6), with the jobs each survivor queued.
+store (a `--no-spread` cluster), then a cluster started with `--spread`, where the two survivors
+drain a part each; the drain time (the claimer's take-over record: plan, every part, the sweep)
+of the spread over the single one is the ratio (goal <= 0.6), with the jobs each survivor queued.
 `--hosts netns` runs each node in a network namespace of its own (root; the drills' file lock).
 
     .venv/bin/python bench/takeover_time.py [--quick] [--timeouts 2 4] [--sizes 10000 100000]

@@ -73,6 +73,7 @@ class Drained:
     fenced: str
     takeover: TakeoverRecord
     report: RestoreReport | None  # None if the restore never started
+    here: int  # jobs moved into the caller's gearmand: all of them, but a spread's other parts
 
 
 def claim_and_drain(
@@ -128,7 +129,7 @@ def claim_and_drain(
         names = known()
         started()
         drain = _spread if spread or plan is not None else _drain
-        takeover, report = drain(
+        takeover, report, here = drain(
             coord,
             store,
             addresses,
@@ -143,7 +144,7 @@ def claim_and_drain(
         )
     finally:
         lease.release()
-    return Drained(how, takeover, report)
+    return Drained(how, takeover, report, here)
 
 
 def drain_order(record: StoreRecord) -> tuple[str, ...]:
@@ -165,7 +166,7 @@ def _drain(
     progress: Progress | None,
     manual: bool,
     pending: str | None,
-) -> tuple[TakeoverRecord, RestoreReport | None]:
+) -> tuple[TakeoverRecord, RestoreReport | None, int]:
     """Move every job of the node's stores at `addresses` (its store, or both twin stores, each
     exactly once, one after the other) into `target`, recorded under `takeovers/` as one
     take-over."""
@@ -185,7 +186,7 @@ def _drain(
         report = getattr(exc, "report", None)
         takeover.finish(Outcome.INTERRUPTED, report.moved if report is not None else 0, str(exc))
     _finished(coord, path, takeover)
-    return takeover, report
+    return takeover, report, takeover.jobs
 
 
 def _restore_all(
@@ -233,11 +234,12 @@ def _spread(
     progress: Progress | None,
     manual: bool,
     pending: str | None,
-) -> tuple[TakeoverRecord, RestoreReport | None]:
+) -> tuple[TakeoverRecord, RestoreReport | None, int]:
     """The claimer of a spread drain (docs/architecture.md, "Spread drain"): the plan (an
     earlier claimer's kept), this survivor's parts and any free ones until every part is done,
     then a sweep of what the parts left (exact: every store is quiescent again), one take-over
-    record (jobs: every part's and the sweep's) and the plan removed."""
+    record (jobs: every part's and the sweep's; the parts, kept up to date while they drain)
+    and the plan removed. Also the jobs this claimer moved itself (its parts, the sweep)."""
     takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual,
                               pending=pending)  # fmt: skip
 
@@ -257,31 +259,42 @@ def _spread(
         takeover.started = plan.started
         coord.update_takeover(plan.takeover, takeover)
     report: RestoreReport | None = None
+    here = 0
 
-    def drain_free_parts() -> object:
-        return spreaddrain.drain_parts(coord, store, plan, target, by=by, known=known,
-                                       keep_going=keep_going,
-                                       overflow=lambda: other_serving(coord, target))  # fmt: skip
+    def drain_free_parts() -> None:
+        nonlocal here
+        here += spreaddrain.drain_parts(coord, store, plan, target, by=by, known=known,
+                                        keep_going=keep_going,
+                                        overflow=lambda: other_serving(coord, target))  # fmt: skip
+        records = spreaddrain.part_records(coord, store, plan)
+        shown = spreaddrain.summaries(records)
+        if shown != takeover.parts:  # `takeover list` follows the parts while they drain
+            takeover.parts = shown
+            takeover.jobs = spreaddrain.moved_by_parts([r for r in records if r is not None])
+            coord.update_takeover(plan.takeover, takeover)
 
     try:
         parts = spreaddrain.wait_parts(coord, store, plan, drain_free_parts, keep_going)
+        takeover.parts = spreaddrain.summaries(parts)
         sources = [Store(Endpoint.parse(address)) for address in addresses]
         left = [source.curr_items() for source in sources]  # quiescent: every part is done
         if sum(left):
             log.warning("store %s: sweeping %d jobs the parts left", store, sum(left))
             report = _restore_all(coord, sources, left, target, known, keep_going, progress)
         swept = report.moved if report is not None else 0
+        here += swept
         takeover.finish(Outcome.DONE, spreaddrain.moved_by_parts(parts) + swept,
                         _waiting(report) if report is not None else "")  # fmt: skip
         coord.end_spread(store)
     except GearctlError as exc:
         log.error("spread drain of store %s stopped: %s; the next claimer keeps the plan",
                   store, exc)  # fmt: skip
-        records = [coord.spread_part(store, i) for i in range(plan.parts)]
+        records = spreaddrain.part_records(coord, store, plan)
         moved = spreaddrain.moved_by_parts([r for r in records if r is not None])
+        takeover.parts = spreaddrain.summaries(records)
         takeover.finish(Outcome.INTERRUPTED, moved, f"{exc}; the next claimer keeps the plan")
     _finished(coord, plan.takeover, takeover)
-    return takeover, report
+    return takeover, report, here
 
 
 def _finished(coord: Coordination, path: str, takeover: TakeoverRecord) -> None:

@@ -81,8 +81,9 @@ def fail(exc: GearctlError) -> typer.Exit:
 
 SpreadOption = Annotated[
     bool,
-    typer.Option("--spread", help="Agents spread a dead node's jobs over every live survivor "
-                 "([takeover] spread = true); default: one survivor drains the whole store."),
+    typer.Option("--spread/--no-spread", help="Agents spread a dead node's jobs over every live "
+                 "survivor ([takeover] spread = true, the default); --no-spread: one survivor "
+                 "drains the whole store."),
 ]  # fmt: skip
 
 
@@ -104,7 +105,7 @@ def cluster_up(
     zookeeper_members: Annotated[
         int, typer.Option(help="1: a standalone ZooKeeper; 3: an ensemble (survives one loss).")
     ] = 1,
-    spread: SpreadOption = False,
+    spread: SpreadOption = True,
 ) -> None:
     """Start ZooKeeper and, per node, a memcached store and an agent running gearmand."""
     from cluster.local import cluster as localcluster
@@ -285,7 +286,7 @@ def drill(
             "of its own (needs root and iproute2)."
         ),
     ] = "local",
-    spread: SpreadOption = False,
+    spread: SpreadOption = True,
 ) -> None:
     """Failover drills on a fresh local cluster; exit 1 if any job is lost or doubled."""
     from cluster.drill.scenarios import SCENARIOS, run

@@ -26,7 +26,8 @@ Example (deploy/agent.example.toml has the commented version):
     format = "json"     # "text" (default) or "json": one object per line
 
     [takeover]
-    spread = true       # a dead node's jobs split among every live survivor; default false
+    spread = false      # true (default): a dead node's jobs split among every live survivor;
+                        # false: one survivor drains a dead node's whole store
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class AgentConfig:
     metrics_port: int = 0  # [metrics] port: Prometheus /metrics; 0 = off
     metrics_host: str = ""  # [metrics] address; "" = gearmand's listen host
     log_format: str = "text"  # [log] format: see cluster.logsetup
-    takeover_spread: bool = False  # [takeover] spread: cluster/spreaddrain.py; False = one drainer
+    takeover_spread: bool = True  # [takeover] spread: cluster/spreaddrain.py; False = one drainer
     # [store] twin: the node's second memcached; successive gearmands use the twins in turn
     # (cluster.twinstore). None = one store.
     twin: Endpoint | None = None
@@ -130,7 +131,7 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
         metrics_port=fields.port("metrics.port"),
         metrics_host=fields.host("metrics.address"),
         log_format=fields.choice("log.format", LOG_FORMATS, default="text"),
-        takeover_spread=fields.flag("takeover.spread", default=False),
+        takeover_spread=fields.flag("takeover.spread", default=True),
         twin=fields.optional_endpoint("store.twin", default_port=11211),
     )
     fields.reject_unknown()
@@ -273,7 +274,7 @@ def render_config(
     session_timeout: float | None = None,
     auth_file: Path | None = None,
     metrics: Endpoint | None = None,
-    spread: bool = False,
+    spread: bool = True,
     twin: Endpoint | str | None = None,
 ) -> str:
     """An agent TOML file with these values (what `load_config` reads back); the fields left
@@ -301,6 +302,5 @@ def render_config(
     lines += ["[paths]", f"run_dir = {text(run_dir)}"]
     if metrics is not None:
         lines += ["[metrics]", f"address = {text(metrics.host)}", f"port = {metrics.port}"]
-    if spread:
-        lines += ["[takeover]", "spread = true"]
+    lines += ["[takeover]", f"spread = {str(spread).lower()}"]
     return "\n".join(lines) + "\n"

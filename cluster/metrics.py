@@ -176,7 +176,8 @@ class AgentMetrics:
         )
         self.drained = Counter(
             "gearctl_takeover_drained_jobs",
-            "Jobs drained from dead peers' stores into this node's gearmand",
+            "Jobs drained from dead peers' stores into this node's gearmand (whole stores, and "
+            "the parts of spread drains this node drained)",
             ["node"],
             registry=r,
         ).labels(node)
@@ -309,7 +310,13 @@ class AgentMetrics:
     def fencing_failed(self) -> None:
         self.takeovers.labels(self.node, "fencing-failed").inc()
 
+    def parts_drained(self, jobs: int) -> None:
+        """Jobs this node drained in parts of another claimer's spread drain."""
+        self.drained.inc(jobs)
+
     def takeover_finished(self, outcome: Outcome, jobs: int) -> None:
+        """`jobs`: those moved into this node's gearmand (a spread's claimer: its own parts
+        and the sweep; the other survivors count theirs with `parts_drained`)."""
         self.takeovers.labels(self.node, outcome.value).inc()
         self.drained.inc(jobs)
         if self._takeover_started is not None:

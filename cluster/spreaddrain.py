@@ -19,7 +19,9 @@ from dataclasses import replace
 
 from cluster.coord import (
     Coordination,
+    Outcome,
     PartRecord,
+    PartSummary,
     PlanEnded,
     Purpose,
     SpreadPlan,
@@ -36,8 +38,9 @@ PART_WAIT = 0.2  # seconds between the claimer's looks at parts others drain
 
 
 def survivors(coord: Coordination, store: str, by: str) -> tuple[str, ...]:
-    """The plan's survivors: every live member but the dead node, and the claimer itself."""
-    live = {name for name, m in coord.members().items() if m.live}
+    """The plan's survivors: every live member that drains parts (`MemberRecord.drains_parts`)
+    but the dead node, and the claimer itself (whatever its record says)."""
+    live = {name for name, m in coord.members().items() if m.live and m.drains_parts}
     return tuple(sorted((live - {store}) | {by}))
 
 
@@ -178,7 +181,7 @@ def wait_parts(
     GearctlError when `keep_going()` turns False first (the next claimer keeps the plan)."""
     while True:
         drain()
-        records = [coord.spread_part(store, i) for i in range(plan.parts)]
+        records = part_records(coord, store, plan)
         if all(r is not None and r.done for r in records):
             return [r for r in records if r is not None]
         if not keep_going():
@@ -188,3 +191,35 @@ def wait_parts(
 
 def moved_by_parts(records: Sequence[PartRecord]) -> int:
     return sum(sum(r.moved) for r in records)
+
+
+def part_records(coord: Coordination, store: str, plan: SpreadPlan) -> list[PartRecord | None]:
+    """Every part's record (None: the plan ended meanwhile)."""
+    return [coord.spread_part(store, i) for i in range(plan.parts)]
+
+
+def summaries(records: Sequence[PartRecord | None]) -> tuple[PartSummary, ...]:
+    """The parts as the take-over record keeps them."""
+    return tuple(r.summary(i) for i, r in enumerate(records) if r is not None)
+
+
+def end_stale(coord: Coordination, store: str) -> SpreadPlan | None:
+    """Node `store` is back and holds its store for serving: a plan still there was left by a
+    claimer that died before every part was done (a live claimer keeps the store's owner znode,
+    and ends its plan before it lets go). End it, and finish its take-over record `interrupted`
+    with the jobs its parts moved: the node restores the rest itself. The plan, if any."""
+    plan = coord.spread_plan(store)
+    if plan is None:
+        return None
+    records = part_records(coord, store, plan)
+    moved = moved_by_parts([r for r in records if r is not None])
+    coord.end_spread(store)
+    takeover = coord.takeover_at(plan.takeover)
+    if takeover is not None and not takeover.done:
+        why = f"node {store} came back before every part was done; it restored the rest"
+        takeover.finish(Outcome.INTERRUPTED, moved, why)
+        takeover.parts = summaries(records)
+        coord.update_takeover(plan.takeover, takeover)
+    log.warning("store %s: ended the spread plan its claimer left (%s): %d jobs were moved in "
+                "parts, the node restores the rest", store, plan.takeover, moved)  # fmt: skip
+    return plan

@@ -55,14 +55,23 @@ def aligned(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def takeover_line(takeover: dict[str, Any], now: float | None = None) -> str:
-    """One take-over (or manual drain) of the history, for people."""
+    """One take-over (or manual drain) of the history, for people; a spread one has a line per
+    part below it."""
     how = "manual drain" if takeover.get("manual") else "take-over"
     head = f"{how} of store {takeover['store']} by {takeover['by']}"
     if takeover["outcome"] == "running":
-        return f"{head}: running, started {_age(takeover['started'], now or time.time())}"
-    pending = f", twin {takeover['pending']} pending" if takeover.get("pending") else ""
-    return (f"{head}: {takeover['outcome']}, {takeover['jobs']} jobs in "
-            f"{takeover['seconds']:.2f}s{pending}")  # fmt: skip
+        line = f"{head}: running, started {_age(takeover['started'], now or time.time())}"
+    else:
+        ended = f"{takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s"
+        pending = f", twin {takeover['pending']} pending" if takeover.get("pending") else ""
+        line = f"{head}: {ended}{pending}"
+    return "\n".join([line, *map(_part_line, takeover.get("parts", ()))])
+
+
+def _part_line(part: dict[str, Any]) -> str:
+    drainers = " then ".join(part["drainers"]) or "nobody yet"
+    state = "done" if part["done"] else "not done"
+    return f"  part {part['part']}: {drainers}, {part['jobs']} jobs, {state}"
 
 
 def watch(

@@ -147,7 +147,7 @@ class TakeoverWatcher:
         self.unfenced_reported.discard(store)
         takeover, report = drained.takeover, drained.report
         if self.metrics:
-            self.metrics.takeover_finished(takeover.outcome, takeover.jobs)
+            self.metrics.takeover_finished(takeover.outcome, drained.here)
         left = 0 if report is None else report.left_in_store  # deferred, refused, not gearmand's
         if left and takeover.done:  # drain again once items or known names change
             self.idle[store] = (left, len(known))
@@ -159,10 +159,12 @@ class TakeoverWatcher:
         plan = self.coord.spread_plan(store)
         if plan is None:
             return
-        spreaddrain.drain_parts(
+        moved = spreaddrain.drain_parts(
             self.coord, store, plan, self.target, by=self.node, known=self._known(),
             keep_going=self.may_drain, overflow=lambda: other_serving(self.coord, self.target),
         )  # fmt: skip
+        if self.metrics:
+            self.metrics.parts_drained(moved)
 
     def _report_fencing_failed(self, store: str, how: str) -> None:
         """Loudly: a metric, and a take-over record `status` shows (outcome `refused: ...`)."""

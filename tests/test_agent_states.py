@@ -20,9 +20,13 @@ from cluster.coord import (
     CoordinationTimeout,
     MemberRecord,
     NodeState,
+    Outcome,
     Owner,
+    PartRecord,
     Purpose,
+    SpreadPlan,
     StoreRecord,
+    TakeoverRecord,
 )
 from cluster.endpoint import Endpoint
 from cluster.errors import LaunchError, StoreError
@@ -58,6 +62,24 @@ class FakeCoordination:
     epoch: int = 0
     failing: bool = False
     stores: list[StoreRecord] = field(default_factory=list)  # describe_store's records
+    plan: SpreadPlan | None = None  # a spread plan of our store, and its parts and record
+    parts: dict[int, PartRecord] = field(default_factory=dict)
+    takeovers: dict[str, TakeoverRecord] = field(default_factory=dict)
+
+    def spread_plan(self, _store: str) -> SpreadPlan | None:
+        return self.plan
+
+    def spread_part(self, _store: str, index: int) -> PartRecord | None:
+        return self.parts.get(index)
+
+    def end_spread(self, _store: str) -> None:
+        self.plan, self.parts = None, {}
+
+    def takeover_at(self, path: str) -> TakeoverRecord | None:
+        return self.takeovers.get(path)
+
+    def update_takeover(self, path: str, takeover: TakeoverRecord) -> None:
+        self.takeovers[path] = takeover
 
     def lease(self, _store: str, _node: str, _purpose: Purpose) -> FakeLease:
         return self.lease_
@@ -376,6 +398,17 @@ def test_lease_held_by_a_drainer_means_waiting_until_it_is_released(node: Node) 
     node.coord.lease_.holder = None
     assert node.cycle() is State.COUNTING
     assert node.launcher.started == []  # nothing ran while the peer drained
+
+
+def test_a_spread_plan_left_by_a_dead_claimer_ends_when_the_node_serves_again(node: Node) -> None:
+    plan = SpreadPlan(("n2", "n3"), ("127.0.0.1:11211",), ((5,), (6,)), 1, "/t-1", 1.0)
+    node.coord.plan, node.coord.takeovers = plan, {"/t-1": TakeoverRecord("n1", "n2", 1.0)}
+    node.coord.parts = {0: PartRecord((5,), done=True, drainers=("n2",)), 1: PartRecord((2,))}
+    run_until(node, State.SERVING)
+    assert node.coord.plan is None and node.coord.parts == {}
+    takeover = node.coord.takeovers["/t-1"]
+    assert takeover.outcome is Outcome.INTERRUPTED and takeover.jobs == 7
+    assert "node n1 came back" in takeover.reason
 
 
 def test_store_unreachable_is_store_lost_without_gearmand_and_retried(node: Node) -> None:

@@ -177,13 +177,13 @@ def test_bad_metrics_or_log_field_is_named(tmp_path: Path, section: str, message
         load_config(write(tmp_path, VALID + section))
 
 
-def test_spread_take_over_is_off_by_default_and_a_boolean(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, VALID)).takeover_spread is False
-    on = load_config(write(tmp_path, VALID + "[takeover]\nspread = true\n"))
-    assert on.takeover_spread is True
+def test_spread_take_over_is_on_by_default_and_a_boolean(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, VALID)).takeover_spread is True
+    off = load_config(write(tmp_path, VALID + "[takeover]\nspread = false\n"))
+    assert off.takeover_spread is False
     with pytest.raises(ConfigError, match=r"takeover\.spread = 'yes': use true or false"):
         load_config(write(tmp_path, VALID + '[takeover]\nspread = "yes"\n'))
-    for spread in (False, True):  # what `cluster up [--spread]` writes reads back the same
+    for spread in (False, True):  # what `cluster up --[no-]spread` writes reads back
         text = render_config(node="n1", cluster="c", gearman="h:1", store="h:2",
                              zookeeper="h:3", run_dir=tmp_path, spread=spread)  # fmt: skip
         assert load_config(write(tmp_path, text)).takeover_spread is spread

@@ -12,6 +12,8 @@ from cluster.coord import (
     NodeState,
     Outcome,
     Owner,
+    PartRecord,
+    PartSummary,
     Purpose,
     StoreRecord,
     TakeoverRecord,
@@ -63,9 +65,19 @@ def test_takeover_outcome_is_one_string_on_the_wire(
         "outcome",
         "manual",
         "pending",
+        "parts",
     }
     back = TakeoverRecord.decode(record.encode())
     assert (back.outcome, back.reason, back.done) == (outcome, reason, outcome is Outcome.DONE)
+
+
+def test_a_spread_takeover_keeps_its_parts_and_an_older_record_has_none() -> None:
+    record = TakeoverRecord("n2", "n1", started=1.0)
+    record.parts = (PartRecord((3, 4), done=True, drainers=("n3", "n1")).summary(1),)
+    back = TakeoverRecord.decode(record.encode())
+    assert back.parts == (PartSummary(1, ("n3", "n1"), 7, True),)
+    older = {k: v for k, v in record.as_json().items() if k != "parts"}
+    assert TakeoverRecord.decode(json.dumps(older).encode()).parts == ()
 
 
 def test_finished_takeover_has_its_duration() -> None:

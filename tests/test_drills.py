@@ -72,11 +72,20 @@ def test_drill_loses_and_doubles_nothing(scenario: str) -> None:
         check_three_hosts(result)
 
 
-def test_kill_drainer_with_spread_take_over_keeps_the_plan_and_loses_nothing() -> None:
-    """The claimer of a spread take-over dies (mid-drain if it still runs, else just after):
-    a next claimer keeps its plan or takes its store; nothing lost, duplicates within BATCH."""
-    result = run("kill-drainer", DRILL_JOBS, print, spread=True)
+def test_kill_drainer_without_spread_take_over_loses_nothing() -> None:
+    """The single drainer of a store (`--no-spread`; the other drills spread) dies mid-drain
+    if it still runs, else just after: the last survivor drains both stores; nothing lost,
+    duplicates within BATCH."""
+    result = run("kill-drainer", DRILL_JOBS, print, spread=False)
     check(result, "kill-drainer")
+
+
+def test_kill_part_drainer_leaves_its_part_to_another_survivor() -> None:
+    result = run("kill-part-drainer", DRILL_JOBS, print, spread=False)  # spreads all the same
+    check(result, "kill-part-drainer")
+    events = [event for _, event in result.timeline]
+    assert any(re.match(r"node\d claimed node1's store and spread it over", e) for e in events)
+    assert any(re.match(r"take-over by node\d: done, \d+ jobs; part 0 by ", e) for e in events)
 
 
 @pytest.mark.parametrize("scenario", NETNS_SCENARIOS)

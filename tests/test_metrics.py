@@ -79,6 +79,7 @@ def test_hooks_count_what_the_agent_reports() -> None:
     metrics.takeover_finished(Outcome.DONE, 7)
     metrics.takeover_started()
     metrics.takeover_finished(Outcome.INTERRUPTED, 3)
+    metrics.parts_drained(4)  # parts of another claimer's spread drain
     metrics.zookeeper_state("SUSPENDED")
     metrics.fenced()
     metrics.count_error(StoreError("store down"))
@@ -93,7 +94,7 @@ def test_hooks_count_what_the_agent_reports() -> None:
     assert value(found, "gearctl_takeovers_total", node="n1", outcome="started") == 2
     assert value(found, "gearctl_takeovers_total", node="n1", outcome="done") == 1
     assert value(found, "gearctl_takeovers_total", node="n1", outcome="interrupted") == 1
-    assert value(found, "gearctl_takeover_drained_jobs_total", node="n1") == 10
+    assert value(found, "gearctl_takeover_drained_jobs_total", node="n1") == 14
     assert value(found, "gearctl_fence_events_total", node="n1") == 1
     assert value(found, "gearctl_agent_state", node="n1", gearctl_agent_state="fenced") == 1
     assert value(found, "gearctl_agent_state", node="n1", gearctl_agent_state="serving") == 0

@@ -285,8 +285,12 @@ def test_pause_resume_inspect_workers_and_history(remote: tuple[str, Path]) -> N
         assert time.monotonic() < deadline, history.stdout
         time.sleep(0.5)
     assert done[0]["store"] == "node3" and done[0]["jobs"] == len(jobs)
+    parts = done[0]["parts"]  # spread over node1 and node2 (the default)
+    assert [p["part"] for p in parts] == [0, 1] and all(p["done"] for p in parts)
+    assert sum(p["jobs"] for p in parts) == len(jobs)
     text = gearctl("takeover", "list", *by_zk, cwd=cwd).stdout
     assert f"take-over of store node3 by {done[0]['by']}: done" in text
+    assert "\n  part 1: node" in text  # node2, or node1 when it was quicker
     code, found = status(remote)
     assert code == 3 and {n["name"]: n["state"] for n in found["nodes"]}["node3"] == "down"
 

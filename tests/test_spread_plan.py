@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cluster.coord import PartRecord, SpreadPlan
+from cluster.coord import MemberRecord, NodeState, PartRecord, SpreadPlan
 from cluster.errors import GearctlError
 from cluster.spread import part_order, resumed_expected
-from cluster.spreaddrain import moved_by_parts, start_or_keep, wait_parts
+from cluster.spreaddrain import moved_by_parts, start_or_keep, survivors, wait_parts
 
 PLAN = SpreadPlan(("node1", "node3"), ("h:2", "h:1"), ((3, 4), (5, 6)), 7, "/t-1", 1.0)
 
@@ -24,6 +24,10 @@ class FakeCoord:
     current_epoch: int = 7
     parts: dict[int, PartRecord] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    records: dict[str, MemberRecord] = field(default_factory=dict)
+
+    def members(self) -> dict[str, MemberRecord]:
+        return self.records
 
     def spread_plan(self, _store: str) -> SpreadPlan | None:
         return self.plan
@@ -63,6 +67,20 @@ def test_a_plan_of_another_incarnation_or_other_stores_is_replaced(
     assert not kept and fake.calls == ["end", "start"]
     assert plan.epoch == epoch and plan.survivors == ("node3",)
     assert fake.parts == {0: PartRecord((0, 0))}
+
+
+def member(node: str, state: str = NodeState.SERVING, drains: bool = True) -> MemberRecord:
+    return MemberRecord(node, "g", "s", 1, 2, state, drains_parts=drains)
+
+
+def test_the_plan_ranks_only_live_survivors_that_drain_parts_and_the_claimer() -> None:
+    old = MemberRecord.decode(member("node6").encode().replace(b'"drains_parts": true, ', b""))
+    assert not old.drains_parts  # an agent older than the field: not given a part
+    records = [member("node1", drains=False), member("node2"), member("node3"), old,
+               member("node4", drains=False), member("node5", NodeState.RESTARTING)]  # fmt: skip
+    fake = FakeCoord(records={r.node: r for r in records})
+    ranked = survivors(fake, "node2", "node1")  # type: ignore[arg-type]
+    assert ranked == ("node1", "node3")  # node1 claims with spread off in its own record
 
 
 def test_each_survivor_tries_its_own_part_first_then_round_the_ring() -> None:

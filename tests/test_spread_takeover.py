@@ -12,7 +12,7 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,16 @@ import pytest
 
 from cluster import coord, spreaddrain
 from cluster.claim import Drained, claim_and_drain
-from cluster.coord import MemberRecord, NodeState, Outcome, StoreRecord
+from cluster.coord import (
+    MemberRecord,
+    NodeState,
+    Outcome,
+    PartRecord,
+    Purpose,
+    SpreadPlan,
+    StoreRecord,
+    TakeoverRecord,
+)
 from cluster.drill.workload import FUNCTIONS, Job, numbered_jobs
 from cluster.endpoint import Endpoint
 from cluster.process import kill_pid, wait_until
@@ -67,12 +76,15 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
         yield Scene(record, jobs, targets, stores, f"spread-{uuid.uuid4().hex[:8]}")
 
 
-def claim(session: coord.Coordination, scene: Scene) -> Drained:
+def claim(
+    session: coord.Coordination, scene: Scene, keep_going: Callable[[], bool] = lambda: True
+) -> Drained:
     """node1 claims dead node2's stores and spreads them (the survivors: node1 and node3)."""
     for node, target in scene.targets.items():
-        session.register(MemberRecord(node, str(target), "s", 1, 2, NodeState.SERVING))
+        session.register(MemberRecord(node, str(target), "s", 1, 2, NodeState.SERVING,
+                                      drains_parts=True))  # fmt: skip
     return claim_and_drain(session, "node2", scene.record, scene.targets["node1"], by="node1",
-                           known=lambda: set(FUNCTIONS), keep_going=lambda: True,
+                           known=lambda: set(FUNCTIONS), keep_going=keep_going,
                            spread=True)  # fmt: skip
 
 
@@ -88,13 +100,15 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
         coord.session(str(zookeeper), scene.cluster) as node1,
         coord.session(str(zookeeper), scene.cluster) as node3,
     ):
+        helped: list[int] = []
 
         def help_as_node3() -> None:
             wait_until(lambda: node3.spread_plan("node2") is not None, timeout=60, what="plan")
             plan = node3.spread_plan("node2")
             assert plan is not None
-            spreaddrain.drain_parts(node3, "node2", plan, scene.targets["node3"], by="node3",
-                                    known=set(FUNCTIONS), keep_going=lambda: True)  # fmt: skip
+            helped.append(spreaddrain.drain_parts(
+                node3, "node2", plan, scene.targets["node3"], by="node3", known=set(FUNCTIONS),
+                keep_going=lambda: True))  # fmt: skip
 
         helper = threading.Thread(target=help_as_node3)
         helper.start()
@@ -108,6 +122,10 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
     assert stored_uniques(scene) == Counter(job.unique for job in scene.jobs)  # each once
     per_survivor = [sum(queued(scene.targets[n]).values()) for n in ("node1", "node3")]
     assert sum(per_survivor) == len(scene.jobs)
+    assert [drained.here, *helped] == per_survivor  # each survivor's drained-jobs metric
+    assert [(p.part, p.drainers, p.done) for p in history.parts] == [
+        (0, ("node1",), True), (1, ("node3",), True)]  # fmt: skip
+    assert sum(p.jobs for p in history.parts) == len(scene.jobs)  # nothing left to sweep
     assert max(per_survivor) <= 1.1 * len(scene.jobs) / 2, per_survivor  # within 10% of even
 
 
@@ -121,7 +139,19 @@ def test_a_killed_part_drainer_leaves_its_part_to_the_other(
     try:
         with coord.session(str(zookeeper), scene.cluster) as node1:
             result: list[Drained] = []
-            claimer = threading.Thread(target=lambda: result.append(claim(node1, scene)))
+            part1 = node1.paths.store_part_owner("node2", 1)
+            waited: list[bool] = []
+
+            def after_node3_took_part1() -> bool:  # however slowly the drainer process starts
+                if not waited:
+                    wait_until(lambda: node1.owner_at(part1) is not None, timeout=60,
+                               what="node3 holding part 1")  # fmt: skip
+                    waited.append(True)
+                return True
+
+            claimer = threading.Thread(
+                target=lambda: result.append(claim(node1, scene, after_node3_took_part1))
+            )
             claimer.start()
 
             def part1_moving() -> bool:
@@ -145,3 +175,31 @@ def test_a_killed_part_drainer_leaves_its_part_to_the_other(
     stored = stored_uniques(scene)
     assert set(stored) == {job.unique for job in scene.jobs}  # nothing lost
     assert sum(stored.values()) - len(scene.jobs) <= BATCH  # duplicates: at most one batch
+
+
+def test_a_node_back_before_the_parts_are_done_ends_the_dead_claimers_plan(
+    zookeeper: Endpoint,
+) -> None:
+    """node1 planned node2's spread and died with part 1 held by node3 mid-part; node2 comes
+    back (holding its store for serving): the plan, the parts and their leases go, and the
+    take-over record says interrupted with the jobs the parts moved."""
+    cluster = f"stale-{uuid.uuid4().hex[:8]}"
+    with coord.session(str(zookeeper), cluster) as node3:
+        with coord.session(str(zookeeper), cluster) as node1:
+            node1.describe_store("node2", StoreRecord("h:1", "h:2", "h", None))
+            path = node1.record_takeover(TakeoverRecord("node2", "node1", 1.0))
+            plan = SpreadPlan(("node1", "node3"), ("h:1",), ((4,), (6,)), 1, path, 1.0)
+            node1.start_spread("node2", plan)
+            node1.update_part("node2", 0, PartRecord((4,), done=True, drainers=("node1",)))
+        part = node3.part_lease("node2", 1, "node3")
+        assert part.try_acquire() is None
+        node3.update_part("node2", 1, PartRecord((2,), drainers=("node3",)))
+        with coord.session(str(zookeeper), cluster) as node2:
+            assert node2.lease("node2", "node2", Purpose.SERVE).try_acquire() is None
+            assert spreaddrain.end_stale(node2.bounded(5.0), "node2") == plan
+            assert node2.spread_plan("node2") is None and node2.spread_stores() == []
+            assert node2.owner_at(node2.paths.store_part_owner("node2", 1)) is None
+            assert spreaddrain.end_stale(node2, "node2") is None  # once
+            (takeover,) = node2.takeover_history()
+    assert takeover.outcome is Outcome.INTERRUPTED and takeover.jobs == 6
+    assert "node node2 came back" in takeover.reason

@@ -29,7 +29,9 @@ STATUS: dict[str, Any] = {
                {"store": "node3", "owner": None}],
     "takeovers": [
         {"store": "node2", "by": "node3", "started": NOW - 3, "jobs": 0, "seconds": 0.0,
-         "outcome": "running"},
+         "outcome": "running",
+         "parts": [{"part": 0, "drainers": ["node1", "node3"], "jobs": 40, "done": True},
+                   {"part": 1, "drainers": [], "jobs": 0, "done": False}]},
         {"store": "node1", "by": "node2", "started": NOW - 90, "jobs": 7, "seconds": 1.5,
          "outcome": "done", "manual": True},
     ],
@@ -48,8 +50,10 @@ def test_table_rows_owners_sessions_and_takeovers() -> None:
     assert node2[4:] == ["-", "5", "node3", "(drain)", "2", "5m", "ago", "0x2", "expiring"]
     assert node3[6] == "nobody"
     assert lines[6] == "take-over of store node2 by node3: running, started 3s ago"
-    assert lines[7] == "manual drain of store node1 by node2: done, 7 jobs in 1.50s"
-    assert lines[8] == "DEGRADED: node2 is down"
+    assert lines[7] == "  part 0: node1 then node3, 40 jobs, done"
+    assert lines[8] == "  part 1: nobody yet, 0 jobs, not done"
+    assert lines[9] == "manual drain of store node1 by node2: done, 7 jobs in 1.50s"
+    assert lines[10] == "DEGRADED: node2 is down"
 
 
 def test_unreachable_zookeeper_and_no_session() -> None:

@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cluster import spreaddrain
 from cluster.agent.states import PUBLISHED, State, check_transition
 from cluster.backoff import RestartPolicy
 from cluster.config import AgentConfig
@@ -124,6 +125,7 @@ class AgentMachine:
             agent_pid=os.getpid(),
             gearmand_pid=None,
             state=NodeState.STARTING,
+            drains_parts=config.takeover_spread,
         )
         self.registered = False
         self.stopping = threading.Event()
@@ -385,6 +387,7 @@ class AgentMachine:
         assert plan is not None
         epoch = self.coord.next_epoch(self.config.node)
         self.prefix = f"g{epoch}_"
+        self._end_stale_spread()
         if plan.walk and self.config.twin is not None:
             why = "its twin is silent" if plan.pending else "a restore was interrupted"
             log.warning("gearmand walks the %d items of %s before it serves (%s)", plan.walk,
@@ -407,6 +410,14 @@ class AgentMachine:
         self.coord.describe_store(self.config.node, record)
         self.store_record = record
         return State.RESTORING
+
+    def _end_stale_spread(self) -> None:
+        """A spread plan of our store, left by a claimer that died, ends now that we hold the
+        store for serving; a failure to end it only leaves it to the next claimer to drop."""
+        try:
+            spreaddrain.end_stale(self.coord, self.config.node)
+        except GearctlError as exc:
+            log.warning("could not end the spread plan left on our store: %s", exc)
 
     def _restore(self) -> State:
         """Restore from each store holding old jobs, in turn, until every old job is back (but

@@ -8,15 +8,17 @@ its own thread, so every callback given here must only record or signal, never b
 kazoo queues a request made while it reconnects and sends it once a connection is back: a
 plain kazoo call can wait as long as a partition lasts. A `bounded` view of a session waits at
 most its `request_timeout` for the requests it makes (the agent's main loop: member record,
-registration, store record, epoch, function names, its own store's lease; the metrics' pause
-flag) and raises CoordinationTimeout after that. The request itself stays queued: a timed-out
-write is not assumed failed, it may land later, but only on the same session (after an expiry
-kazoo fails it). Every bounded write is one that may land late: records are rewritten whole and
-a session's requests land in order, so the last write wins (but a create whose parent is
-missing is retried behind what was sent meanwhile: only a fresh cluster's first member); a
-member record or lease znode held by our own session is ours (`register`,
-`StoreLease.try_acquire`); an epoch skipped is harmless; function names are only ever added.
-Take-over records and spread plans (sequence znodes, transactions) stay unbounded: a late one
+registration, store record, epoch, function names, its own store's lease, a stale spread plan
+of its own store; the metrics' pause flag) and raises CoordinationTimeout after that. The
+request itself stays queued: a timed-out write is not assumed failed, it may land later, but
+only on the same session (after an expiry kazoo fails it). Every bounded write is one that may
+land late: records are rewritten whole and a session's requests land in order, so the last
+write wins (but a create whose parent is missing is retried behind what was sent meanwhile:
+only a fresh cluster's first member); a member record or lease znode held by our own session is
+ours (`register`, `StoreLease.try_acquire`); an epoch skipped is harmless; function names are
+only ever added; a stale plan is ended, and its take-over record finished, by the node holding
+its store for serving, so no claimer can write a newer plan before the session ends. Take-over
+records and spread plans (sequence znodes, transactions) are created unbounded: a late one
 would be an orphan.
 """
 
@@ -330,7 +332,8 @@ class Coordination:
     def spread_plan(self, store: str) -> SpreadPlan | None:
         """The store's spread plan; None when there is none (or one this version cannot read)."""
         try:
-            return SpreadPlan.decode(self.zk.get(self.paths.store_spread(store))[0])
+            data = self.answer(self.zk.get_async(self.paths.store_spread(store)))[0]
+            return SpreadPlan.decode(data)
         except (NoNodeError, ValueError, KeyError, TypeError):
             return None
 
@@ -370,7 +373,8 @@ class Coordination:
     def spread_part(self, store: str, index: int) -> PartRecord | None:
         """Part `index`'s record; None once its plan ended."""
         try:
-            return PartRecord.decode(self.zk.get(self.paths.store_part(store, index))[0])
+            data = self.answer(self.zk.get_async(self.paths.store_part(store, index)))[0]
+            return PartRecord.decode(data)
         except NoNodeError:
             return None
 
@@ -384,12 +388,20 @@ class Coordination:
 
     @translated
     def end_spread(self, store: str) -> None:
-        """Remove the plan, then the parts (the claimer, once every part is done; or a stale
-        plan's leftovers). Plan first: who reads no plan starts no part."""
+        """Remove the plan, then the parts, each part's lease with it (the claimer, once every
+        part is done; or a stale plan's leftovers: a later claimer, the node back to serve).
+        Plan first: who reads no plan starts no part."""
+        parts = self.paths.store_parts(store)
+        self._delete(self.paths.store_spread(store))
+        for index in self._children(parts):
+            for child in self._children(f"{parts}/{index}"):
+                self._delete(f"{parts}/{index}/{child}")
+            self._delete(f"{parts}/{index}")
+        self._delete(parts)
+
+    def _delete(self, path: str) -> None:
         with contextlib.suppress(NoNodeError):
-            self.zk.delete(self.paths.store_spread(store))
-        with contextlib.suppress(NoNodeError):
-            self.zk.delete(self.paths.store_parts(store), recursive=True)
+            self.answer(self.zk.delete_async(path))
 
     # -- functions/<name> (any agent; never removed) -------------------------------------
 
@@ -413,19 +425,22 @@ class Coordination:
 
     @translated
     def update_takeover(self, path: str, takeover: TakeoverRecord) -> None:
-        self.zk.set(path, takeover.encode())
+        self.answer(self.zk.set_async(path, takeover.encode()))
+
+    @translated
+    def takeover_at(self, path: str) -> TakeoverRecord | None:
+        """The take-over record at `path` (a spread plan's); None if gone or unreadable."""
+        try:
+            return TakeoverRecord.decode(self.answer(self.zk.get_async(path))[0])
+        except (NoNodeError, ValueError, TypeError):
+            return None
 
     @translated
     def takeover_history(self) -> list[TakeoverRecord]:
         """Every take-over, oldest first (running ones have outcome RUNNING)."""
-        history = []
-        for name in sorted(self._children(self.paths.takeovers)):
-            try:
-                data = self.zk.get(f"{self.paths.takeovers}/{name}")[0]
-                history.append(TakeoverRecord.decode(data))
-            except (NoNodeError, ValueError, TypeError):
-                continue
-        return history
+        names = sorted(self._children(self.paths.takeovers))
+        records = (self.takeover_at(f"{self.paths.takeovers}/{name}") for name in names)
+        return [record for record in records if record is not None]
 
     # -- takeover-paused (the operator) ---------------------------------------------------
 

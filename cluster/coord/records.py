@@ -56,6 +56,10 @@ class MemberRecord:
     restarts: int = 0
     deferred_jobs: int = 0  # stored jobs waiting until their function name is known
     refused_jobs: int = 0  # stored jobs every gearmand refused twice (a full store): they wait
+    # Does the agent drain parts of spread drains (`[takeover] spread`)? A plan ranks only those.
+    # A record without the field (an agent older than it) counts as not draining parts: such an
+    # agent may still help with the parts left free, but is never given one of its own.
+    drains_parts: bool = False
     version: str = __version__
 
     def encode(self) -> bytes:
@@ -191,6 +195,26 @@ class Outcome(enum.StrEnum):
     REFUSED = "refused"  # not taken over: its old gearmand still answered (fencing failed)
 
 
+@dataclass(frozen=True)
+class PartSummary:
+    """One part of a spread take-over, as its take-over record keeps it: who drained it (in
+    turn), the jobs moved out of the node's stores, and whether it is done."""
+
+    part: int
+    drainers: tuple[str, ...]
+    jobs: int
+    done: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"part": self.part, "drainers": list(self.drainers), "jobs": self.jobs,
+                "done": self.done}  # fmt: skip
+
+    @classmethod
+    def decode(cls, raw: dict[str, Any]) -> PartSummary:
+        return cls(int(raw["part"]), tuple(raw.get("drainers", ())), int(raw.get("jobs", 0)),
+                   bool(raw.get("done", False)))  # fmt: skip
+
+
 @dataclass
 class TakeoverRecord:
     """`takeovers/t-<seq>`: one take-over of a dead node's store, or a manual drain.
@@ -209,6 +233,7 @@ class TakeoverRecord:
     reason: str = ""
     manual: bool = False  # `gearctl store drain`, not a survivor's automatic take-over
     pending: str | None = None  # a twin that did not answer: the next take-over drains it
+    parts: tuple[PartSummary, ...] = ()  # a spread take-over's parts (its claimer writes them)
 
     @property
     def done(self) -> bool:
@@ -237,6 +262,7 @@ class TakeoverRecord:
             "outcome": self.outcome_text,
             "manual": self.manual,
             "pending": self.pending,
+            "parts": [part.as_json() for part in self.parts],
         }
 
     def encode(self) -> bytes:
@@ -247,8 +273,10 @@ class TakeoverRecord:
         raw = json.loads(data.decode())
         text = str(raw.pop("outcome", Outcome.RUNNING.value))
         head, _, reason = text.partition(";" if text.startswith(Outcome.DONE) else ":")
+        parts = tuple(PartSummary.decode(part) for part in raw.pop("parts", ()))
         record = cls(**_known_fields(cls, raw))
         record.outcome, record.reason = Outcome(head.strip()), reason.strip()
+        record.parts = parts
         return record
 
 
@@ -290,6 +318,10 @@ class PartRecord:
     moved: tuple[int, ...]
     done: bool = False
     drainers: tuple[str, ...] = ()  # who drained it, in turn (more than one: it was resumed)
+
+    def summary(self, index: int) -> PartSummary:
+        """What the take-over record keeps of part `index`."""
+        return PartSummary(index, self.drainers, sum(self.moved), self.done)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -28,7 +29,8 @@ from typing import Any
 
 import psutil
 
-from cluster.coord import Coordination, PauseRecord
+from cluster import spreaddrain
+from cluster.coord import Coordination, PartRecord, PauseRecord
 from cluster.drill.workload import (
     FOREGROUND_CLIENTS,
     FUNCTIONS,
@@ -65,6 +67,7 @@ from cluster.store import Store
 
 Progress = Callable[[str], None]
 RECOVERY_TIMEOUT = 180.0
+FAULT_TIMEOUT = 30.0  # seconds a fault waits for what it brings about
 HOSTS = ("local", "netns")  # every node in this namespace, or each in a namespace of its own
 NODES = 3
 # A foreground job whose server dies (or is cut off) after a worker ran it, before its result
@@ -185,6 +188,67 @@ def kill_drainer(ctx: DrillContext) -> None:
     ctx.kill_node("node1")
     status = ctx.wait("a take-over", lambda s: bool(s["takeovers"]))
     ctx.kill_node(status["takeovers"][0]["by"])
+
+
+def kill_part_drainer(ctx: DrillContext) -> None:
+    """A spread take-over of node1: SIGKILL the agent of the survivor that is not the claimer
+    while it drains a part (a chunk in flight), its gearmand left running. Its part lease goes
+    with its session and the claimer resumes the part; the survivor's own store (its gearmand,
+    no longer its agent's) is taken over in turn, its gearmand shut down by the take-over rule.
+    Should the claimer drain every part before the survivor starts one (a slow scan), the agent
+    is killed after the take-over, and the timeline says so."""
+    agents = {n["name"]: n["agent_pid"] for n in ctx.status()["nodes"]}  # a status takes long
+    ctx.kill_node("node1")
+    with _zookeeper(ctx) as zk:
+        plan = _wait_for(lambda: zk.spread_plan("node1"), "a spread plan for node1's store")
+        takeover = _wait_for(lambda: zk.takeover_at(plan.takeover), "its take-over record")
+        others = [name for name in plan.survivors if name != takeover.by]
+        if not others:
+            raise GearctlError(f"drill: the plan gives every part to its claimer {takeover.by} "
+                               f"(survivors {plan.survivors}): is spread on?")  # fmt: skip
+        victim = others[0]
+        ctx.event(f"{takeover.by} claimed node1's store and spread it over "
+                  f"{', '.join(plan.survivors)}; {victim} drains part "
+                  f"{plan.survivors.index(victim)} first")  # fmt: skip
+
+        def victim_draining() -> tuple[int | None, PartRecord | None] | None:
+            """(part, its record) once the victim drains one; (None, None) once the plan ended."""
+            records = spreaddrain.part_records(zk, "node1", plan)
+            if None in records:
+                return None, None
+            return next(((i, r) for i, r in enumerate(records) if r and victim in r.drainers),
+                        None)  # fmt: skip
+
+        index, part = _wait_for(victim_draining, f"{victim} draining a part")
+        ctx.kill(agents[victim], what=f"{victim} agent")
+        after = None if index is None else zk.spread_part("node1", index)
+        mid_part = after is not None and not after.done
+        if part is None:
+            ctx.event(f"{victim}'s agent killed after the take-over: the claimer drained every "
+                      "part before it started one")  # fmt: skip
+        else:
+            ctx.event(f"{victim}'s agent killed {'mid-part' if mid_part else 'after its part'} "
+                      f"({sum(part.moved)} jobs of part {index} recorded moved when it was seen "
+                      "draining)")  # fmt: skip
+        ended = _wait_for(lambda: (t := zk.takeover_at(plan.takeover)) and t.outcome != "running"
+                          and t, "the end of the spread take-over", RECOVERY_TIMEOUT)  # fmt: skip
+    ctx.event(f"take-over by {ended.by}: {ended.outcome_text}, {ended.jobs} jobs; "
+              + "; ".join(f"part {p.part} by {' then '.join(p.drainers)}: {p.jobs} jobs"
+                          for p in ended.parts))  # fmt: skip
+    resumed = next((p for p in ended.parts if p.part == index), None)
+    if mid_part and (resumed is None or resumed.drainers[-1] == victim or not resumed.done):
+        ctx.violation(f"part {index}, whose drainer {victim} was killed, was not finished by "
+                      f"another survivor: {resumed}")  # fmt: skip
+
+
+def _wait_for(find: Callable[[], Any], what: str, timeout: float = FAULT_TIMEOUT) -> Any:
+    """`find()`'s first truthy answer, asked every 10 ms for `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := find()):
+        if time.monotonic() > deadline:
+            raise GearctlError(f"drill: {what} not seen within {timeout:.0f}s")
+        time.sleep(0.01)
+    return found
 
 
 def restart_all_agents(ctx: DrillContext) -> None:
@@ -516,9 +580,6 @@ def _wait_node1_back(
               + (" (it waited while the store was drained)" if waited else ""))  # fmt: skip
 
 
-FAULT_TIMEOUT = 30.0
-
-
 def _node1_host(ctx: DrillContext) -> tuple[HostNetwork, netns.Host]:
     network = ctx.network
     assert network is not None, f"{ctx.scenario} runs on network-namespace hosts"
@@ -560,7 +621,7 @@ def _takeover_how(ctx: DrillContext, takeover: dict[str, Any]) -> str:
     # The survivor writes the take-over record just before that log line.
     wait_until(lambda: bool(lines()), timeout=10, what=f"the take-over line in "
                f"{takeover['by']}'s log")  # fmt: skip
-    return lines()[-1].split(marker, 1)[1].split("; draining")[0]
+    return re.split("; (?:draining|spreading) ", lines()[-1].split(marker, 1)[1])[0]
 
 
 def host_down(ctx: DrillContext) -> None:
@@ -685,6 +746,7 @@ class Scenario:
     duplicate_bound: int = 0
     zookeeper_members: int = 1
     isolated_nodes: int = 0  # nodes 1..n each in a network namespace of their own (any hosts)
+    spread: bool = False  # needs spread take-overs (`[takeover] spread`), whatever run() is told
 
 
 SCENARIOS = {
@@ -697,6 +759,9 @@ SCENARIOS = {
                  kill_agent_during_restore, duplicate_bound=BATCH),
         Scenario("kill-drainer", "lose node1, then the survivor draining it",
                  kill_drainer, duplicate_bound=BATCH),
+        Scenario("kill-part-drainer", "spread take-over of node1: kill -9 the agent of the "
+                 "survivor draining a part that is not the claimer", kill_part_drainer,
+                 duplicate_bound=BATCH, spread=True),
         Scenario("restart-all-agents", "kill -9 every agent at once, start them again",
                  restart_all_agents),
         Scenario("zookeeper-member-lost", "kill -9 the ZooKeeper leader of a 3-member ensemble, "
@@ -770,10 +835,11 @@ class DrillResult:
 
 
 def run(
-    scenario_name: str, jobs: int, progress: Progress, hosts: str = "local", *, spread: bool = False
+    scenario_name: str, jobs: int, progress: Progress, hosts: str = "local", *, spread: bool = True
 ) -> DrillResult:
     """Run one drill on a fresh local cluster, which is stopped again whatever happens.
-    `spread`: its agents spread a take-over over every survivor (`[takeover] spread`).
+    `spread`: its agents spread a take-over over every survivor (`[takeover] spread`, the
+    default; a scenario that needs it, kill-part-drainer, spreads whatever this says).
 
     `hosts` "netns" runs each node (agent and gearmand) in a network namespace of its own on a
     test bridge (cluster.local.netns); ZooKeeper and the stores stay in this namespace, on the
@@ -808,7 +874,7 @@ def run(
             lambda _text: None,
             zookeeper_members=scenario.zookeeper_members,
             placement=placement,
-            spread=spread,
+            spread=spread or scenario.spread,
         )
         stack.callback(localcluster.down, directory, lambda _text: None)
         ctx.event("cluster of 3 nodes serving")

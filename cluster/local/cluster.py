@@ -126,7 +126,7 @@ class LocalCluster:
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     zookeeper_ensemble: tuple[ZooKeeperMember, ...] = ()  # empty: one standalone server
     processes: dict[str, ProcessRef] = field(default_factory=dict)
-    spread: bool = False  # agents' [takeover] spread (`cluster up --spread`)
+    spread: bool = True  # agents' [takeover] spread (`cluster up --spread/--no-spread`)
     store_mb: int = DEFAULT_MEMORY_MB  # each memcached's -m (a twin must hold the whole queue)
 
     @property
@@ -263,7 +263,7 @@ def up(
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     zookeeper_members: int = 1,
     placement: Placement = Placement(),
-    spread: bool = False,
+    spread: bool = True,
     serving_timeout: float = SERVING_TIMEOUT,
 ) -> LocalCluster:
     """Start whatever part of the cluster is not running; return once every node serves
