@@ -210,7 +210,9 @@ def failover_timeline(results: Path, out: Path) -> Path | None:
         ]
         if r.get("session_expired_after_s") is not None:
             marks.append((r["session_expired_after_s"], "x", "member record gone (expiry)"))
-        label = f"node killed, {r['jobs']:,} jobs\nsession {r['session_timeout_s']:g} s{note}"
+        how = "".join(w for w, on in ((", spread", r.get("spread")),
+                                      (", pinned", r.get("pinned_cores"))) if on)  # fmt: skip
+        label = f"node killed, {r['jobs']:,} jobs{how}\nsession {r['session_timeout_s']:g} s{note}"
         rows.append((label, spans, marks))
     fig, ax = plt.subplots(figsize=(9, 0.75 * len(rows) + 2.6))
     seen: set[str] = set()

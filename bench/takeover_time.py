@@ -15,15 +15,19 @@ store (a `--no-spread` cluster), then a cluster started with `--spread`, where t
 drain a part each; the drain time (the claimer's take-over record: plan, every part, the sweep)
 of the spread over the single one is the ratio (goal <= 0.6), with the jobs each survivor queued.
 `--hosts netns` runs each node in a network namespace of its own (root; the drills' file lock).
+`--pin-cores yes` pins each survivor's agent, gearmand and stores to a core of its own
+(bench/hostcpu.py), as separate hosts would have them; `both` runs every case unpinned and then
+pinned. Every case reports the CPU seconds each process used from the kill to the last job queued.
 
     .venv/bin/python bench/takeover_time.py [--quick] [--timeouts 2 4] [--sizes 10000 100000]
-        [--compare-spread] [--hosts local|netns] [--repeats N]
+        [--compare-spread] [--hosts local|netns] [--pin-cores no|yes|both] [--repeats N]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -33,7 +37,9 @@ from typing import Any
 from urllib.parse import unquote
 
 import common
-from common import RESULTS, Services, poll, table
+import hostcpu
+import psutil
+from common import RESULTS, Services, median, poll, table
 from kazoo.client import KazooClient
 from kazoo.protocol.states import EventType
 
@@ -70,11 +76,18 @@ def one_case(
     count: int,
     placement: localcluster.Placement | None = None,
     spread: bool = False,
+    pinned: bool = False,
 ) -> dict[str, object]:
     cluster = services.cluster(3, session_timeout=timeout, placement=placement, spread=spread)
     zk: KazooClient | None = None
     try:
         victim, *survivors = (Endpoint.parse(n.gearman) for n in cluster.nodes)
+        dead = cluster.nodes[0].name
+        cores = hostcpu.pin(cluster, dead) if pinned else {}
+        procs = {f"{node.name}:{role}": proc for node in cluster.nodes
+                 for role, proc in hostcpu.node_processes(cluster, node.name).items()
+                 if node.name != dead or role in ("store", "twin")}  # fmt: skip
+        procs["bench"] = psutil.Process()
         common.submit(victim, common.jobs(count))
         paths = ClusterPaths(cluster.cluster)
         zk = KazooClient(hosts=cluster.zookeeper, timeout=10.0)
@@ -97,6 +110,7 @@ def one_case(
         expired: list[float] = []  # when node1's member record vanished (its session expired)
         zk.exists(paths.member(node["name"]), watch=lambda event: event.type == EventType.DELETED
                   and expired.append(time.perf_counter()))  # fmt: skip
+        cpu_before = hostcpu.cpu_seconds(procs)
         killed_at = time.time()
         started = time.perf_counter()
         os.kill(node["agent_pid"], signal.SIGKILL)
@@ -106,6 +120,7 @@ def one_case(
         poll(lambda: moved() >= count, interval=0.01, timeout=600,
              what="every orphaned job on a survivor")  # fmt: skip
         total = time.perf_counter() - started
+        cpu_after = hostcpu.cpu_seconds(procs)
         time.sleep(1.0)
         split = per_survivor()
         final = sum(split)
@@ -133,6 +148,9 @@ def one_case(
         "per_survivor": split,
         "spread": spread,
         "hosts": "netns" if placement and placement.node_netns else "local",
+        "pinned_cores": cores,
+        "cpu_s": {role: round(cpu_after[role] - cpu_before[role], 3) for role in procs},
+        "load_average": os.getloadavg(),
     }
 
 
@@ -153,6 +171,12 @@ def main() -> int:
         default="local",
         help="netns: each node in a network namespace of its own (root)",
     )
+    parser.add_argument(
+        "--pin-cores",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="pin each survivor to a core of its own (yes), or run each case both ways (both)",
+    )
     args = parser.parse_args()
     timeouts, sizes, repeats = ([2.0], [2000], 1) if args.quick else (
         args.timeouts, args.sizes, args.repeats)  # fmt: skip
@@ -160,6 +184,7 @@ def main() -> int:
 
     results = []
     ways = (False, True) if args.compare_spread else (False,)
+    pinning = {"no": (False,), "yes": (True,), "both": (False, True)}[args.pin_cores]
     with contextlib.ExitStack() as stack:
         placement = localcluster.Placement()
         if args.hosts == "netns":
@@ -172,19 +197,20 @@ def main() -> int:
         services = stack.enter_context(Services("takeover"))
         for timeout in timeouts:
             for count in sizes:
-                for _ in range(repeats):
-                    for spread in ways:  # side by side: single, then spread, each repeat
-                        result = one_case(services, timeout, count, placement, spread)
-                        nearest = min(rates, key=lambda n: abs(n - count)) if rates else None
-                        rate = rates[nearest] if nearest else FALLBACK_RESTORE_RATE
-                        result["restore_rate"] = rate
-                        result["goal_s"] = timeout + 1.0 + count / rate
-                        results.append(result)
-                        print(f"timeout {timeout}s, {count} jobs, "
-                              f"{'spread' if spread else 'single'}: on survivors "
-                              f"{result['per_survivor']} (claimer {result['drained_by']}) after "
-                              f"{result['seconds']:.2f}s, drain {result['drain_s']:.2f}s "
-                              f"(goal {result['goal_s']:.2f}s)", flush=True)  # fmt: skip
+                for _, pinned, spread in itertools.product(range(repeats), pinning, ways):
+                    # side by side: single, then spread, each repeat (and each pinning)
+                    result = one_case(services, timeout, count, placement, spread, pinned)
+                    nearest = min(rates, key=lambda n: abs(n - count)) if rates else None
+                    rate = rates[nearest] if nearest else FALLBACK_RESTORE_RATE
+                    result["restore_rate"] = rate
+                    result["goal_s"] = timeout + 1.0 + count / rate
+                    results.append(result)
+                    print(f"timeout {timeout}s, {count} jobs, "
+                          f"{'spread' if spread else 'single'}{', pinned' if pinned else ''}: "
+                          f"on survivors {result['per_survivor']} (claimer "
+                          f"{result['drained_by']}) after {result['seconds']:.2f}s, drain "
+                          f"{result['drain_s']:.2f}s (goal {result['goal_s']:.2f}s); CPU s "
+                          f"{cpu_text(result['cpu_s'])}", flush=True)  # fmt: skip
     print()
     print(table(
         ["session timeout s", "jobs", "kill -> all queued s", "take-over began s", "drain s",
@@ -203,18 +229,33 @@ def main() -> int:
     return 0
 
 
+def cpu_text(cpu: dict[str, float]) -> str:
+    """`node2:gearmand 1.23, ...` for the processes that used CPU, and their total."""
+    busy = {role: s for role, s in cpu.items() if s >= 0.01}
+    return f"{', '.join(f'{r} {s:.2f}' for r, s in busy.items())} (total {sum(busy.values()):.2f})"
+
+
 def print_spread_ratios(results: list[dict[str, Any]]) -> None:
     """Per case and repeat: the single drain, the spread one, their ratio, the spread's split."""
-    pairs = zip(results[::2], results[1::2], strict=True)
+    pairs = list(zip(results[::2], results[1::2], strict=True))
     print()
     print(table(
-        ["jobs", "single drain s", "spread drain s", "ratio (goal <= 0.6)", "spread per survivor",
-         "most loaded vs even"],
-        [[single["jobs"], single["drain_s"], spread["drain_s"],
+        ["jobs", "pinned", "single drain s", "spread drain s", "ratio (goal <= 0.6)",
+         "spread per survivor", "most loaded vs even", "load average"],
+        [[single["jobs"], "yes" if single["pinned_cores"] else "no", single["drain_s"],
+          spread["drain_s"],
           f"{spread['drain_s'] / single['drain_s']:.2f}", spread["per_survivor"],
-          f"+{max(spread['per_survivor']) / (spread['jobs'] / 2) - 1:.1%}"]
+          f"+{max(spread['per_survivor']) / (spread['jobs'] / 2) - 1:.1%}",
+          f"{spread['load_average'][0]:.1f}"]
          for single, spread in pairs],
     ))  # fmt: skip
+    for pinned in sorted({bool(single["pinned_cores"]) for single, _ in pairs}):
+        ratios = sorted(spread["drain_s"] / single["drain_s"] for single, spread in pairs
+                        if bool(single["pinned_cores"]) == pinned)  # fmt: skip
+        print(
+            f"{'pinned' if pinned else 'unpinned'}: ratio median {median(ratios):.2f}, best "
+            f"{ratios[0]:.2f}, worst {ratios[-1]:.2f} over {len(ratios)} pairs"
+        )
 
 
 if __name__ == "__main__":

@@ -243,14 +243,14 @@ def _spread(
     takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual,
                               pending=pending)  # fmt: skip
 
+    listed: spreaddrain.PlanListing | None = None  # this claimer's plan listing, if it made one
+
     def make() -> SpreadPlan:
         ranked = spreaddrain.survivors(coord, store, by)
-        counts = spreaddrain.plan_counts(addresses, len(ranked))
-        log.warning("taking over store %s: %s; spreading %d jobs over %s (per part: %s)",
-                    store, how, sum(map(sum, counts)), ", ".join(ranked),
-                    [sum(c[i] for c in counts) for i in range(len(ranked))])  # fmt: skip
+        log.warning("taking over store %s: %s; spreading its jobs over %s", store, how,
+                    ", ".join(ranked))  # fmt: skip
         path = coord.record_takeover(takeover)
-        return SpreadPlan(ranked, addresses, counts, None, path, takeover.started)
+        return SpreadPlan(ranked, addresses, (), None, path, takeover.started)  # counts: step two
 
     plan, kept = spreaddrain.start_or_keep(coord, store, addresses, make)
     if kept:
@@ -265,7 +265,8 @@ def _spread(
         nonlocal here
         here += spreaddrain.drain_parts(coord, store, plan, target, by=by, known=known,
                                         keep_going=keep_going,
-                                        overflow=lambda: other_serving(coord, target))  # fmt: skip
+                                        overflow=lambda: other_serving(coord, target),
+                                        listed=listed)  # fmt: skip
         records = spreaddrain.part_records(coord, store, plan)
         shown = spreaddrain.summaries(records)
         if shown != takeover.parts:  # `takeover list` follows the parts while they drain
@@ -274,6 +275,12 @@ def _spread(
             coord.update_takeover(plan.takeover, takeover)
 
     try:
+        if not plan.counted:  # step two (a kept plan too, if its claimer stopped before it)
+            listed = spreaddrain.plan_listing(addresses, plan.parts)
+            plan = spreaddrain.count(coord, store, plan, listed)
+            log.warning("store %s: %d jobs to spread (per part: %s)", store,
+                        sum(map(sum, plan.counts)),
+                        [sum(c[i] for c in plan.counts) for i in range(plan.parts)])  # fmt: skip
         parts = spreaddrain.wait_parts(coord, store, plan, drain_free_parts, keep_going)
         takeover.parts = spreaddrain.summaries(parts)
         sources = [Store(Endpoint.parse(address)) for address in addresses]

@@ -66,6 +66,14 @@ def resumed_expected(planned: int, moved: int, unrecorded: int) -> int:
     return max(0, planned - moved - unrecorded)
 
 
+def split_parts(items: Iterable[StoredItem], parts: int) -> list[list[StoredItem]]:
+    """`items` (a store's listing, in cas order) split into parts, each still in cas order."""
+    split: list[list[StoredItem]] = [[] for _ in range(parts)]
+    for item in items:
+        split[part_of(item.key, parts)].append(item)
+    return split
+
+
 def first_part(survivors: Sequence[str], me: str) -> int:
     """The part survivor `me` drains first: its rank among the survivors named in the plan."""
     ranked = sorted(survivors)
@@ -76,14 +84,27 @@ def first_part(survivors: Sequence[str], me: str) -> int:
 
 class PartStore(Store):
     """Store `endpoint` as seen by the drainer of part `index` of `parts`: listings hold only the
-    part's keys. Give it to `cluster.restore.restore` with the part's expected count."""
+    part's keys. Give it to `cluster.restore.restore` with the part's expected count.
 
-    def __init__(self, endpoint: Endpoint, index: int, parts: int, *, timeout: float = 2.0):
+    `listed`: the part's keys from the claimer's plan listing, used instead of listing the store
+    again. Exact only for a part nobody has drained yet: the plan listed the store whole while it
+    was quiescent, and only the part's drainer deletes the part's keys."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        index: int,
+        parts: int,
+        *,
+        timeout: float = 2.0,
+        listed: Sequence[StoredItem] | None = None,
+    ):
         if not 0 <= index < parts:
             raise GearctlError(f"part {index} of {parts} does not exist")
         super().__init__(endpoint, timeout=timeout)
         self.index = index
         self.parts = parts
+        self.listed = listed
 
     def mine(self, item: StoredItem) -> bool:
         return part_of(item.key, self.parts) == self.index
@@ -99,6 +120,8 @@ class PartStore(Store):
         if expected is None:
             raise GearctlError("a part's listing needs its expected count (the store's count "
                                "includes the other parts)")  # fmt: skip
+        if self.listed is not None:
+            return [item for item in self.listed if predicate is None or predicate(item)]
         both = self.mine if predicate is None else lambda i: self.mine(i) and predicate(i)
         return super().snapshot(
             both, expected=expected, max_passes=max_passes, stale_passes=stale_passes

@@ -2,8 +2,10 @@
 parts (the part rule and `PartStore` are cluster/spread.py; the znodes cluster/coord).
 
 The claimer holds the store's owner znode (purpose drain) from the claim to the end, as a single
-drain does: it writes the plan once (`start_or_keep`), drains parts like every survivor, waits
-until every part is done, then sweeps. A part is drained by whoever holds its lease, only while
+drain does: it writes the plan (`start_or_keep`) without counts, lists the stores and writes the
+counts (`count`) while every other survivor lists them too (`counted`: no survivor waits for the
+claimer's listing to start its own), drains parts like every survivor, waits until every part is
+done, then sweeps. A part is drained by whoever holds its lease, only while
 some claimer holds the store's owner znode as a drain (`drain_owned`): a claimer that died
 leaves no part drained until the next claimer keeps the plan, and a returning node, which takes
 its store for serving only when no drain owns it, never restores next to a part drainer (but
@@ -29,12 +31,15 @@ from cluster.coord import (
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.restore import BATCH, Copies, RestoreIncomplete, restore
-from cluster.spread import PartStore, part_counts, part_order, resumed_expected
-from cluster.store import Store
+from cluster.spread import PartStore, part_order, resumed_expected, split_parts
+from cluster.store import Store, StoredItem
 
 log = logging.getLogger("gearctl.takeover")
 
-PART_WAIT = 0.2  # seconds between the claimer's looks at parts others drain
+PART_WAIT = 0.05  # seconds between the claimer's looks at parts others drain (a ZooKeeper read)
+
+PlanListing = list[list[list[StoredItem]]]
+"""Per store of a plan, per part: the part's keys in cas order (the claimer's plan listing)."""
 
 
 def survivors(coord: Coordination, store: str, by: str) -> tuple[str, ...]:
@@ -52,7 +57,7 @@ def start_or_keep(
     plan = coord.spread_plan(store)
     epoch = coord.epoch(store)
     if plan is not None and plan.epoch == (epoch and epoch[0]) and plan.stores == tuple(addresses):
-        return plan, True
+        return plan, True  # uncounted, if its claimer stopped before counting: count it then
     if plan is not None:
         log.warning("store %s: dropping the spread plan of another incarnation", store)
     coord.end_spread(store)  # a stale plan, or the leftovers of one
@@ -61,17 +66,43 @@ def start_or_keep(
     return plan, False
 
 
-def plan_counts(addresses: Sequence[str], parts: int) -> tuple[tuple[int, ...], ...]:
-    """Per store, the jobs of each part: the stores listed once, whole, while quiescent."""
-    counts = []
+def plan_listing(addresses: Sequence[str], parts: int) -> PlanListing:
+    """Per store, the keys of each part: the stores listed once, whole, while quiescent."""
+    listing = []
     for address in addresses:
         source = Store(Endpoint.parse(address), timeout=30.0)
         try:
-            keys = (item.key for item in source.snapshot(expected=None))
-            counts.append(tuple(part_counts(keys, parts)))
+            listing.append(split_parts(source.snapshot(expected=None), parts))
         finally:
             source.close()
-    return tuple(counts)
+    return listing
+
+
+def count(coord: Coordination, store: str, plan: SpreadPlan, listing: PlanListing) -> SpreadPlan:
+    """Step two of the claimer's plan: the counts of its `listing`, written; the counted plan."""
+    counted = replace(plan, counts=tuple(tuple(map(len, part)) for part in listing))
+    coord.count_spread(store, counted)
+    return counted
+
+
+def counted(
+    coord: Coordination, store: str, plan: SpreadPlan, keep_going: Callable[[], bool]
+) -> tuple[SpreadPlan, PlanListing | None] | None:
+    """A survivor's `plan` once its claimer counted it, with the survivor's own listing of the
+    stores when it found the plan uncounted (listed meanwhile: quiescent, since no part is
+    drained before the counts). None when the plan ended, its claimer is gone, or
+    `keep_going()` turned False first."""
+    if plan.counted:
+        return plan, None
+    listing = plan_listing(plan.stores, plan.parts)
+    while keep_going() and drain_owned(coord, store):
+        now = coord.spread_plan(store)
+        if now is None or now.takeover != plan.takeover:
+            return None
+        if now.counted:
+            return now, listing
+        time.sleep(PART_WAIT)
+    return None
 
 
 def drain_owned(coord: Coordination, store: str) -> bool:
@@ -90,14 +121,21 @@ def drain_parts(
     known: Collection[str],
     keep_going: Callable[[], bool],
     overflow: Callable[[], Sequence[Endpoint]] | None = None,
+    listed: PlanListing | None = None,
 ) -> int:
-    """Drain every part of `plan` that is free and not done, `by`'s own first; the jobs moved."""
+    """Drain every part of `plan` that is free and not done, `by`'s own first; the jobs moved.
+    `listed`: the stores listed while the plan was counted, read instead of listing them again
+    for a part nobody has started (where it holds the part's every key). Nothing before the
+    plan is counted."""
+    if not plan.counted:
+        return 0
     moved = 0
     for index in part_order(plan.survivors, by):
         if not (keep_going() and drain_owned(coord, store)):
             break
         moved += _drain_part(coord, store, plan, index, target, by=by, known=known,
-                             keep_going=keep_going, overflow=overflow)  # fmt: skip
+                             keep_going=keep_going, overflow=overflow,
+                             listed=listed)  # fmt: skip
     return moved
 
 
@@ -112,6 +150,7 @@ def _drain_part(
     known: Collection[str],
     keep_going: Callable[[], bool],
     overflow: Callable[[], Sequence[Endpoint]] | None,
+    listed: PlanListing | None,
 ) -> int:
     """Part `index` of every store of the node, under the part's lease; the jobs moved."""
     record = coord.spread_part(store, index)
@@ -131,8 +170,10 @@ def _drain_part(
         resumed = bool(record.drainers)
         record = replace(record, drainers=(*record.drainers, by))
         coord.update_part(store, index, record)
+        fresh = listed is not None and not resumed  # nobody deleted a key of the part yet
         after = f" (resumed after {', '.join(record.drainers[:-1])})" if resumed else ""
-        log.info("store %s: draining part %d of %d%s", store, index, plan.parts, after)
+        how = " from its plan-time listing" if fresh else ""
+        log.info("store %s: draining part %d of %d%s%s", store, index, plan.parts, after, how)
         copies = Copies()  # a job in both twins is in the same part of each: it moves once
         began = time.monotonic()
 
@@ -150,9 +191,14 @@ def _drain_part(
                 record = replace(record, moved=tuple(moves))
                 coord.update_part(store, index, record)
 
+            keys = listed[position][index] if listed is not None and fresh else None
+            if keys is not None and len(keys) != planned:  # deletes of other parts cut it short
+                log.info("store %s: part %d: %d of %d keys in the plan-time listing of %s; "
+                         "listing again", store, index, len(keys), planned, address)  # fmt: skip
+                keys = None
+            source = PartStore(Endpoint.parse(address), index, plan.parts, listed=keys)
             try:
-                report = restore(PartStore(Endpoint.parse(address), index, plan.parts),
-                                 target, expected=expected, keep_prefix=None,
+                report = restore(source, target, expected=expected, keep_prefix=None,
                                  known_functions=known, progress=lambda r: recorded(r.moved),
                                  should_continue=going, overflow=overflow,
                                  copies=copies)  # fmt: skip

@@ -50,7 +50,7 @@ class StoreClosed(StoreError):
     """memcached closed the connection before its answer was complete."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 100k-key listing builds 100k of them
 class StoredItem:
     key: str
     cas: int  # memcached's store order: sorting by it restores FIFO order
@@ -67,7 +67,26 @@ def decode_key(raw: bytes) -> str:
 
 
 def parse_metadump_line(line: bytes) -> StoredItem | None:
-    """One `key=<url-encoded> ... cas=N ... size=N` line; None (logged) when it does not parse."""
+    """One `key=<url-encoded> ... cas=N ... size=N` line; None (logged) when it does not parse.
+    memcached's usual `key= exp= la= cas= fetch= cls= size=` goes by position (a listing is
+    100k lines); any other layout by the pattern."""
+    fields = line.split(b" ")
+    if (
+        len(fields) == 7
+        and fields[0].startswith(b"key=")
+        and fields[2].startswith(b"la=")
+        and fields[3].startswith(b"cas=")
+        and fields[6].startswith(b"size=")
+    ):
+        key = fields[0][4:]
+        try:
+            cas, size, last_access = int(fields[3][4:]), int(fields[6][5:]), int(fields[2][3:])
+        except ValueError:
+            pass
+        else:
+            if b"%" in key:
+                key = unquote_to_bytes(key)
+            return StoredItem(decode_key(key), cas, size, last_access or None)
     match = _METADUMP_LINE.match(line)
     if match is None:
         log.warning("skipping unreadable metadump line %r", line[:200])
@@ -249,6 +268,8 @@ class Store:
         union.
         """
         seen: dict[str, StoredItem] = {}
+        matching: list[StoredItem] = []  # of `seen`, those `predicate` keeps (asked once a key)
+        keep = predicate or _any
         stale = passes = 0
         while True:
             before = len(seen)
@@ -261,11 +282,14 @@ class Store:
                 log.warning("%s; listing again", exc)
                 listed = []
             for item in listed:
-                seen.setdefault(item.key, item)
+                if item.key not in seen:
+                    seen[item.key] = item
+                    if keep(item):
+                        matching.append(item)
             if expected is None:
                 found, target = len(seen), self.curr_items()
             else:
-                found, target = sum(map(predicate or _any, seen.values())), expected
+                found, target = len(matching), expected
             stale = stale + 1 if len(seen) == before else 0
             if found >= target or stale >= stale_passes or passes >= max_passes:
                 break
@@ -279,7 +303,6 @@ class Store:
             target,
             passes,
         )
-        matching = seen.values() if predicate is None else filter(predicate, seen.values())
         return sorted(matching, key=lambda item: item.cas)
 
     # -- raw text protocol ---------------------------------------------------------------------

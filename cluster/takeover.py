@@ -159,9 +159,14 @@ class TakeoverWatcher:
         plan = self.coord.spread_plan(store)
         if plan is None:
             return
+        ready = spreaddrain.counted(self.coord, store, plan, self.may_drain)
+        if ready is None:
+            return
+        plan, listed = ready
         moved = spreaddrain.drain_parts(
             self.coord, store, plan, self.target, by=self.node, known=self._known(),
             keep_going=self.may_drain, overflow=lambda: other_serving(self.coord, self.target),
+            listed=listed,
         )  # fmt: skip
         if self.metrics:
             self.metrics.parts_drained(moved)

@@ -18,7 +18,7 @@ from cluster.endpoint import Endpoint
 
 def main(zookeeper: str, cluster: str, target: str, delay: float) -> None:
     session = coord.connect(zookeeper, cluster, timeout=5.0, session_timeout=2.0)
-    while (plan := session.spread_plan("node2")) is None:
+    while (plan := session.spread_plan("node2")) is None or not plan.counted:
         time.sleep(0.01)
     asked: list[bool] = []
 

@@ -15,8 +15,8 @@ from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.jobkey import job_key
 from cluster.restore import RestoreReport, restore
-from cluster.spread import PartStore, first_part, part_counts, part_of
-from cluster.store import Store
+from cluster.spread import PartStore, first_part, part_counts, part_of, split_parts
+from cluster.store import Store, StoredItem
 from tests.conftest import HOST, running_memcached
 from tests.test_restore import queued, started_gearmand, stored  # noqa: F401
 
@@ -40,6 +40,18 @@ def test_first_part_is_the_rank_among_the_plans_survivors() -> None:
         part_counts([], 0)
     with pytest.raises(GearctlError, match="does not exist"):
         PartStore(Endpoint(HOST, 1), 2, 2)
+
+
+def test_a_part_given_the_plans_listing_is_not_listed_again() -> None:
+    keys = [job_key("g7_", "img-resize", f"job-{n}") for n in range(100)]
+    items = [StoredItem(key, cas, 80) for cas, key in enumerate(keys)]
+    parts = split_parts(items, 2)
+    assert [len(part) for part in parts] == part_counts(keys, 2)
+    assert all(part_of(item.key, 2) == i for i, part in enumerate(parts) for item in part)
+    # Port 1: any metadump would fail. The listing comes back in cas order, filtered.
+    part = PartStore(Endpoint(HOST, 1), 1, 2, listed=parts[1])
+    assert part.snapshot(expected=len(parts[1])) == parts[1]
+    assert part.snapshot(lambda i: i.cas < 50, expected=0) == [i for i in parts[1] if i.cas < 50]
 
 
 @pytest.fixture

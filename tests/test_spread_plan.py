@@ -4,14 +4,23 @@ own-first round the ring; a resumed part expects a lower bound; the claimer wait
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
-from cluster.coord import MemberRecord, NodeState, PartRecord, SpreadPlan
+from cluster import spreaddrain
+from cluster.coord import MemberRecord, NodeState, Owner, PartRecord, Purpose, SpreadPlan
+from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
 from cluster.spread import part_order, resumed_expected
-from cluster.spreaddrain import moved_by_parts, start_or_keep, survivors, wait_parts
+from cluster.spreaddrain import (
+    counted,
+    drain_parts,
+    moved_by_parts,
+    start_or_keep,
+    survivors,
+    wait_parts,
+)
 
 PLAN = SpreadPlan(("node1", "node3"), ("h:2", "h:1"), ((3, 4), (5, 6)), 7, "/t-1", 1.0)
 
@@ -22,6 +31,7 @@ class FakeCoord:
 
     plan: SpreadPlan | None = None
     current_epoch: int = 7
+    owner_purpose: str | None = Purpose.DRAIN
     parts: dict[int, PartRecord] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     records: dict[str, MemberRecord] = field(default_factory=dict)
@@ -47,6 +57,9 @@ class FakeCoord:
     def spread_part(self, _store: str, index: int) -> PartRecord | None:
         return self.parts.get(index)
 
+    def owner(self, _store: str) -> Owner | None:
+        return None if self.owner_purpose is None else Owner("node1", self.owner_purpose, 1)
+
 
 def fresh() -> SpreadPlan:
     return SpreadPlan(("node3",), ("h:2", "h:1"), ((9,), (9,)), None, "/t-2", 2.0)
@@ -67,6 +80,39 @@ def test_a_plan_of_another_incarnation_or_other_stores_is_replaced(
     assert not kept and fake.calls == ["end", "start"]
     assert plan.epoch == epoch and plan.survivors == ("node3",)
     assert fake.parts == {0: PartRecord((0, 0))}
+
+
+def test_a_plan_its_claimer_did_not_count_is_kept_for_the_next_to_count() -> None:
+    fake = FakeCoord(plan=replace(PLAN, counts=()))
+    plan, kept = start_or_keep(fake, "node2", PLAN.stores, fresh)  # type: ignore[arg-type]
+    assert kept and fake.calls == [] and not plan.counted and plan.takeover == "/t-1"
+
+
+def test_no_part_is_drained_before_the_plan_is_counted() -> None:
+    fake = FakeCoord(plan=replace(PLAN, counts=()))
+    fake.parts = {0: PartRecord((0, 0)), 1: PartRecord((0, 0))}
+    moved = drain_parts(fake, "node2", replace(PLAN, counts=()), Endpoint("h", 1),  # type: ignore[arg-type]
+                        by="node3", known=(), keep_going=lambda: True)  # fmt: skip
+    assert moved == 0 and fake.parts == {0: PartRecord((0, 0)), 1: PartRecord((0, 0))}
+
+
+def test_a_survivor_lists_while_the_claimer_counts_then_drains_from_its_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uncounted = replace(PLAN, counts=())
+    fake = FakeCoord(plan=uncounted)
+    listing: spreaddrain.PlanListing = [[[], []], [[], []]]
+
+    def list_stores(stores: tuple[str, ...], parts: int) -> spreaddrain.PlanListing:
+        assert (stores, parts) == (PLAN.stores, 2) and fake.plan == uncounted  # before counts
+        fake.plan = PLAN  # the claimer counts meanwhile
+        return listing
+
+    monkeypatch.setattr(spreaddrain, "plan_listing", list_stores)
+    assert counted(fake, "node2", uncounted, lambda: True) == (PLAN, listing)  # type: ignore[arg-type]
+    assert counted(fake, "node2", PLAN, lambda: True) == (PLAN, None)  # type: ignore[arg-type]
+    fake.plan, fake.owner_purpose = uncounted, None  # the claimer died before counting
+    assert counted(fake, "node2", uncounted, lambda: True) is None  # type: ignore[arg-type]
 
 
 def member(node: str, state: str = NodeState.SERVING, drains: bool = True) -> MemberRecord:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cluster import coord, spreaddrain
-from cluster.claim import Drained, claim_and_drain
+from cluster.claim import Drained, claim_and_drain, drain_order
 from cluster.coord import (
     MemberRecord,
     NodeState,
@@ -94,8 +94,9 @@ def stored_uniques(scene: Scene) -> Counter[str]:
 
 
 def test_two_survivors_drain_their_parts_each_job_once_evenly(
-    scene: Scene, zookeeper: Endpoint
+    scene: Scene, zookeeper: Endpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "gearctl.takeover")
     with (
         coord.session(str(zookeeper), scene.cluster) as node1,
         coord.session(str(zookeeper), scene.cluster) as node3,
@@ -106,9 +107,12 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
             wait_until(lambda: node3.spread_plan("node2") is not None, timeout=60, what="plan")
             plan = node3.spread_plan("node2")
             assert plan is not None
+            ready = spreaddrain.counted(node3, "node2", plan, lambda: True)
+            assert ready is not None
+            plan, listed = ready
             helped.append(spreaddrain.drain_parts(
                 node3, "node2", plan, scene.targets["node3"], by="node3", known=set(FUNCTIONS),
-                keep_going=lambda: True))  # fmt: skip
+                keep_going=lambda: True, listed=listed))  # fmt: skip
 
         helper = threading.Thread(target=help_as_node3)
         helper.start()
@@ -127,6 +131,26 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
         (0, ("node1",), True), (1, ("node3",), True)]  # fmt: skip
     assert sum(p.jobs for p in history.parts) == len(scene.jobs)  # nothing left to sweep
     assert max(per_survivor) <= 1.1 * len(scene.jobs) / 2, per_survivor  # within 10% of even
+    # The claimer drains its part from its plan-time listing, made while node3 made its own.
+    assert "draining part 0 of 2 from its plan-time listing" in caplog.text
+
+
+def test_a_plan_its_claimer_left_uncounted_is_counted_by_the_next(
+    scene: Scene, zookeeper: Endpoint
+) -> None:
+    with coord.session(str(zookeeper), scene.cluster) as node1:
+        epoch = node1.epoch("node2")
+        path = node1.record_takeover(TakeoverRecord(store="node2", by="node3", started=1.0))
+        left = SpreadPlan(("node1", "node3"), drain_order(scene.record), (), epoch and epoch[0],
+                          path, 1.0)  # fmt: skip
+        node1.zk.ensure_path(f"{node1.paths.stores}/node2")  # as node3's claim made it
+        node1.start_spread("node2", left)  # step one, then node3 died
+        drained = claim(node1, scene)
+        assert node1.spread_plan("node2") is None
+        (history,) = node1.takeover_history()
+    assert drained.takeover.outcome is Outcome.DONE and history.jobs == len(scene.jobs)
+    assert [Store(Endpoint.parse(a)).curr_items() for a in scene.record.addresses] == [0, 0]
+    assert stored_uniques(scene) == Counter(job.unique for job in scene.jobs)  # each once
 
 
 def test_a_killed_part_drainer_leaves_its_part_to_the_other(

@@ -96,6 +96,8 @@ def test_metadump_lines_parse_and_bad_lines_are_skipped(caplog: pytest.LogCaptur
     line = b"key=g1_img-resize-u-1 exp=-1 la=1795723763 cas=7 fetch=no cls=1 size=88"
     assert parse_metadump_line(line) == StoredItem("g1_img-resize-u-1", 7, 88, 1795723763)
     assert parse_metadump_line(b"key=g1_f-u exp=-1 cas=3 size=60") == StoredItem("g1_f-u", 3, 60)
+    odd = b"key=g1_f-u exp=-1 la=? cas=3 fetch=no cls=1 size=60"  # by the pattern, not position
+    assert parse_metadump_line(odd) == StoredItem("g1_f-u", 3, 60)
     encoded = b"key=g1_%C3%BCn-a%09b%FF exp=-1 la=1 cas=2 fetch=no cls=1 size=70"
     item = parse_metadump_line(encoded)
     assert item is not None
@@ -125,6 +127,14 @@ def test_snapshot_gives_up_after_stale_passes(caplog: pytest.LogCaptureFixture) 
     assert [item.key for item in store.snapshot(stale_passes=3)] == ["g1_f-1", "g1_f-2"]
     assert store.passes == 4  # one pass that found keys, then three that found nothing new
     assert "2 of 3 keys after 4 metadump passes" in caplog.text
+
+
+def test_snapshot_asks_the_predicate_once_a_key() -> None:
+    store, asked = LossyStore(), []
+    keep = lambda item: asked.append(item.key) or item.key == "g1_f-1"  # noqa: E731
+    assert store.snapshot(keep, expected=2, stale_passes=3) == [StoredItem("g1_f-1", 4, 70)]
+    assert store.passes == 4
+    assert sorted(asked) == ["g1_f-1", "g1_f-2"]  # not once a pass
 
 
 class HangingUpStore(LossyStore):

@@ -370,6 +370,12 @@ class Coordination:
             raise CoordinationError(f"spread plan of store {store} not written: {failed[0]!r}")
 
     @translated
+    def count_spread(self, store: str, plan: SpreadPlan) -> None:
+        """Rewrite the plan with its counts (step two, by its claimer): survivors watching it
+        (`on_spread_planned`) are told."""
+        self.zk.set(self.paths.store_spread(store), plan.encode())
+
+    @translated
     def spread_part(self, store: str, index: int) -> PartRecord | None:
         """Part `index`'s record; None once its plan ended."""
         try:

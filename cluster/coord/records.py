@@ -283,9 +283,11 @@ class TakeoverRecord:
 @dataclass(frozen=True)
 class SpreadPlan:
     """`stores/<node>/spread`: how a dead node's jobs are split among the survivors (issue 18,
-    cluster/spread.py), written once by the claimer and kept by every later claimer of the same
-    incarnation. `counts[s][i]`: jobs of part i in `stores[s]` (the node's stores in drain order),
-    counted while the stores were quiescent. `survivors[i]` drains part i first."""
+    cluster/spread.py), written by the claimer in two steps: without counts (every survivor lists
+    the quiescent stores meanwhile, as the claimer does), then with them; kept by every later
+    claimer of the same incarnation (which counts it if its claimer stopped before that).
+    `counts[s][i]`: jobs of part i in `stores[s]` (the node's stores in drain order), counted
+    while the stores were quiescent; empty until then. `survivors[i]` drains part i first."""
 
     survivors: tuple[str, ...]
     stores: tuple[str, ...]
@@ -297,6 +299,11 @@ class SpreadPlan:
     @property
     def parts(self) -> int:
         return len(self.survivors)
+
+    @property
+    def counted(self) -> bool:
+        """Step two is written: parts may be drained."""
+        return bool(self.counts)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
