@@ -8,7 +8,8 @@ drain` (cluster/drain.py) call `claim_and_drain`, which goes, in this order:
       -> the old gearmand is confirmed dead (cluster.fencing.old_server_is_dead)
       -> drain every job of the node's store into the target gearmand (cluster.restore),
          recorded under takeovers/; a node with twin stores has both drained, one after the
-         other, under that one owner znode and in one take-over record
+         other, under that one owner znode and in one take-over record (a twin that does not
+         answer is left `pending` in the take-over and store records: the next claim drains it)
       -> release the owner znode
 
 A guard that says no raises `ClaimRefused` before anything is moved. The owner znode belongs to
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster import spreaddrain
+from cluster import spreaddrain, twinstore
 from cluster.coord import (
     Coordination,
     NodeState,
@@ -121,13 +122,17 @@ def claim_and_drain(
         if not dead:
             message = f"store {store} is not fenced: {how}; nothing was drained"
             raise ClaimRefused(Refusal.NOT_FENCED, message, how)
+        plan = coord.spread_plan(store)
+        addresses, silent = twinstore.to_drain(drain_order(record), plan and plan.stores)
+        if silent is not None or record.pending is not None:
+            coord.describe_store(store, twinstore.still_pending(record, silent))
         names = known()
         started()
-        drain = _spread if spread or coord.spread_plan(store) is not None else _drain
+        drain = _spread if spread or plan is not None else _drain
         takeover, report, here = drain(
             coord,
             store,
-            drain_order(record),
+            addresses,
             target,
             by=by,
             how=how,
@@ -135,6 +140,7 @@ def claim_and_drain(
             keep_going=lambda: keep_going() and lease.held(),
             progress=progress,
             manual=manual,
+            pending=silent,
         )
     finally:
         lease.release()
@@ -159,13 +165,15 @@ def _drain(
     keep_going: Callable[[], bool],
     progress: Progress | None,
     manual: bool,
+    pending: str | None,
 ) -> tuple[TakeoverRecord, RestoreReport | None, int]:
     """Move every job of the node's stores at `addresses` (its store, or both twin stores, each
     exactly once, one after the other) into `target`, recorded under `takeovers/` as one
     take-over."""
     sources = [Store(Endpoint.parse(address)) for address in addresses]
     counts = [source.curr_items() for source in sources]  # quiescent: gearmand dead, store ours
-    takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
+    takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual,
+                              pending=pending)  # fmt: skip
     # Logged before the record is written: whoever sees the record finds the line (drills do).
     log.warning("taking over store %s: %s; draining %d jobs%s into %s", store, how, sum(counts),
                 _per_store(sources, counts), target)  # fmt: skip
@@ -225,13 +233,15 @@ def _spread(
     keep_going: Callable[[], bool],
     progress: Progress | None,
     manual: bool,
+    pending: str | None,
 ) -> tuple[TakeoverRecord, RestoreReport | None, int]:
     """The claimer of a spread drain (docs/architecture.md, "Spread drain"): the plan (an
     earlier claimer's kept), this survivor's parts and any free ones until every part is done,
     then a sweep of what the parts left (exact: every store is quiescent again), one take-over
     record (jobs: every part's and the sweep's; the parts, kept up to date while they drain)
     and the plan removed. Also the jobs this claimer moved itself (its parts, the sweep)."""
-    takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual)
+    takeover = TakeoverRecord(store=store, by=by, started=time.time(), manual=manual,
+                              pending=pending)  # fmt: skip
 
     listed: spreaddrain.PlanListing | None = None  # this claimer's plan listing, if it made one
 

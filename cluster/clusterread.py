@@ -27,8 +27,9 @@ class StoreView:
                                                  "purpose": self.owner.purpose}  # fmt: skip
         address = self.record.address if self.record else None
         twin = self.record.twin if self.record else None
-        return {"store": self.store, "address": address, "twin": twin, "owner": owner,
-                "epoch": self.epoch}  # fmt: skip
+        pending = self.record.pending if self.record else None
+        return {"store": self.store, "address": address, "twin": twin, "pending": pending,
+                "owner": owner, "epoch": self.epoch}  # fmt: skip
 
 
 @dataclass

@@ -50,6 +50,7 @@ class NodeStatus:
     twin: str | None = None  # its twin store (the one its gearmand does not write now), if any
     twin_items: int | None = None
     twin_up: bool | None = None  # its twin answered the probe (None: no twin)
+    pending: str | None = None  # a twin silent at a start or take-over: its jobs wait for it
     version: str | None = None  # the agent's gearctl version
 
 
@@ -133,6 +134,8 @@ def assemble(target: Target, view: ClusterView | None, timeout: float) -> dict[s
             node.twin, node.twin_items = twin_store, probe.twin_items
             node.twin_up = probe.twin_items is not None
         node.gearmand_started = store_view.epoch_changed if store_view else None
+        if store_view is not None and store_view.record is not None:
+            node.pending = store_view.record.pending
         node.metrics = plan[name].metrics if name in plan else None
         nodes.append(asdict(node))
     return {
@@ -202,6 +205,9 @@ def degraded(status: dict[str, Any]) -> list[str]:
             reasons.append(f"{node['name']}: gearmand does not answer")
         elif not node["store_up"]:
             reasons.append(f"{node['name']}: store does not answer")
+        elif node.get("pending"):
+            reasons.append(f"{node['name']}: twin store {node['pending']} pending (its jobs wait "
+                           "until it answers)")  # fmt: skip
         elif node.get("twin_up") is False:
             reasons.append(f"{node['name']}: twin store {node['twin']} does not answer")
     if not status["nodes"]:

@@ -11,6 +11,7 @@ fails leaves the health alone and says so (`functions_complete`).
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from dataclasses import dataclass
 
@@ -35,11 +36,18 @@ class Check:
     functions_complete: bool = True  # False: `status` was cut at its size bound or failed
 
 
+@functools.lru_cache(maxsize=8)
+def _process(pid: int) -> psutil.Process:
+    """psutil's handle of `pid`, made once (making one reads /proc again): `status()` reads the
+    state of whatever process has the pid now, as a new handle would."""
+    return psutil.Process(pid)
+
+
 def check_gearmand(pid: int, admin: AdminClient) -> Check:
     """`admin` may keep its connection open between checks (`keep_open=True`): a check is then
     its round trips (`version`, `status`), no connect and close."""
     try:
-        status = psutil.Process(pid).status()
+        status = _process(pid).status()
     except psutil.Error:
         return Check(Health.GONE)
     if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):

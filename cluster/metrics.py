@@ -152,6 +152,13 @@ class AgentMetrics:
             ["node"],
             registry=r,
         ).labels(node)
+        self.pending_twins = Gauge(
+            "gearctl_store_pending",
+            "1 while the twin store did not answer at gearmand's start: its jobs wait until it "
+            "answers and the agent restores them",
+            ["node", "store"],
+            registry=r,
+        )
         self.names_unpublished = Counter(
             "gearctl_function_names_unpublished",
             "Function names gearmand listed that the agent left unpublished in ZooKeeper, by "
@@ -200,6 +207,8 @@ class AgentMetrics:
             self.restore_jobs.labels(node, result)
         for how in ("down", "restarted"):
             self.store_losses.labels(node, how)
+        for store in stores:
+            self.pending_twins.labels(node, str(store))
         self.agent_state.state(NodeState.STARTING)
         self.live = LiveCollector(node, gearman, stores, timeout)
         r.register(self.live)
@@ -295,6 +304,9 @@ class AgentMetrics:
     def store_lost(self, how: str) -> None:
         self.store_losses.labels(self.node, how).inc()
 
+    def twin_pending(self, store: Endpoint, pending: bool) -> None:
+        self.pending_twins.labels(self.node, str(store)).set(int(pending))
+
     def fencing_failed(self) -> None:
         self.takeovers.labels(self.node, "fencing-failed").inc()
 
@@ -376,7 +388,8 @@ class LiveCollector(Collector):
 
     def _stats(self, store: Endpoint) -> dict[str, str] | None:
         try:
-            return Store(store, timeout=self.timeout).stats()
+            with Store(store, timeout=self.timeout) as probe:
+                return probe.stats()
         except GearctlError:
             self.store_error()
             return None

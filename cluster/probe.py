@@ -57,7 +57,8 @@ def store_items(endpoint: Endpoint | None, timeout: float) -> int | None:
     if endpoint is None:
         return None
     try:
-        return Store(endpoint, timeout=timeout).curr_items()
+        with Store(endpoint, timeout=timeout) as store:
+            return store.curr_items()
     except GearctlError:
         return None
 

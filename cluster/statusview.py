@@ -63,7 +63,8 @@ def takeover_line(takeover: dict[str, Any], now: float | None = None) -> str:
         line = f"{head}: running, started {_age(takeover['started'], now or time.time())}"
     else:
         ended = f"{takeover['outcome']}, {takeover['jobs']} jobs in {takeover['seconds']:.2f}s"
-        line = f"{head}: {ended}"
+        pending = f", twin {takeover['pending']} pending" if takeover.get("pending") else ""
+        line = f"{head}: {ended}{pending}"
     return "\n".join([line, *map(_part_line, takeover.get("parts", ()))])
 
 
@@ -107,10 +108,14 @@ def _text(value: object) -> str:
 
 
 def _stores(node: dict[str, Any], store: str, twin: str) -> str:
-    """The node's store's cell, `store+twin` when it has twin stores (`twin` is set)."""
+    """The node's store's cell, `store+twin` when it has twin stores (`twin` is set); a pending
+    twin's address is marked `(pending)`."""
     if node.get("twin") is None:
         return _text(node[store])
-    return f"{_text(node[store])}+{_text(node.get(twin))}"
+    cells = [_text(node[store]), _text(node.get(twin))]
+    if node.get("pending") in cells:
+        cells[cells.index(node["pending"])] += " (pending)"
+    return "+".join(cells)
 
 
 def _owner(node: str, owner: dict[str, str] | None) -> str:

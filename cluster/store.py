@@ -120,6 +120,12 @@ class Store:
     def close(self) -> None:
         self._client.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def _fail(self, action: str, exc: Exception) -> StoreError:
         return StoreError(f"memcached store {self.endpoint}: {action} failed: {exc}")
 
@@ -195,14 +201,24 @@ class Store:
     # -- counters ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, str]:
-        """memcached's general `stats`, values as memcached printed them."""
-        with self._connection("stats") as conn:
-            conn.sendall(b"stats\r\n")
-            stats: dict[str, str] = {}
-            while (line := _readline(conn.reader, self.endpoint, "stats")) != b"END":
-                _, name, value = line.decode(errors="replace").split(" ", 2)
-                stats[name] = value
-        return stats
+        """memcached's general `stats`, values as memcached printed them.
+
+        It goes over the store's kept-open connection: the agent checks its store every
+        `check_interval`, and a fresh connection each time was most of its idle CPU. A
+        connection that broke since the last call (memcached restarted) is opened again once;
+        a timeout is not tried again (a hung memcached would take twice as long to tell)."""
+        for last_try in (False, True):
+            try:
+                answer = self._client.raw_command(b"stats", b"END\r\n")
+                break
+            except TimeoutError as exc:
+                raise self._fail("stats", exc) from None
+            except (MemcacheError, OSError) as exc:  # pymemcache closed the broken connection
+                if last_try:
+                    raise self._fail("stats", exc) from None
+        lines = answer.decode(errors="replace").splitlines()
+        stats = (line.split(" ", 2) for line in lines if line.startswith("STAT "))
+        return {name: value for _, name, value in stats}
 
     def identity(self) -> StoreIdentity:
         """Which memcached process answers: its `pid` and when it started (from `uptime`)."""

@@ -2,7 +2,8 @@
 
 Every agent runs a `TakeoverWatcher` thread. When the member list changes (and about once a
 second, to retry) it looks for orphaned stores: a store with jobs (a node with twin stores: in
-either twin) whose node has no member record and which nobody owns. It claims and drains each
+either twin) whose node has no member record and which nobody owns. A twin that does not answer is
+left pending and drained by a later claim once it answers. It claims and drains each
 with `cluster.claim.claim_and_drain`: the first survivor to create the store's owner znode
 (purpose `drain`) wins; the others see it owned and stay out. Before loading anything the
 winner applies the take-over rule (design invariant 4, `cluster.fencing.old_server_is_dead`): a
@@ -97,18 +98,24 @@ class TakeoverWatcher:
             return  # a store nobody ever described cannot be reached
         if record is None:
             return
+        counts = {address: _items(address) for address in record.addresses}
+        answering = [count for count in counts.values() if not isinstance(count, GearctlError)]
+        if not answering:
+            log.warning("orphaned store %s (%s) unreachable: %s; will retry", store,
+                        ", ".join(record.addresses), next(iter(counts.values())))  # fmt: skip
+            return
+        items = sum(answering)
+        # a pending twin (silent at the last claim) that answers again is claimed even empty:
+        # the claim checks it for a restart and clears `pending`
+        back = record.pending is not None and isinstance(counts.get(record.pending), int)
         try:
-            items = sum(Store(Endpoint.parse(a)).curr_items() for a in record.addresses)
             idle = self.idle.get(store)  # asking the cluster for names costs a round of I/O
-            if items == 0 or (idle is not None and idle == (items, len(self._known()))):
+            if not back and (
+                items == 0 or (idle is not None and idle == (items, len(self._known())))
+            ):
                 return
         except GearctlError as exc:
-            log.warning(
-                "orphaned store %s (%s) unreachable: %s; will retry",
-                store,
-                ", ".join(record.addresses),
-                exc,
-            )
+            log.warning("orphaned store %s: %s; will retry", store, exc)
             return
         known: set[str] = set()
 
@@ -178,3 +185,12 @@ class TakeoverWatcher:
 
     def _known(self) -> set[str]:
         return known_in_cluster(self.functions, self.target, 1.0)
+
+
+def _items(address: str) -> int | GearctlError:
+    """A store's items, or why it does not answer (a silent twin: the other is drained)."""
+    try:
+        with Store(Endpoint.parse(address)) as store:
+            return store.curr_items()
+    except GearctlError as exc:
+        return exc

@@ -241,23 +241,58 @@ def test_twin_stores_kill_gearmand_restores_every_job_once_into_the_other_twin(
         after = agent.wait_serving(restarts=1)
         assert after["gearmand_pid"] != before["gearmand_pid"]
         assert Store(memcached).curr_items() == 0, "every job moved out of the first twin"
-        assert store_record(agent) == (str(twin_memcached), str(memcached))
+        record = store_record(agent)
+        assert (record["address"], record["twin"]) == (str(twin_memcached), str(memcached))
         agent.store = twin_memcached  # the new gearmand writes the other twin
         assert_every_job_once(agent)
     finally:
         agent.stop()
 
 
-def store_record(node: AgentNode) -> tuple[str, str | None]:
-    """(address, twin) of the node's store record: the twin its gearmand writes, the other."""
+def test_twin_stores_a_silent_twin_is_pending_and_restored_once_it_answers(
+    tmp_path: Path, memcached: Endpoint, twin_memcached: Endpoint, zookeeper: Endpoint
+) -> None:
+    """The twin holding every job is stopped (SIGSTOP) and gearmand killed: the node serves at
+    once from the other twin, the stopped one pending; once it answers (SIGCONT) its jobs are
+    restored into the running gearmand, each once."""
+    agent = make_node(tmp_path, memcached, zookeeper, f"t{free_port()}", twin=twin_memcached)
+    agent.start()
+    stopped = read_pidfile(tmp_path / "memcached.pid")
+    assert stopped is not None
+    try:
+        agent.wait_serving()
+        load_jobs(agent)  # all in the first twin (`memcached`)
+        os.kill(stopped, signal.SIGSTOP)
+        psutil.Process(agent.member()["gearmand_pid"]).kill()
+        agent.wait_serving(restarts=1, store=str(twin_memcached))
+        record = store_record(agent)
+        assert (record["address"], record["pending"]) == (str(twin_memcached), str(memcached))
+        assert queued_by_function(agent.gearman) == {}  # the jobs wait in the stopped twin
+        os.kill(stopped, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while store_record(agent)["pending"] is not None:
+            assert time.monotonic() < deadline, "the pending twin was never restored"
+            time.sleep(0.1)
+        agent.wait_serving(restarts=1)
+        assert Store(memcached).curr_items() == 0
+        agent.store = twin_memcached
+        assert_every_job_once(agent)
+        log = (agent.run_dir / "agent.out").read_text()
+        assert "restoring its jobs" in log and "LOST" not in log
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+        agent.stop()
+
+
+def store_record(node: AgentNode) -> dict:
+    """The node's store record: `address` the twin its gearmand writes, `twin` the other."""
     zk = KazooClient(hosts=str(node.zookeeper), timeout=4)
     zk.start(timeout=5)
     try:
-        record = json.loads(zk.get(ClusterPaths("test").store(node.name))[0])
+        return json.loads(zk.get(ClusterPaths("test").store(node.name))[0])
     finally:
         zk.stop()
         zk.close()
-    return record["address"], record.get("twin")
 
 
 def test_sigstop_gearmand_is_detected_and_replaced(node: AgentNode) -> None:

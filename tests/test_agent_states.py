@@ -34,7 +34,7 @@ from cluster.health import Check, Health
 from cluster.metrics import AgentMetrics
 from cluster.restore import RestoreIncomplete, RestoreReport
 from cluster.store import StoreIdentity
-from cluster.twinstore import plan_start
+from cluster.twinstore import Pending, plan_start
 
 
 class FakeLease:
@@ -103,6 +103,9 @@ class FakeCoordination:
 
     def describe_store(self, _store: str, record: StoreRecord) -> None:
         self.stores.append(record)
+
+    def store_record(self, _store: str) -> StoreRecord | None:
+        return self.stores[-1] if self.stores else None
 
     def members(self) -> dict[str, MemberRecord]:
         return {}  # no peer to send refused jobs to
@@ -189,14 +192,22 @@ class FakeStore:
     def __init__(self, items: int = 3, pid: int = 500) -> None:
         self.items: int | Exception = items
         self.answers: list[bool] = []  # does it answer `stats`? then True
+        self.silent = 0  # requests (count or identity) it leaves unanswered, from now on
         self.pid = pid  # memcached's
 
+    def _ask(self) -> None:
+        if self.silent:
+            self.silent -= 1
+            raise StoreError("store 127.0.0.1:11212: timed out")
+
     def curr_items(self) -> int:
+        self._ask()
         if isinstance(self.items, Exception):
             raise self.items
         return self.items
 
     def identity(self) -> StoreIdentity:
+        self._ask()
         if self.answers and not self.answers.pop(0):
             raise StoreError("store 127.0.0.1:11211: connection refused")
         return StoreIdentity(self.pid, 1000.0)
@@ -318,6 +329,8 @@ def arrange(node: Node, source: State, target: State) -> None:
         node.launcher.fail_start = True
     elif edge == (State.RESTORING, State.RESTARTING):
         node.restores.append(_dies_midway(node))
+    elif edge == (State.SERVING, State.RESTORING):  # a pending twin answers again
+        node.agent.pending = Pending(node.agent.config.store, 2000.0, None)
     elif edge == (State.SERVING, State.STORE_LOST):
         node.store.answers = [False]
     elif edge in ((State.SERVING, State.RESTARTING), (State.STORE_LOST, State.RESTARTING)):
@@ -698,13 +711,101 @@ def test_twins_a_crash_mid_restore_leaves_jobs_in_both_and_the_next_start_restor
     assert node.agent.record.state == NodeState.SERVING
 
 
-def test_twins_an_unreachable_twin_starts_no_gearmand(twins: Twins) -> None:
+def pending_gauge(node: Node, store: Endpoint) -> float | None:
+    registry = node.agent.metrics.registry
+    return registry.get_sample_value("gearctl_store_pending", {"node": "n1", "store": str(store)})
+
+
+def test_twins_a_silent_twin_is_pending_and_restored_once_when_it_answers(twins: Twins) -> None:
     node = twins.node
-    twins.stores[B].items = StoreError("store 127.0.0.1:11212: connection refused")
+    twins.stores[A].silent = 3  # the count, then two asks while gearmand serves
+    run_until(node, State.SERVING)
+    assert node.launcher.wrote == [B]  # the answering twin serves at once
+    assert twins.calls == []  # nothing to restore from B; A's 100 jobs wait
+    record = node.coord.stores[-1]
+    assert (record.address, record.twin, record.pending) == (str(B), str(A), str(A))
+    assert pending_gauge(node, A) == 1
+    assert node.cycle() is State.RESTORING  # A answers at the third ask
+    assert node.cycle() is State.SERVING
+    assert twins.calls == [(A, 100, "g1_")]  # once, into the running gearmand
+    assert twins.items == (0, 100)
+    assert node.coord.stores[-1].pending is None
+    assert pending_gauge(node, A) == 0
+    states = node.coord.states
+    shown = [state for i, state in enumerate(states) if state != states[i - 1]]
+    assert shown[-3:] == ["serving", "restoring", "serving"]
+    assert (
+        node.agent.metrics.registry.get_sample_value(
+            "gearctl_store_lost_total", {"node": "n1", "how": "restarted"}
+        )
+        == 0
+    )
+    node.launcher.health = [Health.SERVING] * 20 + [Health.GONE]
+    assert node.cycle() is State.RESTARTING  # no second restore while it serves on
+    assert twins.calls == [(A, 100, "g1_")]
+
+
+def test_twins_a_pending_twin_that_answers_at_the_next_start_is_counted_with_the_other(
+    twins: Twins,
+) -> None:
+    node = twins.node
+    twins.stores[A].silent = 1
+    run_until(node, State.SERVING)
+    twins.stores[A].silent = 100  # silent on; gearmand dies
+    node.launcher.health = [Health.GONE]
+    assert node.cycle() is State.RESTARTING
+    twins.stores[A].silent = 0
+    run_until(node, State.SERVING)
+    assert node.launcher.wrote == [B, B]  # A's 100 against B's 0: B again, A restored once
+    assert twins.calls == [(A, 100, "g2_")]
+    assert node.agent.pending is None
+    assert node.coord.stores[-1].pending is None
+
+
+def test_twins_a_twin_back_restarted_is_logged_lost_and_counted(
+    twins: Twins, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = twins.node
+    run_until(node, State.SERVING)  # on B, A restored into it
+    crash_and_serve_again(node)  # on A (memcached pid 500, seen by the store checks)
+    assert node.launcher.wrote == [B, A]
+    node.launcher.health = [Health.SERVING, Health.GONE]
+    assert node.cycle() is State.RESTARTING
+    twins.stores[A].silent = 1000
+    run_until(node, State.SERVING)  # A silent: B serves, walks and restores its own 100
+    assert node.launcher.wrote[-1] == B
+    twins.stores[A].silent, twins.stores[A].pid, twins.stores[A].items = 0, 501, 0
+    assert node.cycle() is State.RESTORING
+    assert "twin store 127.0.0.1:11211 is LOST" in caplog.text
+    assert (
+        node.agent.metrics.registry.get_sample_value(
+            "gearctl_store_lost_total", {"node": "n1", "how": "restarted"}
+        )
+        == 1
+    )
+    assert node.cycle() is State.SERVING
+
+
+def test_twins_a_twin_pending_before_the_agent_restarted_keeps_its_silence_start(
+    twins: Twins, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An earlier agent of the node recorded the twin pending since t=500; this one finds it
+    silent too, and when it answers as a memcached started at t=1000, it restarted meanwhile."""
+    node = twins.node
+    earlier = StoreRecord("127.0.0.1:11212", "127.0.0.1:4730", "h", 99, twin=str(A))
+    node.coord.stores.append(earlier.with_pending(str(A), 500.0))
+    twins.stores[A].silent = 2
+    run_until(node, State.SERVING)
+    assert node.coord.stores[-1].pending_since == 500.0
+    assert node.cycle() is State.RESTORING
+    assert "twin store 127.0.0.1:11211 is LOST" in caplog.text
+
+
+def test_twins_with_neither_twin_answering_no_gearmand_starts(twins: Twins) -> None:
+    node = twins.node
+    twins.stores[A].silent = twins.stores[B].silent = 1
     run_until(node, State.STORE_UNREACHABLE)
-    assert node.launcher.started == []  # one count alone cannot make the restore exact
-    assert "127.0.0.1:11212" in node.agent.reason
-    twins.stores[B].items = 0
+    assert node.launcher.started == []
     run_until(node, State.SERVING)
     assert twins.calls == [(A, 100, "g1_")]
 

@@ -64,6 +64,7 @@ def test_takeover_outcome_is_one_string_on_the_wire(
         "seconds",
         "outcome",
         "manual",
+        "pending",
         "parts",
     }
     back = TakeoverRecord.decode(record.encode())
@@ -93,6 +94,10 @@ def test_store_and_owner_records_decode_what_peers_wrote() -> None:
     assert store.addresses == ("h:11211",)
     twins = StoreRecord("h:11211", "h:4730", "host1", 42, twin="h:11212")
     assert StoreRecord.decode(twins.encode()).addresses == ("h:11211", "h:11212")
+    pending = twins.with_pending("h:11212", 1000.0)
+    assert StoreRecord.decode(pending.encode()) == pending
+    assert (pending.pending, pending.pending_since) == ("h:11212", 1000.0)
+    assert pending.with_pending(None, 5.0) == twins
     owner = Owner("n1", Purpose.DRAIN, 0x1234)
     wire = json.loads(owner.encode())
     assert wire["session"] == "0x1234" and wire["purpose"] == "drain"

@@ -62,7 +62,9 @@ def check(result: DrillResult, scenario: str) -> None:
     assert result.passed
 
 
-@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"store-lost", "store-full"}))
+@pytest.mark.parametrize(
+    "scenario", sorted(set(SCENARIOS) - {"store-lost", "store-full", "twin-silent"})
+)
 def test_drill_loses_and_doubles_nothing(scenario: str) -> None:
     result = run(scenario, DRILL_JOBS, print)
     check(result, scenario)
@@ -125,6 +127,15 @@ def test_store_full_counts_refused_submits_as_refused_and_runs_every_job_once() 
     assert any("not job keys gearmand wrote" in e for e in events)  # the fillers: reported
 
 
+def test_twin_silent_serves_from_the_other_twin_and_restores_the_pending_one_once() -> None:
+    result = run("twin-silent", DRILL_JOBS, print)
+    check(result, "twin-silent")
+    events = [event for _, event in result.timeline]
+    assert any(e.startswith("node1 serves on ") and e.endswith(" pending") for e in events)
+    assert any(e.startswith("node1's pending twin restored") for e in events)
+    assert result.ledger.duplicated == 0
+
+
 def node1(directory: Path) -> dict[str, Any]:
     cluster = LocalCluster.load(directory)
     assert cluster is not None
@@ -138,11 +149,12 @@ def wait_node1(directory: Path, **expected: object) -> dict[str, Any]:
 
 
 def test_store_lost_with_gearmand_dead_starts_no_gearmand_until_it_is_back(tmp_path: Path) -> None:
-    """No crash loop: without its store the agent starts no gearmand, says `store-lost`, and
-    serves again once the store is started again (as systemd would)."""
+    """No crash loop: without its stores (both twins) the agent starts no gearmand, says
+    `store-lost`, and serves again once the stores are started again (as systemd would)."""
     with local_cluster(tmp_path / "c", nodes=1) as directory:
         plan = json.loads((directory / "cluster.json").read_text())
-        os.kill(plan["processes"]["store:node1"]["pid"], signal.SIGKILL)
+        for key in ("twin:node1", "store:node1"):
+            os.kill(plan["processes"][key]["pid"], signal.SIGKILL)
         status = wait_node1(directory, state="store-lost")
         os.kill(status["gearmand_pid"], signal.SIGKILL)
         wait_node1(directory, state="store-lost", gearmand_pid=None, restarts=1)
@@ -152,6 +164,27 @@ def test_store_lost_with_gearmand_dead_starts_no_gearmand_until_it_is_back(tmp_p
             time.sleep(0.5)
         up_again(directory)
         assert wait_node1(directory, state="serving")["restarts"] == 1
+
+
+def test_one_twin_lost_with_gearmand_dead_serves_on_the_other_and_the_twin_back_is_lost(
+    tmp_path: Path,
+) -> None:
+    """One twin killed (the one gearmand writes), then gearmand: the node serves on the other
+    twin with the dead one pending; started again (empty, as systemd would) it is logged LOST,
+    and no longer pending."""
+    with local_cluster(tmp_path / "c", nodes=1) as directory:
+        cluster = LocalCluster.load(directory)
+        assert cluster is not None
+        store = cluster.nodes[0].stores["store"]
+        assert node1(directory)["store"] == store  # both empty at the first start: the first
+        os.kill(cluster.processes["store:node1"].pid, signal.SIGKILL)
+        status = wait_node1(directory, state="store-lost")
+        os.kill(status["gearmand_pid"], signal.SIGKILL)
+        wait_node1(directory, state="serving", restarts=1, pending=store)
+        up_again(directory)
+        wait_node1(directory, state="serving", restarts=1, pending=None)
+        log = (cluster.node_dir("node1") / "log" / "agent.log").read_text()
+        assert f"twin store {store} is LOST" in log
 
 
 def test_netns_drill_tears_everything_down_when_the_fault_fails(

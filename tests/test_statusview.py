@@ -87,3 +87,18 @@ def test_a_node_with_twin_stores_shows_both_and_a_silent_twin_is_degraded() -> N
     lines = render({**status, "nodes": [silent]}, now=NOW).splitlines()
     assert lines[3].split()[5] == "5+-"
     assert lines[-1] == "DEGRADED: node1: twin store 127.0.0.1:11212 does not answer"
+
+
+def test_a_pending_twin_is_marked_degraded_and_named_in_its_take_over() -> None:
+    pending = {**node("node1", "serving", "0x1", "live"), "store": "127.0.0.1:11212",
+               "twin": "127.0.0.1:11211", "twin_items": None, "twin_up": False,
+               "pending": "127.0.0.1:11211"}  # fmt: skip
+    takeover = {"store": "node2", "by": "node3", "started": NOW - 9, "jobs": 4, "seconds": 0.5,
+                "outcome": "done", "pending": "127.0.0.1:11311"}  # fmt: skip
+    status = {**STATUS, "takeovers": [takeover], "nodes": [pending]}
+    lines = render(status, now=NOW).splitlines()
+    assert lines[3].split()[3:6] == ["127.0.0.1:11212+127.0.0.1:11211", "(pending)", "5"]
+    assert lines[4] == ("take-over of store node2 by node3: done, 4 jobs in 0.50s, "
+                        "twin 127.0.0.1:11311 pending")  # fmt: skip
+    assert lines[-1] == ("DEGRADED: node1: twin store 127.0.0.1:11211 pending (its jobs wait "
+                         "until it answers)")  # fmt: skip

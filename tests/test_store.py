@@ -16,6 +16,8 @@ from cluster import store as store_module
 from cluster.endpoint import Endpoint
 from cluster.errors import StoreError
 from cluster.jobkey import AmbiguousKeyError, SplitMethod, parse_job_key
+from cluster.local.memcached_server import start_memcached
+from cluster.process import stop_pid
 from cluster.store import Store, StoreClosed, StoredItem, parse_metadump_line
 
 HOST = "127.0.0.1"
@@ -348,3 +350,36 @@ def test_jobs_from_real_gearmand_parse_back(gearmand: Endpoint, memcached: Endpo
     assert values[items[3].key] == (b"generated", 1)
     with pytest.raises(AmbiguousKeyError):  # img-resize-u-1, no name known: deferred
         parse_job_key(items[0].key, ())
+
+
+@integration
+def test_stats_survive_a_memcached_restart_on_the_kept_open_connection(tmp_path: Path) -> None:
+    """`stats` (the agent's store check) keeps its connection open: a memcached started again
+    on the same port is answered on a new connection (its new pid), not reported down; a
+    memcached that is gone is a StoreError."""
+    endpoint = Endpoint(HOST, free_port())
+
+    def start() -> subprocess.Popen[bytes]:
+        return start_memcached(
+            endpoint,
+            memory_mb=64,
+            log_path=tmp_path / "memcached.log",
+            pid_path=tmp_path / "memcached.pid",
+        )
+
+    with Store(endpoint, timeout=2) as store:
+        first = start()
+        try:
+            before = store.identity()
+            assert before.pid == first.pid
+        finally:
+            stop_pid(first.pid)
+            first.wait()
+        second = start()
+        try:
+            assert store.identity().pid == second.pid != before.pid
+        finally:
+            stop_pid(second.pid)
+            second.wait()
+        with pytest.raises(StoreError, match="stats failed"):
+            store.stats()

@@ -4,9 +4,13 @@ for the next claim. Real gearmand, memcached and ZooKeeper."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,12 @@ from cluster.claim import Drained, claim_and_drain
 from cluster.coord import Outcome, StoreRecord
 from cluster.drill.workload import FUNCTIONS, Job, drain, numbered_jobs
 from cluster.endpoint import Endpoint
+from cluster.functions import FunctionRegistry
 from cluster.jobkey import parse_job_key
+from cluster.process import read_pidfile
 from cluster.restore import CHUNK, Progress
 from cluster.store import Store
+from cluster.takeover import TakeoverWatcher
 from tests.conftest import RunningGearmand, running_memcached
 from tests.test_restore import check_drained
 from tests.twinstores import persist
@@ -142,3 +149,87 @@ def test_a_job_in_both_twins_is_queued_once_even_when_a_worker_ran_it_between(
     assert first == Counter(job.unique for job in jobs[:OLDER])
     rest = drain([gearmand.endpoint], FUNCTIONS, NEWER, timeout=60).counts
     assert rest == Counter(job.unique for job in jobs[OLDER:])  # no copy ran a second time
+
+
+@contextmanager
+def twin_stopped(tmp_path: Path) -> Iterator[Callable[[], None]]:
+    """The twin memcached of `twins` stopped (SIGSTOP); the callable resumes it (SIGCONT), as
+    the end of the block does whatever happens."""
+    pid = read_pidfile(tmp_path / "twin.pid")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield lambda: os.kill(pid, signal.SIGCONT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def check_each_job_once(record: StoreRecord, gearmand: RunningGearmand, jobs: list[Job]) -> None:
+    """Both twins empty, every job re-persisted once by the target, and run once (the newer
+    jobs were queued first: FIFO does not hold across a pending twin)."""
+    assert [Store(Endpoint.parse(a)).curr_items() for a in record.addresses] == [0, 0]
+    assert uniques_in(gearmand.store) == Counter(job.unique for job in jobs)
+    check_drained(gearmand.endpoint, jobs, fifo=False)
+
+
+def test_a_silent_twin_is_left_pending_and_the_next_claim_drains_it_once_it_answers(
+    tmp_path: Path,
+    twins: tuple[StoreRecord, list[Job]],
+    gearmand: RunningGearmand,
+    zookeeper: Endpoint,
+) -> None:
+    """The twin (older jobs) is stopped: the claim drains the store that answers and records
+    the twin pending; after SIGCONT the next claim drains the twin, each job once."""
+    record, jobs = twins
+    with (
+        twin_stopped(tmp_path) as resume,
+        coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session,
+    ):
+        first = take_over(session, record, gearmand.endpoint, "node1")
+        described = session.store_record("node2")
+        assert described is not None and described.pending == record.twin
+        resume()
+        second = take_over(session, described, gearmand.endpoint, "node3")
+        after = session.store_record("node2")
+        history = session.takeover_history()
+    assert (first.takeover.outcome, first.takeover.jobs) == (Outcome.DONE, NEWER)
+    assert first.takeover.pending == record.twin
+    assert (second.takeover.outcome, second.takeover.jobs) == (Outcome.DONE, OLDER)
+    assert second.takeover.pending is None
+    assert after is not None and after.pending is None
+    assert [h.pending for h in history] == [record.twin, None]
+    check_each_job_once(record, gearmand, jobs)
+
+
+def test_a_survivor_drains_the_answering_twin_and_later_the_pending_one_once_it_answers(
+    tmp_path: Path,
+    twins: tuple[StoreRecord, list[Job]],
+    gearmand: RunningGearmand,
+    zookeeper: Endpoint,
+) -> None:
+    """The survivor's scan (TakeoverWatcher) with node2's twin stopped: the store that answers
+    is drained at once; while the twin stays silent nothing more happens; once it answers the
+    next scan claims node2 again and drains it, each job once."""
+    record, jobs = twins
+    with (
+        twin_stopped(tmp_path) as resume,
+        coord.session(str(zookeeper), f"twins-{uuid.uuid4().hex[:8]}") as session,
+    ):
+        session.describe_store("node2", record)
+        FunctionRegistry(session).publish(FUNCTIONS)
+        watcher = TakeoverWatcher(session, "node1", gearmand.endpoint, lambda: True,
+                                  threading.Event())  # fmt: skip
+        watcher._take_over("node2")
+        watcher._take_over("node2")  # the twin still silent: nothing to claim
+        first = session.takeover_history()
+        resume()
+        watcher._take_over("node2")
+        history = session.takeover_history()
+        after = session.store_record("node2")
+    assert [(h.jobs, h.pending) for h in first] == [(NEWER, record.twin)]
+    assert [(h.outcome, h.jobs, h.pending) for h in history] == [
+        (Outcome.DONE, NEWER, record.twin),
+        (Outcome.DONE, OLDER, None),
+    ]
+    assert after is not None and after.pending is None
+    check_each_job_once(record, gearmand, jobs)

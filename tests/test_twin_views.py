@@ -64,7 +64,20 @@ def test_status_shows_both_twin_stores(cluster: tuple[Target, Endpoint, Endpoint
     stores = {s["store"]: s for s in status["stores"]}
     assert (stores["node2"]["address"], stores["node2"]["twin"]) == (str(store), str(twin))
     assert stores["node3"]["twin"] is None
+    assert (node2["pending"], stores["node2"]["pending"]) == (None, None)
     assert "node2: twin store" not in "; ".join(degraded(status))
+
+
+def test_status_shows_a_pending_twin(cluster: tuple[Target, Endpoint, Endpoint]) -> None:
+    target, _, twin = cluster
+    with coord.session(target.zookeeper, str(target.cluster)) as session:
+        record = session.store_record("node2")
+        assert record is not None
+        session.describe_store("node2", record.with_pending(str(twin), 1000.0))
+    status = collect(target)
+    stores = {s["store"]: s for s in status["stores"]}
+    assert by_name(status, "node2")["pending"] == stores["node2"]["pending"] == str(twin)
+    assert by_name(status, "node3")["pending"] is None
 
 
 def test_inspect_shows_both_twin_stores(cluster: tuple[Target, Endpoint, Endpoint]) -> None:

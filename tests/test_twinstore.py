@@ -9,7 +9,8 @@ from cluster.claim import drain_order
 from cluster.coord import StoreRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.twinstore import plan_start
+from cluster.store import StoreIdentity
+from cluster.twinstore import came_back_restarted, plan_start, to_drain
 
 A = Endpoint("10.0.0.1", 11211)
 B = Endpoint("10.0.0.1", 11212)
@@ -49,7 +50,36 @@ def test_bad_input_is_refused() -> None:
         plan_start((A, B), (1,))
 
 
+def test_a_silent_twin_is_pending_and_the_answering_one_serves_and_is_restored() -> None:
+    start = plan_start((A, B), (None, 0))
+    assert (start.serve, start.restore_from, start.expected, start.pending) == (B, (), 0, A)
+    start = plan_start((A, B), (30, None))  # it walks its own 30 items: the only store left
+    assert (start.serve, start.restore_from, start.walk, start.pending) == (A, (A,), 30, B)
+    assert plan_start((A, B), (0, 5)).pending is None
+    with pytest.raises(GearctlError, match="no store answers"):
+        plan_start((A, B), (None, None))
+    with pytest.raises(GearctlError, match="no store answers"):
+        plan_start((A,), (None,))
+
+
+def test_a_twin_back_after_a_silence_restarted_if_another_memcached_or_started_since() -> None:
+    seen = StoreIdentity(pid=10, started=1000.0)
+    assert not came_back_restarted(StoreIdentity(10, 1000.0), seen, silent_since=5000.0)
+    assert came_back_restarted(StoreIdentity(11, 1000.0), seen, silent_since=5000.0)
+    assert came_back_restarted(StoreIdentity(10, 4000.0), seen, silent_since=5000.0)
+    # never seen before the silence: only a start after it began tells
+    assert not came_back_restarted(StoreIdentity(10, 1000.0), None, silent_since=5000.0)
+    assert not came_back_restarted(StoreIdentity(10, 5001.0), None, silent_since=5000.0)
+    assert came_back_restarted(StoreIdentity(10, 5010.0), None, silent_since=5000.0)
+
+
 def test_the_twin_is_drained_first_then_the_store_the_dead_gearmand_wrote() -> None:
     record = StoreRecord("h:1", "h:2", "h", None, twin="h:3")
     assert drain_order(record) == ("h:3", "h:1")
     assert drain_order(StoreRecord("h:1", "h:2", "h", None)) == ("h:1",)
+
+
+def test_a_spread_plan_keeps_its_stores_and_a_twin_it_left_out_is_pending() -> None:
+    assert to_drain(("h:3", "h:1"), ("h:1",)) == (("h:1",), "h:3")
+    assert to_drain(("h:3", "h:1"), ("h:3", "h:1")) == (("h:3", "h:1"), None)
+    assert to_drain(("h:1",), None) == (("h:1",), None)  # one store: asked nothing

@@ -3,7 +3,9 @@ while it owns the store (states and diagram: cluster.agent.states, docs/architec
 
 With twin stores (`[store] twin`) the node has two memcached instances: each gearmand start goes
 to the twin holding fewer items (cluster.twinstore), and the restore reads every twin that holds
-jobs, the other one first. Health checks of the store follow the twin the gearmand writes.
+jobs, the other one first. Health checks of the store follow the twin the gearmand writes. A
+twin silent at the count is *pending*: gearmand starts on the other one, and SERVING restores the
+pending twin once (serving -> restoring -> serving) when it answers again.
 
 The main loop repeats `run_cycle`: run the current state's step, which returns the next state,
 and `transition` to it. Only the main loop changes the state and writes the member record.
@@ -41,13 +43,14 @@ from cluster.metrics import AgentMetrics
 from cluster.process import log_tail
 from cluster.restore import Copies, RestoreIncomplete, RestoreReport, restore
 from cluster.store import StoreIdentity
-from cluster.twinstore import TwinStart, plan_start
+from cluster.twinstore import Pending, TwinStart, came_back_restarted, plan_start
 
 log = logging.getLogger("gearctl.agent")
 
 DEFERRED_RETRY_EVERY = 1.0  # seconds between tries of jobs whose function name was unknown
 REFUSED_RETRY_EVERY = 30.0  # seconds between retries of jobs every gearmand refused (full store)
 NAMES_WARN_EVERY = 60.0  # seconds between warnings that function names were left unpublished
+PENDING_CHECK_EVERY = 1.0  # seconds between asks of a pending twin (a stopped one times out)
 RESTORE_RETRY_AFTER = 0.5
 RETRY_AFTER = 1.0  # after a failed step, an unreachable store, a launch failure
 UNFENCE_POLL = 0.1
@@ -136,6 +139,9 @@ class AgentMachine:
         self.store_identity: StoreIdentity | None = None  # memcached's, at the last check
         self.prefix = ""
         self.start_plan: TwinStart | None = None  # the next gearmand's store and restore
+        self.store_record: StoreRecord | None = None  # the last one written
+        self.pending: Pending | None = None  # a twin silent at the count: restored once back
+        self.copies = Copies()  # the jobs this gearmand's restores have seen (twins: moved once)
         # Per store, jobs under older prefixes still to restore (counted while gearmand was
         # down), in restore order; and the jobs a restore left waiting (deferred, refused).
         self.to_restore: dict[Endpoint, int] = {}
@@ -231,8 +237,8 @@ class AgentMachine:
         changes: dict[str, Any] = {"state": PUBLISHED[target]}
         if target is State.RESTORING:
             assert self.proc is not None
-            changes |= {"gearmand_pid": self.proc.pid, "deferred_jobs": 0, "refused_jobs": 0,
-                        "store": str(self.writes_to)}  # fmt: skip
+            changes |= {"gearmand_pid": self.proc.pid, "store": str(self.writes_to),
+                        **self._waiting_totals()}  # fmt: skip
         elif target is State.RESTARTING:
             changes |= {"gearmand_pid": None, "restarts": self.record.restarts + 1}
         elif target in (State.FAILED, State.STORE_UNREACHABLE):
@@ -305,21 +311,71 @@ class AgentMachine:
         return self.stores[self.writes_to]
 
     def _count(self) -> State:
-        """Count every store's items (no gearmand runs) and plan the start: both twins must
-        answer, a count of one alone would leave the other's jobs out of an exact restore."""
-        counts = []
-        for address, store in self.stores.items():
-            try:
-                counts.append(store.curr_items())
-            except GearctlError as exc:
-                self.metrics.count_error(exc)
-                self.reason = f"store {address} unreachable: {exc}"
-                return State.STORE_UNREACHABLE
-        self.start_plan = plan_start(self.config.stores, tuple(counts))
-        counted = dict(zip(self.config.stores, counts, strict=True))
-        self.to_restore = {address: counted[address] for address in self.start_plan.restore_from}
+        """Count every store's items (no gearmand runs) and plan the start. A twin that does
+        not answer is pending: gearmand starts on the other one, and the silent twin's jobs,
+        left out of this count, are restored once it answers (`_pending_back`)."""
+        counted = {address: self._count_store(address) for address in self.config.stores}
+        if all(count is None for count in counted.values()):
+            return State.STORE_UNREACHABLE
+        self.start_plan = plan_start(self.config.stores, tuple(counted.values()))
+        self._note_pending(self.start_plan.pending)
+        restore_from = self.start_plan.restore_from
+        self.to_restore = {address: counted[address] or 0 for address in restore_from}
         self.waiting = {}  # counted again: what waited is in the counts
+        self.copies = Copies()
         return State.LAUNCHING
+
+    def _count_store(self, address: Endpoint) -> int | None:
+        """The store's items, or None when it does not answer. A pending twin that answers is
+        checked for a restart first: the jobs it held are then gone (logged, counted)."""
+        store = self.stores[address]
+        try:
+            if self.pending is not None and self.pending.address == address:
+                self._came_back(store.identity())
+            return store.curr_items()
+        except GearctlError as exc:
+            self.metrics.count_error(exc)
+            self.reason = f"store {address} unreachable: {exc}"
+            return None
+
+    def _note_pending(self, silent: Endpoint | None) -> None:
+        """Remember the twin that was silent at the count (since when, and which memcached it
+        was when gearmand last wrote it, to tell a restarted one when it answers)."""
+        if silent is None or self.pending is not None:
+            return
+        before = self.store_identity if silent == self.writes_to else None
+        self.pending = Pending(silent, self._silent_since(silent), before)
+        self.metrics.twin_pending(silent, True)
+        log.error("twin store %s does not answer (%s): gearmand starts on its twin; its jobs "
+                  "are restored once it answers", silent, self.reason)  # fmt: skip
+
+    def _silent_since(self, silent: Endpoint) -> float:
+        """When `silent` went silent: now, or when the store record says, if an earlier agent
+        of this node (or a survivor's take-over) found it pending already."""
+        if self.store_record is None:  # this agent wrote none yet: it may have restarted
+            try:
+                record = self.coord.store_record(self.config.node)
+            except (GearctlError, ValueError, KeyError):
+                record = None
+            if record is not None and record.pending == str(silent) and record.pending_since:
+                return record.pending_since
+        return time.time()
+
+    def _came_back(self, identity: StoreIdentity) -> None:
+        """The pending twin answers again: its jobs are restored now, or were lost with a
+        memcached restarted while it was silent (never silently)."""
+        pending = self.pending
+        assert pending is not None
+        self.pending = None
+        self.metrics.twin_pending(pending.address, False)
+        if came_back_restarted(identity, pending.before, pending.since):
+            log.error("twin store %s is LOST: it answers again, but restarted while silent "
+                      "(memcached pid %d, started %.0f s after it went silent): the jobs it held "
+                      "are gone", pending.address, identity.pid,
+                      identity.started - pending.since)  # fmt: skip
+            self.metrics.store_lost("restarted")
+        else:
+            log.warning("twin store %s answers again: restoring its jobs", pending.address)
 
     def _retry_later(self) -> State:
         delay = self.policy.max_delay if self.policy.crash_looping else RETRY_AFTER
@@ -333,8 +389,9 @@ class AgentMachine:
         self.prefix = f"g{epoch}_"
         self._end_stale_spread()
         if plan.walk and self.config.twin is not None:
-            log.warning("both twin stores hold jobs (a restore was interrupted): gearmand walks "
-                        "the %d items of %s before it serves", plan.walk, plan.serve)  # fmt: skip
+            why = "its twin is silent" if plan.pending else "a restore was interrupted"
+            log.warning("gearmand walks the %d items of %s before it serves (%s)", plan.walk,
+                        plan.serve, why)  # fmt: skip
         try:
             proc = self.launcher.start(self.prefix, plan.serve)
         except LaunchError as exc:
@@ -348,7 +405,10 @@ class AgentMachine:
         others = [str(address) for address in self.config.stores if address != plan.serve]
         record = StoreRecord.here(str(plan.serve), str(self.config.gearman), proc.pid,
                                   twin=others[0] if others else None)  # fmt: skip
+        if self.pending is not None:
+            record = record.with_pending(str(self.pending.address), self.pending.since)
         self.coord.describe_store(self.config.node, record)
+        self.store_record = record
         return State.RESTORING
 
     def _end_stale_spread(self) -> None:
@@ -364,7 +424,6 @@ class AgentMachine:
         deferred and refused ones)."""
         assert self.proc is not None
         watch = self.launcher.hang_watch(self.proc)  # gearmand is checked while it restores too
-        copies = Copies()  # a job in both twins (a crash mid-restore left it there) moves once
         for address in self.to_restore:
             while self.to_restore[address]:
                 expected = self.to_restore[address]
@@ -379,7 +438,7 @@ class AgentMachine:
                         progress=_log_progress,
                         should_continue=lambda: not self.interrupted and watch.ok(),
                         overflow=self._peers_serving,
-                        copies=copies,
+                        copies=self.copies,  # a job in both twins (a crash left it) moves once
                     )
                 except RestoreIncomplete as exc:
                     log.error("%s", exc)
@@ -410,12 +469,26 @@ class AgentMachine:
                 self.metrics.restored(report)
                 self.to_restore[address] = 0
                 self._left_waiting(address, report)
+        self._describe_pending()
         return State.SERVING
+
+    def _describe_pending(self) -> None:
+        """Keep the store record's `pending` true once a pending twin is restored (`cluster
+        status` shows it; peers drain both twins whatever it says)."""
+        record = self.store_record
+        if record is None or record.pending is None or self.pending is not None:
+            return
+        try:
+            self.coord.describe_store(self.config.node, record.with_pending(None))
+        except GearctlError as exc:
+            log.warning("could not clear the pending twin in the store record: %s", exc)
+            return
+        self.store_record = record.with_pending(None)
 
     def _serve(self) -> State:
         """Health-check gearmand until it dies or hangs, or the store stops answering."""
         failures = 0
-        retry_deferred_at = 0.0
+        retry_deferred_at = pending_check_at = 0.0
         while not self.interrupted:
             failures, gone = self._check_gearmand(failures)
             if gone:
@@ -431,6 +504,10 @@ class AgentMachine:
                 )
                 self.metrics.store_lost(how)
                 return State.STORE_LOST
+            if self.pending is not None and self.clock.monotonic() >= pending_check_at:
+                if self._pending_back():
+                    return State.RESTORING
+                pending_check_at = self.clock.monotonic() + PENDING_CHECK_EVERY
             waiting = self.record.deferred_jobs + self.record.refused_jobs
             if waiting and self.clock.monotonic() >= retry_deferred_at:
                 self._restore_deferred()
@@ -459,6 +536,21 @@ class AgentMachine:
                 return State.SERVING
             self._wait(self.config.check_interval)
         return self._interrupted_state()
+
+    def _pending_back(self) -> bool:
+        """Does the pending twin answer again? Then its jobs are the next restore's (counted
+        now: nothing writes that twin, gearmand writes the other one)."""
+        assert self.pending is not None
+        address = self.pending.address
+        store = self.stores[address]
+        try:
+            identity = store.identity()
+            count = store.curr_items()
+        except GearctlError:
+            return False
+        self._came_back(identity)
+        self.to_restore = {address: count}
+        return True
 
     def _store_lost(self) -> tuple[str, str] | None:
         """(how, why) when the store does not answer, or answers as another memcached than at
@@ -573,10 +665,14 @@ class AgentMachine:
         """Note the jobs a restore of `address` left in it (deferred, refused) and publish the
         node's totals."""
         self.waiting[address] = (report.deferred, len(report.refused))
-        self._update(
-            deferred_jobs=sum(deferred for deferred, _ in self.waiting.values()),
-            refused_jobs=sum(refused for _, refused in self.waiting.values()),
-        )
+        self._update(**self._waiting_totals())
+
+    def _waiting_totals(self) -> dict[str, int]:
+        """The member record's deferred and refused jobs: the sums over the stores."""
+        return {
+            "deferred_jobs": sum(deferred for deferred, _ in self.waiting.values()),
+            "refused_jobs": sum(refused for _, refused in self.waiting.values()),
+        }
 
     def _peers_serving(self) -> list[Endpoint]:
         """Other members' gearmands that serve: where jobs our own store cannot hold go."""

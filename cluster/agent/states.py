@@ -20,7 +20,7 @@ class State(enum.Enum):
     COUNTING = "counting"  # count the store's jobs while no gearmand runs (quiescent)
     STORE_UNREACHABLE = "store-unreachable"  # the count failed: retry after a second
     LAUNCHING = "launching"  # start gearmand with a fresh key prefix g<epoch>_
-    RESTORING = "restoring"  # move the jobs of older prefixes into it
+    RESTORING = "restoring"  # move the jobs of older prefixes into it (a pending twin's too)
     SERVING = "serving"  # health checks; deferred jobs retried
     STORE_LOST = "store-lost"  # gearmand runs on, its store does not answer
     RESTARTING = "restarting"  # gearmand died or hung: backoff
@@ -60,7 +60,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.STORE_UNREACHABLE: frozenset({State.OWNING} | _ANY),
     State.LAUNCHING: frozenset({State.RESTORING, State.FAILED} | _FALLIBLE),
     State.RESTORING: frozenset({State.SERVING, State.RESTARTING} | _FALLIBLE),
-    State.SERVING: frozenset({State.STORE_LOST, State.RESTARTING} | _FALLIBLE),
+    State.SERVING: frozenset({State.STORE_LOST, State.RESTARTING, State.RESTORING} | _FALLIBLE),
     State.STORE_LOST: frozenset({State.SERVING, State.RESTARTING} | _FALLIBLE),
     State.RESTARTING: frozenset({State.OWNING, State.FAILED} | _ANY),
     State.FAILED: frozenset({State.OWNING} | _ANY),

@@ -103,7 +103,9 @@ class StoreRecord:
     hostnames repeat across containers and cloned machines.
 
     `address` is the memcached the current gearmand writes; `twin` the node's other store when
-    it has twin stores (docs/architecture.md, "Serving at once"): a drain reads both."""
+    it has twin stores (docs/architecture.md, "Serving at once"): a drain reads both. `pending`:
+    the twin that did not answer at gearmand's start (or at a take-over), whose jobs wait to be
+    restored (drained) once it answers; `pending_since` (wall clock): since when it is silent."""
 
     address: str
     gearman: str
@@ -112,6 +114,8 @@ class StoreRecord:
     boot_id: str | None = None
     pid_namespace: int | None = None
     twin: str | None = None
+    pending: str | None = None
+    pending_since: float | None = None
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -126,7 +130,8 @@ class StoreRecord:
         """ValueError or KeyError when the store was never described (empty or foreign data)."""
         raw = json.loads(data.decode())
         return cls(raw["address"], raw["gearman"], raw["host"], raw.get("gearmand_pid"),
-                   raw.get("boot_id"), raw.get("pid_namespace"), raw.get("twin"))  # fmt: skip
+                   raw.get("boot_id"), raw.get("pid_namespace"), raw.get("twin"),
+                   raw.get("pending"), raw.get("pending_since"))  # fmt: skip
 
     @classmethod
     def here(
@@ -135,6 +140,10 @@ class StoreRecord:
         """The record of a gearmand this process started (writing `address`)."""
         return cls(address, gearman, socket.gethostname(), gearmand_pid, boot_id(),
                    pid_namespace(), twin)  # fmt: skip
+
+    def with_pending(self, pending: str | None, since: float | None = None) -> StoreRecord:
+        """The record with `pending` (None: no twin waits) silent since `since`."""
+        return replace(self, pending=pending, pending_since=since if pending else None)
 
     def same_pid_table(self) -> bool:
         """Is `gearmand_pid` a PID of this kernel and PID namespace?"""
@@ -223,6 +232,7 @@ class TakeoverRecord:
     outcome: Outcome = Outcome.RUNNING
     reason: str = ""
     manual: bool = False  # `gearctl store drain`, not a survivor's automatic take-over
+    pending: str | None = None  # a twin that did not answer: the next take-over drains it
     parts: tuple[PartSummary, ...] = ()  # a spread take-over's parts (its claimer writes them)
 
     @property
@@ -251,6 +261,7 @@ class TakeoverRecord:
             "seconds": self.seconds,
             "outcome": self.outcome_text,
             "manual": self.manual,
+            "pending": self.pending,
             "parts": [part.as_json() for part in self.parts],
         }
 

@@ -313,6 +313,43 @@ def store_lost(ctx: DrillContext) -> None:
         ctx.event(f"node1's gearmand pid {gearmand_pid} never restarted")
 
 
+TWIN_SILENT_FOR = 3.0  # seconds node1's stopped twin stays stopped once node1 serves again
+
+
+def twin_silent(ctx: DrillContext) -> None:
+    """SIGSTOP the twin memcached node1's gearmand writes (it holds node1's jobs), then kill -9
+    that gearmand: the agent starts a new gearmand on the other twin at once (it serves, the
+    stopped twin `pending`); after SIGCONT the agent restores the pending twin's jobs into the
+    running gearmand, each once, and logs no LOST (the twin was stopped, not restarted)."""
+    node = ctx.node("node1")
+    key, address = ctx.written_store("node1")
+    pid = ctx.cluster().processes[key].pid
+    ctx.kill(pid, signal.SIGSTOP, f"node1 memcached {address}")
+    ctx.stack.callback(_resume, pid)  # whatever happens below
+    ctx.kill(node["gearmand_pid"], what="node1 gearmand")
+    stopped_at = time.monotonic()
+    ctx.wait("node1 serving from its other twin, the stopped one pending",
+             lambda s: s["nodes"][0]["state"] == "serving"
+             and s["nodes"][0]["pending"] == str(address), RECOVERY_TIMEOUT)  # fmt: skip
+    serving = ctx.node("node1")
+    ctx.event(f"node1 serves on {serving['store']} {time.monotonic() - stopped_at:.2f}s after "
+              f"the kill, twin {address} pending")  # fmt: skip
+    time.sleep(TWIN_SILENT_FOR)
+    ctx.kill(pid, signal.SIGCONT, f"node1 memcached {address}")
+    resumed_at = time.monotonic()
+    ctx.wait("node1's pending twin restored",
+             lambda s: s["nodes"][0]["state"] == "serving" and s["nodes"][0]["pending"] is None,
+             RECOVERY_TIMEOUT)  # fmt: skip
+    ctx.event(f"node1's pending twin restored {time.monotonic() - resumed_at:.2f}s after SIGCONT")
+    if "LOST" in ctx.agent_log("node1"):
+        ctx.violation(f"node1's agent logged twin {address} LOST: it was stopped, not restarted")
+
+
+def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
 STORE_FULL_ITEM = 50_000  # bytes of each item that fills node1's store, and of each big job
 STORE_FULL_ROOM = 20  # fillers deleted again: room for about so many big jobs
 STORE_FULL_BIG = 60  # big jobs the workload pushes, each followed by small ones
@@ -745,6 +782,8 @@ SCENARIOS = {
                  "after the session expired", fencing_failed, isolated_nodes=NODES),
         Scenario("store-full", "fill node1's store, push jobs past full, kill -9 its gearmand",
                  store_full),
+        Scenario("twin-silent", "SIGSTOP the twin store node1's gearmand writes, kill -9 that "
+                 "gearmand; SIGCONT once node1 serves from the other twin", twin_silent),
     )
 }  # fmt: skip
 
