@@ -159,7 +159,6 @@ class Services:
         finally:
             for proc in (gearmand_proc, store_proc):
                 self.kill9(proc)
-                self.procs.remove(proc)
 
     def gearmand(
         self, store: Endpoint, prefix: str | None
@@ -185,8 +184,11 @@ class Services:
         return endpoint, proc
 
     def kill9(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL one of our processes by its PID; it is no longer ours to stop at the end."""
         kill_pid(proc.pid)
         proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
 
     def cluster(
         self,

@@ -41,20 +41,21 @@ def pin(cluster: LocalCluster, victim: str) -> dict[str, int]:
     for rank, node in enumerate(survivors):
         core = cores[rank % len(cores)]
         supervisor = cluster.processes[f"agent:{node}"].pid
-        tree = [psutil.Process(supervisor), *psutil.Process(supervisor).children(recursive=True)]
-        for proc in [*tree, *node_processes(cluster, node).values()]:
+        root = psutil.Process(supervisor)
+        tree = [root, *root.children(recursive=True), *node_processes(cluster, node).values()]
+        for proc in {p.pid: p for p in tree}.values():  # agent and gearmand are in both
             proc.cpu_affinity([core])
         pinned[node] = core
     return pinned
 
 
 def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    """User + system CPU seconds of each process so far (0 for one that is gone)."""
+    """User + system CPU seconds of each process so far (left out once it is gone)."""
     seconds = {}
     for role, proc in procs.items():
         try:
             times = proc.cpu_times()
             seconds[role] = times.user + times.system
         except psutil.NoSuchProcess:
-            seconds[role] = 0.0
+            continue
     return seconds

@@ -181,9 +181,10 @@ def main() -> int:
                         results.append(result)
                         print(f"{layout:>11}, {size:>7} stored, run {run + 1}: serving after "
                               f"{result['serving_s']:.3f}s"
-                              + (f", restored after {result['restored_s']:.3f}s, restore "
-                                 f"{rate:,.0f} jobs/s, ceiling {ceiling:,.0f} jobs/s"
-                                 if result["restored_s"] and rate and ceiling else "")
+                              + (f", restored after {result['restored_s']:.3f}s"
+                                 if result["restored_s"] else "")
+                              + (f", restore {rate:,.0f} jobs/s, ceiling {ceiling:,.0f} jobs/s"
+                                 if rate and ceiling else "")
                               + f", queued {result['queued_after']}", flush=True)  # fmt: skip
                 # saved after each size: a later size that fails keeps what was measured
                 report(args, sizes[: sizes.index(size) + 1], results)

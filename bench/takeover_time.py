@@ -149,7 +149,11 @@ def one_case(
         "spread": spread,
         "hosts": "netns" if placement and placement.node_netns else "local",
         "pinned_cores": cores,
-        "cpu_s": {role: round(cpu_after[role] - cpu_before[role], 3) for role in procs},
+        "cpu_s": {
+            role: round(cpu_after[role] - cpu_before[role], 3)
+            for role in procs
+            if role in cpu_before and role in cpu_after
+        },
         "load_average": os.getloadavg(),
     }
 

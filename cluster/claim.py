@@ -34,6 +34,7 @@ from cluster.coord import (
     Coordination,
     NodeState,
     Outcome,
+    PartRecord,
     Purpose,
     SpreadPlan,
     StoreRecord,
@@ -267,9 +268,11 @@ def _spread(
                                         keep_going=keep_going,
                                         overflow=lambda: other_serving(coord, target),
                                         listed=listed)  # fmt: skip
-        records = spreaddrain.part_records(coord, store, plan)
+
+    def show_parts(records: list[PartRecord | None]) -> None:
+        """`takeover list` follows the parts while they drain."""
         shown = spreaddrain.summaries(records)
-        if shown != takeover.parts:  # `takeover list` follows the parts while they drain
+        if shown != takeover.parts:
             takeover.parts = shown
             takeover.jobs = spreaddrain.moved_by_parts([r for r in records if r is not None])
             coord.update_takeover(plan.takeover, takeover)
@@ -281,7 +284,8 @@ def _spread(
             log.warning("store %s: %d jobs to spread (per part: %s)", store,
                         sum(map(sum, plan.counts)),
                         [sum(c[i] for c in plan.counts) for i in range(plan.parts)])  # fmt: skip
-        parts = spreaddrain.wait_parts(coord, store, plan, drain_free_parts, keep_going)
+        parts = spreaddrain.wait_parts(coord, store, plan, drain_free_parts, keep_going,
+                                       seen=show_parts)  # fmt: skip
         takeover.parts = spreaddrain.summaries(parts)
         sources = [Store(Endpoint.parse(address)) for address in addresses]
         left = [source.curr_items() for source in sources]  # quiescent: every part is done

@@ -70,11 +70,8 @@ def plan_listing(addresses: Sequence[str], parts: int) -> PlanListing:
     """Per store, the keys of each part: the stores listed once, whole, while quiescent."""
     listing = []
     for address in addresses:
-        source = Store(Endpoint.parse(address), timeout=30.0)
-        try:
+        with Store(Endpoint.parse(address), timeout=30.0) as source:
             listing.append(split_parts(source.snapshot(expected=None), parts))
-        finally:
-            source.close()
     return listing
 
 
@@ -222,12 +219,16 @@ def _drain_part(
 def wait_parts(
     coord: Coordination, store: str, plan: SpreadPlan, drain: Callable[[], object],
     keep_going: Callable[[], bool],
+    seen: Callable[[list[PartRecord | None]], object] | None = None,
 ) -> list[PartRecord]:  # fmt: skip
-    """The claimer: drain free parts (`drain()`) until every part is done; their records.
-    GearctlError when `keep_going()` turns False first (the next claimer keeps the plan)."""
+    """The claimer: drain free parts (`drain()`) until every part is done; their records, each
+    look also given to `seen`. GearctlError when `keep_going()` turns False first (the next
+    claimer keeps the plan)."""
     while True:
         drain()
         records = part_records(coord, store, plan)
+        if seen is not None:
+            seen(records)
         if all(r is not None and r.done for r in records):
             return [r for r in records if r is not None]
         if not keep_going():

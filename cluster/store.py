@@ -44,6 +44,7 @@ _METADUMP_LINE = re.compile(
     rb"^key=(\S+) (?:exp=\S+ )?(?:la=(\d+) )?(?:\S+ )*?cas=(\d+) (?:\S+ )*?size=(\d+)", re.M
 )
 _METADUMP_ERROR = re.compile(rb"^(?:ERROR|CLIENT_ERROR|SERVER_ERROR)[^\n]*", re.M)
+UPTIME_SLACK = 2.0  # seconds: memcached's `uptime` is whole seconds, read on its own clock tick
 METADUMP_READ = 256 * 1024  # bytes read from a metadump at a time
 _ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
 _PLAIN_KEY = re.compile(rb"[\x21-\x7e\x80-\xff]{1,250}")
@@ -361,7 +362,7 @@ class StoreIdentity:
 
     def restarted_since(self, earlier: StoreIdentity) -> bool:
         """Another process, or the same PID started again (a container's PID 1)."""
-        return self.pid != earlier.pid or self.started > earlier.started + 2.0
+        return self.pid != earlier.pid or self.started > earlier.started + UPTIME_SLACK
 
 
 @contextmanager

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from cluster.coord import StoreRecord
 from cluster.endpoint import Endpoint
 from cluster.errors import GearctlError
-from cluster.store import Store, StoreIdentity
+from cluster.store import UPTIME_SLACK, Store, StoreIdentity
 
 log = logging.getLogger("gearctl.takeover")
-
-RESTART_SLACK = 2.0  # seconds: memcached's `uptime` is whole seconds, read on its own clock tick
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def came_back_restarted(
     PID, or started later), else by its start: after the silence began."""
     if before is not None:
         return now.restarted_since(before)
-    return now.started > silent_since + RESTART_SLACK
+    return now.started > silent_since + UPTIME_SLACK
 
 
 def to_drain(
@@ -125,27 +123,34 @@ def still_pending(record: StoreRecord, silent: str | None) -> StoreRecord:
     return record.with_pending(silent, time.time())
 
 
+def report_back(
+    address: object,
+    now: StoreIdentity,
+    before: StoreIdentity | None,
+    since: float | None,
+    moving: str,
+) -> bool:
+    """A pending twin answers again, its jobs `moving` now (restored by its agent, drained by a
+    claim): True, logged LOST, when it restarted while silent (`came_back_restarted`; never
+    judged without `since`), so the jobs it held are gone."""
+    if since is not None and came_back_restarted(now, before, since):
+        log.error("twin store %s is LOST: it answers again, but restarted while silent "
+                  "(memcached pid %d, started %.0f s after it went silent): the jobs it held "
+                  "are gone", address, now.pid, now.started - since)  # fmt: skip
+        return True
+    log.warning("twin store %s answers again: %s", address, moving)
+    return False
+
+
 def _answers(address: str) -> bool:
-    store = Store(Endpoint.parse(address))
-    try:
+    with Store(Endpoint.parse(address)) as store:
         return store.ping()
-    finally:
-        store.close()
 
 
 def _report_back(address: str, since: float | None) -> None:
-    """A pending twin answers again: LOST (logged) if its memcached started since it went
-    silent."""
-    store = Store(Endpoint.parse(address))
     try:
-        identity = store.identity()
+        with Store(Endpoint.parse(address)) as store:
+            identity = store.identity()
     except GearctlError:
         return  # answered the ping, not this: the drain's count tells
-    finally:
-        store.close()
-    if since is not None and came_back_restarted(identity, None, since):
-        log.error("pending twin store %s is LOST: it answers again, but its memcached started "
-                  "%.0f s after it went silent: the jobs it held are gone", address,
-                  identity.started - since)  # fmt: skip
-    else:
-        log.warning("pending twin store %s answers again: draining it", address)
+    report_back(address, identity, None, since, "draining it")

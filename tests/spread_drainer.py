@@ -14,12 +14,19 @@ import time
 from cluster import coord, spreaddrain
 from cluster.drill.workload import FUNCTIONS
 from cluster.endpoint import Endpoint
+from cluster.process import wait_until
 
 
 def main(zookeeper: str, cluster: str, target: str, delay: float) -> None:
     session = coord.connect(zookeeper, cluster, timeout=5.0, session_timeout=2.0)
-    while (plan := session.spread_plan("node2")) is None or not plan.counted:
-        time.sleep(0.01)
+
+    def counted_plan() -> bool:
+        plan = session.spread_plan("node2")
+        return plan is not None and plan.counted
+
+    wait_until(counted_plan, timeout=120, what="node2's counted spread plan", interval=0.01)
+    plan = session.spread_plan("node2")
+    assert plan is not None
     asked: list[bool] = []
 
     def slowly() -> bool:

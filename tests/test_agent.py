@@ -26,8 +26,9 @@ from cluster.endpoint import Endpoint
 from cluster.gearman.admin import AdminClient
 from cluster.jobkey import parse_job_key
 from cluster.local.zookeeper_server import ZooKeeperLaunch, start_zookeeper
-from cluster.process import free_port, read_pidfile, stop_pid
+from cluster.process import free_port, read_pidfile, stop_pid, wait_until
 from cluster.store import Store
+from tests import twinstores
 from tests.conftest import HOST
 
 pytestmark = pytest.mark.integration
@@ -257,22 +258,20 @@ def test_twin_stores_a_silent_twin_is_pending_and_restored_once_it_answers(
     restored into the running gearmand, each once."""
     agent = make_node(tmp_path, memcached, zookeeper, f"t{free_port()}", twin=twin_memcached)
     agent.start()
-    stopped = read_pidfile(tmp_path / "memcached.pid")
-    assert stopped is not None
+    stopped_pid = read_pidfile(tmp_path / "memcached.pid")
+    assert stopped_pid is not None
     try:
         agent.wait_serving()
         load_jobs(agent)  # all in the first twin (`memcached`)
-        os.kill(stopped, signal.SIGSTOP)
-        psutil.Process(agent.member()["gearmand_pid"]).kill()
-        agent.wait_serving(restarts=1, store=str(twin_memcached))
-        record = store_record(agent)
-        assert (record["address"], record["pending"]) == (str(twin_memcached), str(memcached))
-        assert queued_by_function(agent.gearman) == {}  # the jobs wait in the stopped twin
-        os.kill(stopped, signal.SIGCONT)
-        deadline = time.monotonic() + 60
-        while store_record(agent)["pending"] is not None:
-            assert time.monotonic() < deadline, "the pending twin was never restored"
-            time.sleep(0.1)
+        with twinstores.stopped(stopped_pid) as resume:
+            psutil.Process(agent.member()["gearmand_pid"]).kill()
+            agent.wait_serving(restarts=1, store=str(twin_memcached))
+            record = store_record(agent)
+            assert (record["address"], record["pending"]) == (str(twin_memcached), str(memcached))
+            assert queued_by_function(agent.gearman) == {}  # the jobs wait in the stopped twin
+            resume()
+            wait_until(lambda: store_record(agent)["pending"] is None, timeout=60,
+                       what="the pending twin restored")  # fmt: skip
         agent.wait_serving(restarts=1)
         assert Store(memcached).curr_items() == 0
         agent.store = twin_memcached
@@ -280,7 +279,6 @@ def test_twin_stores_a_silent_twin_is_pending_and_restored_once_it_answers(
         log = (agent.run_dir / "agent.out").read_text()
         assert "restoring its jobs" in log and "LOST" not in log
     finally:
-        os.kill(stopped, signal.SIGCONT)
         agent.stop()
 
 

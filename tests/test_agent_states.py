@@ -711,6 +711,11 @@ def test_twins_a_crash_mid_restore_leaves_jobs_in_both_and_the_next_start_restor
     assert node.agent.record.state == NodeState.SERVING
 
 
+def lost_restarted(node: Node) -> float | None:
+    registry = node.agent.metrics.registry
+    return registry.get_sample_value("gearctl_store_lost_total", {"node": "n1", "how": "restarted"})
+
+
 def pending_gauge(node: Node, store: Endpoint) -> float | None:
     registry = node.agent.metrics.registry
     return registry.get_sample_value("gearctl_store_pending", {"node": "n1", "store": str(store)})
@@ -734,12 +739,7 @@ def test_twins_a_silent_twin_is_pending_and_restored_once_when_it_answers(twins:
     states = node.coord.states
     shown = [state for i, state in enumerate(states) if state != states[i - 1]]
     assert shown[-3:] == ["serving", "restoring", "serving"]
-    assert (
-        node.agent.metrics.registry.get_sample_value(
-            "gearctl_store_lost_total", {"node": "n1", "how": "restarted"}
-        )
-        == 0
-    )
+    assert lost_restarted(node) == 0
     node.launcher.health = [Health.SERVING] * 20 + [Health.GONE]
     assert node.cycle() is State.RESTARTING  # no second restore while it serves on
     assert twins.calls == [(A, 100, "g1_")]
@@ -777,12 +777,7 @@ def test_twins_a_twin_back_restarted_is_logged_lost_and_counted(
     twins.stores[A].silent, twins.stores[A].pid, twins.stores[A].items = 0, 501, 0
     assert node.cycle() is State.RESTORING
     assert "twin store 127.0.0.1:11211 is LOST" in caplog.text
-    assert (
-        node.agent.metrics.registry.get_sample_value(
-            "gearctl_store_lost_total", {"node": "n1", "how": "restarted"}
-        )
-        == 1
-    )
+    assert lost_restarted(node) == 1
     assert node.cycle() is State.SERVING
 
 

@@ -81,7 +81,9 @@ def test_kill_drainer_without_spread_take_over_loses_nothing() -> None:
 
 
 def test_kill_part_drainer_leaves_its_part_to_another_survivor() -> None:
-    result = run("kill-part-drainer", DRILL_JOBS, print, spread=False)  # spreads all the same
+    result = run(
+        "kill-part-drainer", DRILL_JOBS, print, spread=False
+    )  # Scenario.spread: on whatever the flag
     check(result, "kill-part-drainer")
     events = [event for _, event in result.timeline]
     assert any(re.match(r"node\d claimed node1's store and spread it over", e) for e in events)

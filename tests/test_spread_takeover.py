@@ -118,6 +118,7 @@ def test_two_survivors_drain_their_parts_each_job_once_evenly(
         helper.start()
         drained = claim(node1, scene)
         helper.join(120)
+        assert not helper.is_alive(), "node3's part drains did not end"
         assert node1.spread_plan("node2") is None and node1.owner("node2") is None
         (history,) = node1.takeover_history()
     assert drained.takeover.outcome is Outcome.DONE

@@ -187,9 +187,11 @@ def test_metadump_read_in_pieces_lists_every_key_once(
 def serve_once(reply: bytes) -> Endpoint:
     """A one-connection fake memcached that sends `reply` to the first request, then hangs up."""
     listener = socket.create_server((HOST, 0))
+    listener.settimeout(10)
 
     def answer() -> None:
         with listener, listener.accept()[0] as conn:
+            conn.settimeout(10)
             conn.recv(4096)
             conn.sendall(reply)
 

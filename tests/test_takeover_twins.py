@@ -4,8 +4,6 @@ for the next claim. Real gearmand, memcached and ZooKeeper."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import uuid
 from collections import Counter
@@ -28,7 +26,7 @@ from cluster.store import Store
 from cluster.takeover import TakeoverWatcher
 from tests.conftest import RunningGearmand, running_memcached
 from tests.test_restore import check_drained
-from tests.twinstores import persist
+from tests.twinstores import persist, stopped
 
 pytestmark = pytest.mark.integration
 
@@ -157,11 +155,8 @@ def twin_stopped(tmp_path: Path) -> Iterator[Callable[[], None]]:
     the end of the block does whatever happens."""
     pid = read_pidfile(tmp_path / "twin.pid")
     assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield lambda: os.kill(pid, signal.SIGCONT)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    with stopped(pid) as resume:
+        yield resume
 
 
 def check_each_job_once(record: StoreRecord, gearmand: RunningGearmand, jobs: list[Job]) -> None:

@@ -4,6 +4,10 @@ then killed, as a dead incarnation leaves them (a store of a test's own:
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cluster.drill.workload import Job, submit
@@ -20,3 +24,14 @@ def persist(store: Endpoint, prefix: str, jobs: list[Job], tmp_path: Path) -> En
         kill_pid(pid)
     wait_until(lambda: Store(store).curr_items() == len(jobs), timeout=10, what="jobs stored")
     return endpoint
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[Callable[[], None]]:
+    """The process `pid` (a twin memcached) stopped (SIGSTOP); the callable resumes it (SIGCONT),
+    as the end of the block does whatever happens."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield lambda: os.kill(pid, signal.SIGCONT)
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -43,7 +43,7 @@ from cluster.metrics import AgentMetrics
 from cluster.process import log_tail
 from cluster.restore import Copies, RestoreIncomplete, RestoreReport, restore
 from cluster.store import StoreIdentity
-from cluster.twinstore import Pending, TwinStart, came_back_restarted, plan_start
+from cluster.twinstore import Pending, TwinStart, plan_start, report_back
 
 log = logging.getLogger("gearctl.agent")
 
@@ -368,14 +368,10 @@ class AgentMachine:
         assert pending is not None
         self.pending = None
         self.metrics.twin_pending(pending.address, False)
-        if came_back_restarted(identity, pending.before, pending.since):
-            log.error("twin store %s is LOST: it answers again, but restarted while silent "
-                      "(memcached pid %d, started %.0f s after it went silent): the jobs it held "
-                      "are gone", pending.address, identity.pid,
-                      identity.started - pending.since)  # fmt: skip
+        if report_back(
+            pending.address, identity, pending.before, pending.since, "restoring its jobs"
+        ):
             self.metrics.store_lost("restarted")
-        else:
-            log.warning("twin store %s answers again: restoring its jobs", pending.address)
 
     def _retry_later(self) -> State:
         delay = self.policy.max_delay if self.policy.crash_looping else RETRY_AFTER

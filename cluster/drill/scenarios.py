@@ -151,8 +151,9 @@ class DrillContext:
                 wait_until(lambda: not is_running(pid), timeout=10, what=f"death of pid {pid}")
             self.event(f"{signal.Signals(sig).name} {what} pid {pid}")
 
-    def kill_node(self, name: str) -> None:
-        node = self.node(name)
+    def kill_node(self, name: str, node: dict[str, Any] | None = None) -> None:
+        """SIGKILL the node's agent and gearmand (`node`: its status entry, if already read)."""
+        node = node or self.node(name)
         self.kill(node["agent_pid"], what=f"{name} agent")
         self.kill(node["gearmand_pid"], what=f"{name} gearmand")
 
@@ -197,8 +198,9 @@ def kill_part_drainer(ctx: DrillContext) -> None:
     no longer its agent's) is taken over in turn, its gearmand shut down by the take-over rule.
     Should the claimer drain every part before the survivor starts one (a slow scan), the agent
     is killed after the take-over, and the timeline says so."""
-    agents = {n["name"]: n["agent_pid"] for n in ctx.status()["nodes"]}  # a status takes long
-    ctx.kill_node("node1")
+    nodes = {n["name"]: n for n in ctx.status()["nodes"]}  # a status takes long: read once
+    agents = {name: node["agent_pid"] for name, node in nodes.items()}
+    ctx.kill_node("node1", nodes["node1"])
     with _zookeeper(ctx) as zk:
         plan = _wait_for(lambda: zk.spread_plan("node1"), "a spread plan for node1's store")
         takeover = _wait_for(lambda: zk.takeover_at(plan.takeover), "its take-over record")
@@ -325,17 +327,18 @@ def twin_silent(ctx: DrillContext) -> None:
     key, address = ctx.written_store("node1")
     pid = ctx.cluster().processes[key].pid
     ctx.kill(pid, signal.SIGSTOP, f"node1 memcached {address}")
-    ctx.stack.callback(_resume, pid)  # whatever happens below
-    ctx.kill(node["gearmand_pid"], what="node1 gearmand")
-    stopped_at = time.monotonic()
-    ctx.wait("node1 serving from its other twin, the stopped one pending",
-             lambda s: s["nodes"][0]["state"] == "serving"
-             and s["nodes"][0]["pending"] == str(address), RECOVERY_TIMEOUT)  # fmt: skip
-    serving = ctx.node("node1")
-    ctx.event(f"node1 serves on {serving['store']} {time.monotonic() - stopped_at:.2f}s after "
-              f"the kill, twin {address} pending")  # fmt: skip
-    time.sleep(TWIN_SILENT_FOR)
-    ctx.kill(pid, signal.SIGCONT, f"node1 memcached {address}")
+    try:  # resumed whatever happens, before the cluster is stopped
+        ctx.kill(node["gearmand_pid"], what="node1 gearmand")
+        stopped_at = time.monotonic()
+        ctx.wait("node1 serving from its other twin, the stopped one pending",
+                 lambda s: s["nodes"][0]["state"] == "serving"
+                 and s["nodes"][0]["pending"] == str(address), RECOVERY_TIMEOUT)  # fmt: skip
+        serving = ctx.node("node1")
+        ctx.event(f"node1 serves on {serving['store']} {time.monotonic() - stopped_at:.2f}s "
+                  f"after the kill, twin {address} pending")  # fmt: skip
+        time.sleep(TWIN_SILENT_FOR)
+    finally:
+        ctx.kill(pid, signal.SIGCONT, f"node1 memcached {address}")
     resumed_at = time.monotonic()
     ctx.wait("node1's pending twin restored",
              lambda s: s["nodes"][0]["state"] == "serving" and s["nodes"][0]["pending"] is None,
@@ -343,11 +346,6 @@ def twin_silent(ctx: DrillContext) -> None:
     ctx.event(f"node1's pending twin restored {time.monotonic() - resumed_at:.2f}s after SIGCONT")
     if "LOST" in ctx.agent_log("node1"):
         ctx.violation(f"node1's agent logged twin {address} LOST: it was stopped, not restarted")
-
-
-def _resume(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGCONT)
 
 
 STORE_FULL_ITEM = 50_000  # bytes of each item that fills node1's store, and of each big job
